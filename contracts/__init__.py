@@ -1,0 +1,1 @@
+"""Models, readers and events shared by every makelocal service."""

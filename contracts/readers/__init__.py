@@ -1,0 +1,1 @@
+"""Readers turn what people publish (OKH, OKW, catalogues) into our models. Pure."""

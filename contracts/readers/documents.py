@@ -1,0 +1,82 @@
+"""Bytes of a TOML, YAML or JSON document -> a mapping, or our InvalidInput."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from typing import Any
+
+import yaml
+
+from contracts.errors import InvalidInput
+
+MEDIA_TYPES = {
+    "application/toml": "toml",
+    "text/toml": "toml",
+    "text/x-toml": "toml",
+    "application/yaml": "yaml",
+    "application/x-yaml": "yaml",
+    "text/yaml": "yaml",
+    "text/x-yaml": "yaml",
+    "application/json": "json",
+    "text/json": "json",
+}
+SUFFIXES = {".toml": "toml", ".yml": "yaml", ".yaml": "yaml", ".json": "json"}
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML aliases let a small document expand into a huge one; manifests never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            raise InvalidInput("YAML aliases (*name) are not accepted", code="syntax")
+        return super().compose_node(parent, index)
+
+
+def format_of(media_type: str | None) -> str:
+    base = (media_type or "").split(";", 1)[0].strip().lower()
+    fmt = MEDIA_TYPES.get(base)
+    if fmt is None:
+        raise InvalidInput(
+            f"unsupported content type {base or '(none)'!r}; use one of "
+            + ", ".join(sorted(set(MEDIA_TYPES) - {"text/json", "text/x-toml", "text/x-yaml"})),
+            field="Content-Type",
+            code="unsupported_media_type",
+        )
+    return fmt
+
+
+def parse_document(raw: bytes, fmt: str) -> dict[str, Any]:
+    """Parse a manifest; only a mapping at the top is a manifest."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"body is not UTF-8 (byte {exc.start})", code="encoding") from None
+    try:
+        if fmt == "toml":
+            doc = tomllib.loads(text)
+        elif fmt == "yaml":
+            doc = yaml.load(text, Loader=_NoAliasLoader)
+        else:
+            doc = json.loads(text, parse_constant=_reject_constant)
+    except InvalidInput:
+        raise
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"malformed TOML: {exc}", code="syntax") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"malformed YAML: {_first_line(exc)}", code="syntax") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}", code="syntax") from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"unreadable {fmt.upper()}: {_first_line(exc)}", code="syntax") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"a manifest must be a mapping, not {type(doc).__name__}", code="type")
+    return doc
+
+
+def _reject_constant(name: str) -> None:
+    raise InvalidInput(f"{name} is not a number a manifest may hold", code="syntax")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,88 @@
+"""The fablabs.io export (as on the IoP Alliance OKW map) -> OKW facility documents."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from contracts.models import derive_id
+from contracts.readers.sources import Record
+
+CAPABILITIES = {
+    "three_d_printing": "3d-printing",
+    "cnc_milling": "cnc-milling",
+    "circuit_production": "pcb-fabrication",
+    "laser": "laser-cutting",
+    "precision_milling": "precision-milling",
+    "vinyl_cutting": "vinyl-cutting",
+}
+STATUSES = {"active": "Active", "planned": "Planned", "closed": "Closed"}
+
+
+def records(name: str, raw: bytes) -> Iterator[Record]:
+    text = raw.decode("utf-8-sig", errors="replace")
+    for row_no, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+        yield _record(f"{name}:{row_no}", row)
+
+
+def _record(where: str, row: dict[str, Any]) -> Record:
+    label = (row.get("name") or "").strip()
+    if not label:
+        return Record("facility", where, error="no name")
+    warnings = []
+    if any("\ufffd" in (v or "") for v in row.values() if isinstance(v, str)):
+        warnings.append("broken character encoding in the source row; text kept as read")
+    status = STATUSES.get((row.get("activity_status") or "").strip().lower())
+    if status is None:
+        return Record(
+            "facility", where, error=f"unknown activity_status {row.get('activity_status')!r}"
+        )
+    try:
+        capabilities = ast.literal_eval(row.get("capabilities") or "[]")
+    except (ValueError, SyntaxError):
+        return Record("facility", where, error="capabilities column is not a list")
+    unknown = [c for c in capabilities if c not in CAPABILITIES]
+    if unknown:
+        warnings.append(f"unknown capabilities kept as given: {unknown}")
+    location: dict[str, Any] = {
+        "address": {
+            "street": ", ".join(p for p in (row.get("address_1"), row.get("address_2")) if p),
+            "city": row.get("city") or None,
+            "region": row.get("county") or None,
+            "country": row.get("country_code") or None,
+            "postcode": row.get("postal_code") or None,
+        }
+    }
+    lat, lon = (row.get("latitude") or "").strip(), (row.get("longitude") or "").strip()
+    if lat and lon:
+        location["gps_coordinates"] = f"{lat}, {lon}"
+    else:
+        warnings.append("no coordinates: not found by distance queries")
+    source_id = (row.get("") or row.get("id") or "").strip()
+    doc = {
+        "name": label,
+        "location": location,
+        "facility_status": status,
+        "access_type": "Shared space",
+        "manufacturing_processes": [CAPABILITIES.get(c, c) for c in capabilities],
+        "links": _links(row.get("links")),
+        "source": {"dataset": "fablabs.io", "id": source_id},
+    }
+    return Record(
+        "facility",
+        where,
+        entity_id=f"fablabs-{source_id}" if source_id.isdigit() else derive_id(label, source_id),
+        document=doc,
+        warnings=warnings,
+    )
+
+
+def _links(value: str | None) -> list[str]:
+    try:
+        items = ast.literal_eval(value or "[]")
+    except (ValueError, SyntaxError):
+        return []
+    return [i["url"] for i in items if isinstance(i, dict) and isinstance(i.get("url"), str)]

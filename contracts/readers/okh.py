@@ -1,0 +1,385 @@
+"""OKH manifests (OKH-LOSH TOML and OKH v1 YAML, or either as JSON) -> Design."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts.errors import InvalidInput
+from contracts.models import Box, Design, Part, Term, derive_id
+from contracts.readers import inference
+from contracts.readers.fields import (
+    box_from_text,
+    most_specific,
+    openscad_box,
+    terms,
+    text,
+    text_list,
+)
+
+MAX_PARTS = 2000
+
+LOSH_KNOWN = {
+    "okhv",
+    "name",
+    "function",
+    "description",
+    "image",
+    "version",
+    "repo",
+    "release",
+    "license",
+    "licensor",
+    "organization",
+    "readme",
+    "user-manual",
+    "manufacturing-instructions",
+    "contribution-guide",
+    "documentation-language",
+    "technology-readiness-level",
+    "documentation-readiness-level",
+    "bom",
+    "source",
+    "export",
+    "tsdc",
+    "part",
+    "outer-dimensions",
+    "outer-dimension",
+    "outer-dimension-dim",
+    "material",
+    "printing-process",
+    "software",
+    "id",
+    "keywords",
+    "cpc-patent-class",
+}
+V1_KNOWN = {
+    "title",
+    "description",
+    "intended-use",
+    "keywords",
+    "project-link",
+    "image",
+    "made",
+    "made-independently",
+    "license",
+    "licensor",
+    "okh-manifest-version",
+    "date-created",
+    "date-updated",
+    "manifest-author",
+    "manifest-language",
+    "contact",
+    "contributors",
+    "version",
+    "development-stage",
+    "documentation-home",
+    "archive-download",
+    "documentation-language",
+    "bom",
+    "making-instructions",
+    "manufacturing-files",
+    "operating-instructions",
+    "design-files",
+    "tool-list",
+    "materials",
+    "manufacturing-processes",
+    "id",
+    "health-safety-notice",
+    "standards-used",
+    "variant-of",
+    "user-manual",
+    "schematics",
+    "software",
+}
+LINK_KEYS = (
+    "repo",
+    "release",
+    "readme",
+    "user-manual",
+    "manufacturing-instructions",
+    "bom",
+    "image",
+    "project-link",
+    "documentation-home",
+    "archive-download",
+    "contribution-guide",
+)
+
+
+def read_design(doc: dict[str, Any], *, design_id: str | None = None) -> Design:
+    """A Design from an OKH manifest of either generation."""
+    okhv = doc.get("okhv")
+    if isinstance(okhv, str) and okhv.upper().startswith("OKH-LOSH"):
+        return _read_losh(doc, design_id)
+    if "title" in doc or "okh-manifest-version" in doc:
+        return _read_v1(doc, design_id)
+    if "name" in doc:
+        return _read_losh(doc, design_id)
+    raise InvalidInput(
+        "not an OKH manifest: expected `okhv` and `name` (OKH-LOSH) or `title` (OKH v1)",
+        field="title",
+        code="missing",
+    )
+
+
+def manifest_id(doc: dict[str, Any]) -> str:
+    """The id a manifest gets when none is given: stable across re-imports."""
+    given = doc.get("id")
+    if isinstance(given, str) and given:
+        return given
+    name = doc.get("name") or doc.get("title") or ""
+    where = doc.get("repo") or doc.get("project-link") or doc.get("documentation-home")
+    return derive_id(str(name), str(where) if where else None)
+
+
+def _read_losh(doc: dict[str, Any], design_id: str | None) -> Design:
+    warnings: list[str] = []
+    name = text(doc.get("name"), "name", required=True)
+    design_processes = terms(
+        "process", _codes(doc.get("tsdc"), "tsdc"), source="tsdc", warnings=warnings
+    )
+    design_processes += terms(
+        "process",
+        text_list(doc.get("printing-process"), "printing-process"),
+        source="printing-process",
+        warnings=warnings,
+    )
+    design_materials = terms(
+        "material", text_list(doc.get("material"), "material"), source="material", warnings=warnings
+    )
+    raw_parts = doc.get("part") or []
+    if isinstance(raw_parts, dict):
+        raw_parts = [raw_parts]
+    if not isinstance(raw_parts, list):
+        raise InvalidInput("must be a list of parts", field="part", code="type")
+    if len(raw_parts) > MAX_PARTS:
+        raise InvalidInput(f"more than {MAX_PARTS} parts", field="part", code="too_long")
+    parts = [_losh_part(p, f"part[{i}]", warnings) for i, p in enumerate(raw_parts)]
+    if not design_processes and not any(p.processes for p in parts):
+        files = text_list(doc.get("source"), "source") + text_list(doc.get("export"), "export")
+        design_processes = _inferred(files, [], warnings)
+    return _design(
+        doc,
+        design_id,
+        name=name,
+        okh_format=f"OKH-LOSH ({doc.get('okhv', '?')})",
+        description=text(doc.get("function") or doc.get("description"), "function"),
+        processes=design_processes,
+        materials=design_materials,
+        parts=parts,
+        outer=_outer(doc, "", warnings),
+        known=LOSH_KNOWN,
+        warnings=warnings,
+    )
+
+
+def _losh_part(raw: Any, field: str, warnings: list[str]) -> Part:
+    if not isinstance(raw, dict):
+        raise InvalidInput("must be a table", field=field, code="type")
+    name = text(raw.get("name"), f"{field}.name") or "unnamed part"
+    processes = terms(
+        "process",
+        _codes(raw.get("tsdc"), f"{field}.tsdc"),
+        source=f"{field}.tsdc",
+        warnings=warnings,
+    )
+    processes += terms(
+        "process",
+        text_list(raw.get("printing-process"), f"{field}.printing-process"),
+        source=f"{field}.printing-process",
+        warnings=warnings,
+    )
+    if not processes:
+        files = text_list(raw.get("source"), f"{field}.source")
+        files += text_list(raw.get("export"), f"{field}.export")
+        processes = _inferred(files, [], warnings)
+    materials = terms(
+        "material",
+        text_list(raw.get("material"), f"{field}.material"),
+        source=f"{field}.material",
+        warnings=warnings,
+    )
+    return Part(
+        name=name,
+        processes=most_specific("process", processes),
+        materials=most_specific("material", materials),
+        outer_dimensions=_outer(raw, field, warnings),
+    )
+
+
+def _read_v1(doc: dict[str, Any], design_id: str | None) -> Design:
+    warnings: list[str] = []
+    name = text(doc.get("title"), "title", required=True)
+    stated = terms(
+        "process",
+        text_list(doc.get("manufacturing-processes"), "manufacturing-processes"),
+        source="manufacturing-processes",
+        warnings=warnings,
+    )
+    materials = terms(
+        "material",
+        _split(text_list(doc.get("materials"), "materials")),
+        source="materials",
+        warnings=warnings,
+    )
+    processes = stated
+    if not stated:
+        files = []
+        for key in (
+            "manufacturing-files",
+            "design-files",
+            "making-instructions",
+            "bom",
+            "schematics",
+        ):
+            files += text_list(doc.get(key), key)
+        prose = [
+            name,
+            text(doc.get("description"), "description") or "",
+            text(doc.get("intended-use"), "intended-use") or "",
+        ]
+        prose += text_list(doc.get("keywords"), "keywords") + text_list(
+            doc.get("tool-list"), "tool-list"
+        )
+        processes = _inferred(files, prose, warnings)
+    return _design(
+        doc,
+        design_id,
+        name=name,
+        okh_format=f"OKH v1 ({doc.get('okh-manifest-version', '?')})",
+        description=text(doc.get("description"), "description"),
+        processes=processes,
+        materials=materials,
+        parts=[],
+        outer=None,
+        known=V1_KNOWN,
+        warnings=warnings,
+    )
+
+
+def _design(
+    doc: dict[str, Any],
+    design_id: str | None,
+    *,
+    name: str | None,
+    okh_format: str,
+    description: str | None,
+    processes: list[Term],
+    materials: list[Term],
+    parts: list[Part],
+    outer: Box | None,
+    known: set[str],
+    warnings: list[str],
+) -> Design:
+    all_processes = processes + [t for p in parts for t in p.processes]
+    all_materials = materials + [t for p in parts for t in p.materials]
+    links = {k: v for k in LINK_KEYS if isinstance(v := doc.get(k), str) and v.strip()}
+    try:
+        return Design(
+            id=design_id or manifest_id(doc),
+            name=name or "",
+            description=description,
+            version=text(doc.get("version"), "version"),
+            license=_license(doc.get("license")),
+            licensor=_person(doc.get("licensor")),
+            okh_format=okh_format,
+            processes=most_specific("process", all_processes),
+            materials=most_specific("material", all_materials),
+            parts=parts,
+            outer_dimensions=outer,
+            keywords=text_list(doc.get("keywords"), "keywords"),
+            links={k: v.strip()[:1000] for k, v in links.items()},
+            warnings=warnings[:200],
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+    except ValueError as exc:
+        raise InvalidInput(
+            _pydantic_reason(exc), field=_pydantic_field(exc), code="invalid"
+        ) from None
+
+
+def _inferred(files: list[str], prose: list[str], warnings: list[str]) -> list[Term]:
+    found = inference.from_files(files) + inference.from_text(prose, "text")
+    out = [
+        Term(id=process, label=process, inferred=True, source=evidence)
+        for process, evidence in found
+    ]
+    return [_labelled(t) for t in out]
+
+
+def _labelled(term: Term) -> Term:
+    from contracts.vocabulary import processes
+
+    entry = processes().entries.get(term.id)
+    return term.model_copy(update={"label": entry.label}) if entry else term
+
+
+def _codes(value: Any, field: str) -> list[str]:
+    """TsDC codes: a string, a list, or a string with commas."""
+    return _split(text_list(value, field))
+
+
+def _split(values: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        out += [p.strip() for p in value.replace(";", ",").split(",") if p.strip()]
+    return out
+
+
+def _outer(raw: dict[str, Any], field: str, warnings: list[str]) -> Box | None:
+    """outer-dimension(s) in the shapes real manifests use; an unreadable one is a warning."""
+    prefix = f"{field}." if field else ""
+    try:
+        single = raw.get("outer-dimension")
+        if isinstance(single, str):
+            unit = text(raw.get("outer-dimension-dim"), f"{prefix}outer-dimension-dim") or "mm"
+            return openscad_box(single, unit, f"{prefix}outer-dimension")
+        many = raw.get("outer-dimensions")
+        if isinstance(many, dict):
+            many = [many]
+        if isinstance(many, list) and many and isinstance(many[0], dict):
+            first = many[0]
+            unit = text(first.get("unit"), f"{prefix}outer-dimensions.unit") or "mm"
+            if isinstance(first.get("openSCAD"), str):
+                return openscad_box(first["openSCAD"], unit, f"{prefix}outer-dimensions")
+            if all(k in first for k in ("width", "depth", "height")):
+                return box_from_text(
+                    f"{first['width']} x {first['depth']} x {first['height']}",
+                    f"{prefix}outer-dimensions",
+                    default_unit=unit,
+                )
+        if isinstance(many, str):
+            return box_from_text(many, f"{prefix}outer-dimensions")
+    except InvalidInput as exc:
+        warnings.append(f"{exc.field}: {exc.message}; size left unknown")
+    return None
+
+
+def _license(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("hardware") or value.get("documentation") or value.get("software")
+    return text(value, "license")
+
+
+def _person(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("name")
+    if isinstance(value, list):
+        names = [_person(v) for v in value]
+        return ", ".join(n for n in names if n) or None
+    return text(value, "licensor")
+
+
+def _pydantic_field(exc: ValueError) -> str | None:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return ".".join(str(p) for p in first.get("loc", ())) or None
+    return None
+
+
+def _pydantic_reason(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return str(errors()[0].get("msg", "invalid"))
+    return str(exc)

@@ -1,0 +1,1 @@
+"""The makelocal command line and the one-machine stack."""

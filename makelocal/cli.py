@@ -1,0 +1,114 @@
+"""The `makelocal` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from makelocal.embedded import PortInUse
+from makelocal.stack import Ports, default_data_dir, running_stack, up
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="makelocal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_up = sub.add_parser("up", help="run NATS, PostgreSQL and every service on this machine")
+    p_up.add_argument("--data-dir", type=Path, default=None,
+                      help="where data lives across restarts (default: %(default)s)")
+    defaults = Ports()
+    for name in ("nats", "nats-monitor", "postgres", "registry"):
+        attr = name.replace("-", "_")
+        p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
+
+    sub.add_parser("registry", help="run the registry service alone (settings from MAKELOCAL_*)")
+
+    p_org = sub.add_parser("org", help="organizations and their API keys")
+    org_sub = p_org.add_subparsers(dest="org_command", required=True)
+    p_create = org_sub.add_parser("create", help="create an organization; prints its API key once")
+    p_create.add_argument("name")
+    p_create.add_argument("--data-dir", type=Path, default=None)
+
+    p_import = sub.add_parser("import", help="import OKH/OKW files and folders")
+    p_import.add_argument("paths", nargs="+", type=Path)
+    p_import.add_argument("--registry-url", default=None)
+    p_import.add_argument("--api-key", default=os.environ.get("MAKELOCAL_API_KEY"),
+                          help="the owning organization's key (or MAKELOCAL_API_KEY)")
+    p_import.add_argument("--data-dir", type=Path, default=None)
+    p_import.add_argument("--no-progress", action="store_true")
+
+    p_schema = sub.add_parser("schema", help="write the JSON Schemas of models and events")
+    p_schema.add_argument("--out", type=Path, default=None)
+
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
+                      args.registry_port)
+        try:
+            return up(args.data_dir or default_data_dir(), ports)
+        except PortInUse as exc:
+            print(f"makelocal: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "registry":
+        from services.registry.app import main as registry_main
+
+        registry_main()
+        return 0
+    if args.command == "org":
+        return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))
+    if args.command == "import":
+        return _import(args)
+    if args.command == "schema":
+        from contracts.schemas import SCHEMA_DIR, write_schemas
+
+        for path in write_schemas(args.out or SCHEMA_DIR):
+            print(path)
+        return 0
+    return 2
+
+
+async def _org_create(name: str, data_dir: Path) -> int:
+    from services.common import db
+    from services.registry.settings import RegistrySettings
+    from services.registry.store import Store
+
+    settings = RegistrySettings()
+    dsn = running_stack(data_dir).get("database_url", settings.database_url)
+    await db.migrate(dsn, settings.registry_db_schema, "services.registry")
+    pool = await db.create_pool(dsn, settings.registry_db_schema, min_size=1, max_size=1)
+    try:
+        org_id, key = await Store(pool).create_organization(name)
+    finally:
+        await pool.close()
+    print(f"organization {org_id} ({name})")
+    print(f"API key (shown once, store it now): {key}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from makelocal.importer import import_paths
+
+    if not args.api_key:
+        print("makelocal: an API key is needed: --api-key or MAKELOCAL_API_KEY", file=sys.stderr)
+        return 2
+    url = args.registry_url or running_stack(args.data_dir or default_data_dir()).get(
+        "registry_url", "http://127.0.0.1:8001")
+    summary = asyncio.run(import_paths(args.paths, registry_url=url, api_key=args.api_key,
+                                       progress=not args.no_progress))
+    c = summary.counts
+    print(f"created {c['created']}, updated {c['updated']}, unchanged {c['unchanged']}, "
+          f"rejected {c['rejected']}")
+    for where, reason in summary.rejected:
+        print(f"  rejected {where}: {reason}")
+    if summary.warnings:
+        print(f"{len(summary.warnings)} warnings (first 10):")
+        for where, warning in summary.warnings[:10]:
+            print(f"  {where}: {warning}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

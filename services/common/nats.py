@@ -1,0 +1,36 @@
+"""NATS connections and stream definitions."""
+
+from __future__ import annotations
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+
+async def connect(url: str, name: str, **options: object) -> Client:
+    """A connection that keeps reconnecting: a NATS restart must not need ours."""
+    return await nats.connect(
+        servers=url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        connect_timeout=2, **options,  # type: ignore[arg-type]
+    )
+
+
+async def ensure_stream(nc: Client, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one's settings up to date."""
+    js = nc.jetstream()
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+def compacted_stream(name: str, subjects: list[str], duplicate_window_s: float,
+                     replicas: int = 1) -> StreamConfig:
+    """A changelog that keeps only the latest message per subject (per entity)."""
+    return StreamConfig(
+        name=name, subjects=subjects, storage=StorageType.FILE, max_msgs_per_subject=1,
+        duplicate_window=duplicate_window_s, discard=DiscardPolicy.OLD, num_replicas=replicas,
+    )

@@ -1,0 +1,15 @@
+"""Settings every service shares; each service extends them. Environment variables only."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAKELOCAL_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5544/makelocal"
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    max_body_bytes: int = 2 * 1024 * 1024

@@ -1,0 +1,1 @@
+"""The registry: stores OKH designs and OKW facilities, announces every change on NATS."""

@@ -1,0 +1,185 @@
+"""HTTP routes of the registry: parse, authorize, call the store, map errors to JSON.
+The same routes serve designs and facilities."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from contracts.errors import InvalidInput
+from contracts.events import EntityKind
+from contracts.models import ID_PATTERN
+from services.common.http import ApiError
+from services.registry.entities import expand, prepare
+from services.registry.store import Filters, Store, decode_cursor
+from services.registry.writes import WriteMode, WriteRefused
+
+MANIFEST_BODY = {
+    "required": True,
+    "content": {
+        "application/toml": {"schema": {"type": "string"}},
+        "application/yaml": {"schema": {"type": "string"}},
+        "application/json": {"schema": {"type": "object"}},
+    },
+}
+_ID = re.compile(ID_PATTERN)
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
+
+
+def router(kind: EntityKind, store: Store) -> APIRouter:
+    plural = f"{kind.value}s" if kind is EntityKind.design else "facilities"
+    api = APIRouter(prefix=f"/v1/{plural}", tags=[plural])
+
+    async def owner_of(request: Request) -> str:
+        token = _token(request)
+        if token is None:
+            raise ApiError(401, "unauthorized", "an API key is required for writes",
+                           "Authorization", {"WWW-Authenticate": "Bearer"})
+        org = await store.organization_for(token)
+        if org is None:
+            raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
+                           {"WWW-Authenticate": "Bearer"})
+        return org
+
+    async def body_of(request: Request, entity_id: str | None) -> Any:
+        raw = await request.body()
+        return prepare(kind, raw, request.headers.get("content-type"), entity_id)
+
+    async def write(request: Request, entity_id: str | None, mode: WriteMode,
+                    if_match: str | None) -> JSONResponse:
+        owner = await owner_of(request)
+        if entity_id is not None:
+            _check_id(entity_id)
+        prepared = None if mode is WriteMode.delete else await body_of(request, entity_id)
+        target = entity_id or (prepared.entity.id if prepared else "")
+        _check_id(target)
+        try:
+            decision, row = await store.write(kind, target, prepared, mode=mode, owner=owner,
+                                              expected_version=_version(if_match))
+        except WriteRefused as exc:
+            raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
+        except asyncpg.UniqueViolationError:
+            raise ApiError(409, "exists", "created concurrently by another request",
+                           "id") from None
+        if mode is WriteMode.delete:
+            return JSONResponse({"id": target, "version": decision.version, "deleted": True})
+        assert row is not None
+        status = 201 if decision.created else 200
+        body = represent(kind, row) | {"changed": decision.changed}
+        headers = {"ETag": _etag(row["version"])}
+        if decision.created:
+            headers["Location"] = f"/v1/{plural}/{target}"
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @api.post("", status_code=201, openapi_extra={"requestBody": MANIFEST_BODY},
+              summary=f"Create a {kind.value} from a manifest")
+    async def create(request: Request, id: Annotated[str | None, Query(
+            pattern=ID_PATTERN, description="the id to give; derived when absent")] = None,
+    ) -> JSONResponse:
+        return await write(request, id, WriteMode.create, None)
+
+    @api.put("/{entity_id}", openapi_extra={"requestBody": MANIFEST_BODY},
+             summary=f"Replace a {kind.value} (If-Match required)")
+    async def replace(request: Request, entity_id: str,
+                      if_match: Annotated[str | None, Header()] = None) -> JSONResponse:
+        return await write(request, entity_id, WriteMode.replace, if_match)
+
+    @api.delete("/{entity_id}", summary=f"Delete a {kind.value}")
+    async def delete(request: Request, entity_id: str,
+                     if_match: Annotated[str | None, Header()] = None) -> JSONResponse:
+        return await write(request, entity_id, WriteMode.delete, if_match)
+
+    @api.get("/{entity_id}", summary=f"One {kind.value}, normalized, with its manifest")
+    async def get_one(entity_id: str) -> JSONResponse:
+        _check_id(entity_id)
+        row = await store.get(kind, entity_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no {kind.value} {entity_id!r}", "id")
+        body = represent(kind, row) | {
+            "manifest": {"media_type": row["media_type"], "content": row["manifest"]}}
+        return JSONResponse(body, headers={"ETag": _etag(row["version"])})
+
+    @api.get("", summary=f"List {plural} with filters and cursor pagination")
+    async def list_(
+        process: str | None = None, material: str | None = None,
+        q: Annotated[str | None, Query(max_length=200)] = None,
+        owner: Annotated[str | None, Query(max_length=64)] = None,
+        near: Annotated[str | None, Query(description="lat,lon")] = None,
+        radius_km: Annotated[float | None, Query(gt=0, le=20_100)] = None,
+        cursor: Annotated[str | None, Query(max_length=500)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> JSONResponse:
+        filters = Filters(
+            processes=expand("process", process) if process else None,
+            materials=expand("material", material) if material else None,
+            text=q or None, owner=owner, **_near(near, radius_km, kind))
+        after = None
+        if cursor:
+            try:
+                after = decode_cursor(cursor)
+            except ValueError:
+                raise ApiError(422, "invalid", "not a cursor this API gave", "cursor") from None
+        rows, next_cursor = await store.list(kind, filters, after=after, limit=limit)
+        items = [represent(kind, r) | ({"distance_km": round(r["distance_km"], 3)}
+                                       if r["distance_km"] is not None else {}) for r in rows]
+        return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+    return api
+
+
+def represent(kind: EntityKind, row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"], "version": row["version"], "owner": row["owner"],
+        "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat(),
+        kind.value: row["data"],
+    }
+
+
+def _near(near: str | None, radius_km: float | None, kind: EntityKind) -> dict[str, Any]:
+    if near is None and radius_km is None:
+        return {}
+    if kind is not EntityKind.facility:
+        raise ApiError(422, "invalid", "near= filters facilities only", "near")
+    if near is None or radius_km is None:
+        raise ApiError(422, "invalid", "near=lat,lon and radius_km go together",
+                       "near" if near is None else "radius_km")
+    try:
+        lat_s, lon_s = near.split(",")
+        lat, lon = float(lat_s), float(lon_s)
+    except ValueError:
+        raise ApiError(422, "invalid", "near must be 'lat,lon'", "near") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ApiError(422, "range", "latitude must be in [-90, 90], longitude in [-180, 180]",
+                       "near")
+    return {"near": (lat, lon), "radius_km": radius_km}
+
+
+def _token(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth and auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def _check_id(entity_id: str) -> None:
+    if not _ID.match(entity_id):
+        raise InvalidInput("ids are 1 to 64 of A-Z, a-z, 0-9, _ and -", field="id")
+
+
+def _version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    match = _ETAG.match(if_match)
+    if match is None:
+        raise ApiError(412, "precondition_failed", "If-Match must be an ETag this API gave",
+                       "If-Match")
+    return int(match.group(1))
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+

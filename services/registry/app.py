@@ -1,0 +1,108 @@
+"""Wiring: settings -> database pool, store, relay, HTTP app. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from nats.aio.client import Client
+from prometheus_client import CollectorRegistry, Gauge
+
+from contracts.events import EntityKind
+from services.common import db, logs
+from services.common.http import (
+    BodyLimit,
+    HttpMetrics,
+    install_error_handlers,
+    install_operational_routes,
+)
+from services.registry import api
+from services.registry.relay import OutboxRelay, RelayMetrics
+from services.registry.settings import RegistrySettings
+from services.registry.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: RegistrySettings | None = None) -> FastAPI:
+    settings = settings or RegistrySettings()
+    metrics = CollectorRegistry()
+    relay_metrics = RelayMetrics(metrics)
+    backlog = Gauge("makelocal_registry_outbox_backlog", "Outbox events not yet published",
+                    registry=metrics)
+    oldest = Gauge("makelocal_registry_outbox_oldest_age_seconds",
+                   "Age of the oldest unpublished outbox event", registry=metrics)
+    state: dict[str, object] = {"nats": None}
+    # The routes hold the store from the start; its pool is opened by the lifespan.
+    store = Store(pool=None)  # type: ignore[arg-type]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.migrate(settings.database_url, settings.registry_db_schema,
+                         "services.registry")
+        pool = await db.create_pool(settings.database_url, settings.registry_db_schema,
+                                    max_size=settings.registry_db_pool_size)
+        store.pool = pool
+        tasks = [asyncio.create_task(_watch_backlog(store, backlog, oldest))]
+        if settings.registry_relay:
+            relay = OutboxRelay(
+                dsn=settings.database_url, schema=settings.registry_db_schema,
+                nats_url=settings.nats_url, metrics=relay_metrics,
+                batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
+                replicas=settings.registry_stream_replicas,
+                on_nats=lambda nc: state.__setitem__("nats", nc))
+            tasks.append(asyncio.create_task(relay.run()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pool.close()
+
+    app = FastAPI(title="makelocal registry", version="1",
+                  description="OKH designs and OKW facilities; every change is an event on "
+                              "the REGISTRY stream.", lifespan=lifespan)
+
+    for kind in EntityKind:
+        app.include_router(api.router(kind, store))
+    app.state.store = store
+
+    async def database_ready() -> None:
+        await store.pool.fetchval("SELECT 1")
+
+    async def nats_ready() -> None:
+        nc = state["nats"]
+        if not settings.registry_relay:
+            return
+        if not isinstance(nc, Client) or not nc.is_connected:
+            raise ConnectionError("NATS not connected")
+
+    install_error_handlers(app)
+    install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready})
+    app.add_middleware(HttpMetrics, registry=metrics, prefix="makelocal_registry")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+async def _watch_backlog(store: Store, backlog: Gauge, oldest: Gauge) -> None:
+    while True:
+        try:
+            count, age = await store.outbox_backlog()
+            backlog.set(count)
+            oldest.set(age)
+        except Exception as exc:
+            log.debug("backlog query failed", extra={"error": repr(exc)})
+        await asyncio.sleep(2.0)
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = RegistrySettings()
+    logs.configure("registry", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.registry_port,
+                log_config=None, access_log=False)

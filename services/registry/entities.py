@@ -1,0 +1,71 @@
+"""From a request body to a normalized entity and the columns that index it. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from contracts import vocabulary
+from contracts.events import EntityKind
+from contracts.models import Design, Facility
+from contracts.readers.documents import format_of, parse_document
+from contracts.readers.okh import manifest_id, read_design
+from contracts.readers.okw import facility_key, read_facility, snake
+
+
+@dataclass(frozen=True)
+class Prepared:
+    entity: Design | Facility
+    manifest: str
+    media_type: str
+    content_hash: str
+
+    @property
+    def processes(self) -> list[str]:
+        return sorted({t.id for t in self.entity.processes})
+
+    @property
+    def materials(self) -> list[str]:
+        return sorted({t.id for t in self.entity.materials})
+
+    @property
+    def search_text(self) -> str:
+        e = self.entity
+        words = [e.name, getattr(e, "description", None) or "", *getattr(e, "keywords", [])]
+        words += [t.label for t in e.processes] + [t.label for t in e.materials]
+        return " ".join(words)[:100_000]
+
+    @property
+    def position(self) -> tuple[float | None, float | None]:
+        if isinstance(self.entity, Facility):
+            return self.entity.location.lat, self.entity.location.lon
+        return None, None
+
+
+def prepare(kind: EntityKind, raw: bytes, media_type: str | None,
+            entity_id: str | None) -> Prepared:
+    """Parse and normalize one body; raises InvalidInput and nothing else."""
+    fmt = format_of(media_type)
+    doc = parse_document(raw, fmt)
+    chosen = entity_id or (manifest_id(doc) if kind is EntityKind.design
+                           else facility_key({snake(str(k)): v for k, v in doc.items()}))
+    entity: Design | Facility = (
+        read_design(doc, design_id=chosen) if kind is EntityKind.design
+        else read_facility(doc, facility_id=chosen)
+    )
+    manifest = raw.decode("utf-8-sig")
+    data = entity.model_dump(mode="json")
+    digest = hashlib.sha256(
+        (fmt + "\x00" + manifest + "\x00" + json.dumps(data, sort_keys=True)).encode()
+    ).hexdigest()
+    return Prepared(entity, manifest, fmt, digest)
+
+
+def expand(kind: vocabulary.Kind, name: str) -> list[str]:
+    """A filter value and every more specific term: process=3d-printing finds FDM too."""
+    entry = vocabulary.vocabulary(kind).resolve(name)
+    if entry is None:
+        return [vocabulary.normalise(name)]
+    return sorted(vocabulary.vocabulary(kind).with_descendants(entry.id))
+

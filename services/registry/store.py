@@ -1,0 +1,216 @@
+"""The registry's SQL: organizations and keys, entities with their outbox rows (one
+transaction per change), listing with filters, and the outbox as the relay reads it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from contracts.events import EntityKind, new_event
+from services.registry import keys
+from services.registry.entities import Prepared
+from services.registry.writes import Current, Decision, WriteMode, decide
+
+EARTH_RADIUS_KM = 6371.0088
+
+
+@dataclass(frozen=True)
+class Filters:
+    processes: list[str] | None = None
+    materials: list[str] | None = None
+    text: str | None = None
+    owner: str | None = None
+    near: tuple[float, float] | None = None
+    radius_km: float | None = None
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # organizations and keys
+
+    async def create_organization(self, name: str) -> tuple[str, str]:
+        """(organization id, API key); the key is returned here once and never again."""
+        org_id = f"org_{secrets.token_hex(6)}"
+        key = keys.issue()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO organizations (id, name) VALUES ($1, $2)",
+                               org_id, name)
+            await conn.execute(
+                "INSERT INTO api_keys (key_id, org_id, secret_hash) VALUES ($1, $2, $3)",
+                key.key_id, org_id, key.secret_hash)
+        return org_id, key.token
+
+    async def revoke_key(self, token: str) -> bool:
+        parsed = keys.parse(token)
+        if parsed is None:
+            return False
+        result = await self.pool.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+            parsed[0])
+        return result.endswith(" 1")
+
+    async def organization_for(self, token: str) -> str | None:
+        """The organization a valid, unrevoked key belongs to."""
+        parsed = keys.parse(token)
+        if parsed is None:
+            return None
+        row = await self.pool.fetchrow(
+            "SELECT org_id, secret_hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
+            parsed[0])
+        if row is None or not keys.verify(parsed[1], bytes(row["secret_hash"])):
+            return None
+        return row["org_id"]
+
+    # entities
+
+    async def get(self, kind: EntityKind, entity_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT * FROM entities WHERE kind = $1 AND id = $2 AND NOT deleted",
+            kind.value, entity_id)
+
+    async def write(self, kind: EntityKind, entity_id: str, prepared: Prepared | None, *,
+                    mode: WriteMode, owner: str,
+                    expected_version: int | None) -> tuple[Decision, asyncpg.Record | None]:
+        """Create, replace or delete one entity and queue its event, in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT owner, version, deleted, content_hash FROM entities"
+                " WHERE kind = $1 AND id = $2 FOR UPDATE", kind.value, entity_id)
+            current = Current(**dict(row)) if row else None
+            decision = decide(current, mode=mode, owner=owner, expected_version=expected_version,
+                              content_hash=prepared.content_hash if prepared else None)
+            if not decision.changed:
+                return decision, await self._read(conn, kind, entity_id)
+            if prepared is None:
+                await conn.execute(
+                    "UPDATE entities SET deleted = true, version = $3, data = NULL,"
+                    " manifest = NULL, content_hash = NULL, updated_at = now()"
+                    " WHERE kind = $1 AND id = $2", kind.value, entity_id, decision.version)
+            else:
+                await self._upsert(conn, kind, entity_id, prepared, owner, decision.version,
+                                   exists=row is not None)
+            event = new_event(kind, entity_id=entity_id, version=decision.version, owner=owner,
+                              data=prepared.entity if prepared else None)
+            await conn.execute(
+                "INSERT INTO outbox (event_id, subject, entity_id, version, payload)"
+                " VALUES ($1, $2, $3, $4, $5)", event.event_id, event.subject, entity_id,
+                decision.version, event.model_dump_json().encode())
+            return decision, await self._read(conn, kind, entity_id)
+
+    async def _upsert(self, conn: asyncpg.Connection, kind: EntityKind, entity_id: str,
+                      p: Prepared, owner: str, version: int, *, exists: bool) -> None:
+        lat, lon = p.position
+        values = (kind.value, entity_id, owner, version, p.entity.name,
+                  p.entity.model_dump(mode="json"), p.manifest, p.media_type, p.content_hash,
+                  p.processes, p.materials, p.search_text, lat, lon)
+        if exists:
+            await conn.execute(
+                "UPDATE entities SET owner = $3, version = $4, deleted = false, name = $5,"
+                " data = $6, manifest = $7, media_type = $8, content_hash = $9,"
+                " processes = $10, materials = $11, search = to_tsvector('simple', $12),"
+                " lat = $13, lon = $14, updated_at = now() WHERE kind = $1 AND id = $2",
+                *values)
+        else:
+            await conn.execute(
+                "INSERT INTO entities (kind, id, owner, version, name, data, manifest,"
+                " media_type, content_hash, processes, materials, search, lat, lon)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                " to_tsvector('simple', $12), $13, $14)", *values)
+
+    async def _read(self, conn: asyncpg.Connection, kind: EntityKind,
+                    entity_id: str) -> asyncpg.Record | None:
+        return await conn.fetchrow("SELECT * FROM entities WHERE kind = $1 AND id = $2",
+                                   kind.value, entity_id)
+
+    async def list(self, kind: EntityKind, filters: Filters, *, after: str | None,
+                   limit: int) -> tuple[list[asyncpg.Record], str | None]:
+        where = ["kind = $1", "NOT deleted"]
+        args: list[Any] = [kind.value]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if filters.processes:
+            where.append(f"processes && {arg(filters.processes)}::text[]")
+        if filters.materials:
+            where.append(f"materials && {arg(filters.materials)}::text[]")
+        if filters.text:
+            where.append(f"search @@ websearch_to_tsquery('simple', {arg(filters.text)})")
+        if filters.owner:
+            where.append(f"owner = {arg(filters.owner)}")
+        distance = "NULL::double precision"
+        if filters.near is not None and filters.radius_km is not None:
+            lat, lon = filters.near
+            dlat = math.degrees(filters.radius_km / EARTH_RADIUS_KM)
+            # The box prefilter uses the index; the haversine is the exact cut.
+            coslat = max(math.cos(math.radians(lat)), 1e-6)
+            dlon = min(180.0, dlat / coslat)
+            where.append(f"lat BETWEEN {arg(lat - dlat)} AND {arg(lat + dlat)}")
+            if dlon < 180:
+                lo, hi = lon - dlon, lon + dlon
+                where.append(f"(lon BETWEEN {arg(lo)} AND {arg(hi)}"
+                             f" OR lon BETWEEN {arg(lo + 360)} AND {arg(hi + 360)}"
+                             f" OR lon BETWEEN {arg(lo - 360)} AND {arg(hi - 360)})")
+            distance = _haversine_sql(arg(lat), arg(lon))
+            where.append(f"{distance} <= {arg(filters.radius_km)}")
+        if after is not None:
+            where.append(f"id > {arg(after)}")
+        sql = (f"SELECT *, {distance} AS distance_km FROM entities WHERE {' AND '.join(where)}"
+               f" ORDER BY id LIMIT {arg(limit + 1)}")
+        rows = await self.pool.fetch(sql, *args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (encode_cursor(rows[-1]["id"]) if more and rows else None)
+
+    # outbox, as the relay and the metrics see it
+
+    async def outbox_backlog(self) -> tuple[int, float]:
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+            " AS age FROM outbox WHERE published_at IS NULL")
+        return int(row["n"]), float(row["age"])
+
+
+async def fetch_unpublished(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT position, event_id, subject, payload FROM outbox WHERE published_at IS NULL"
+        " ORDER BY position LIMIT $1", limit)
+
+
+async def mark_published(conn: asyncpg.Connection, positions: list[int]) -> None:
+    await conn.execute("UPDATE outbox SET published_at = now() WHERE position = ANY($1)",
+                       positions)
+
+
+def _haversine_sql(lat: str, lon: str) -> str:
+    return (f"(2 * {EARTH_RADIUS_KM} * asin(sqrt(power(sin(radians(lat - {lat}) / 2), 2)"
+            f" + cos(radians({lat})) * cos(radians(lat))"
+            f" * power(sin(radians(lon - {lon}) / 2), 2))))")
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The id a cursor continues after; ValueError when it is not one of ours."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    after = data.get("after") if isinstance(data, dict) else None
+    if not isinstance(after, str):
+        raise ValueError("not a cursor")
+    return after
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat()

@@ -292,6 +292,8 @@ def _design(
             warnings=warnings[:200],
             extra={k: v for k, v in doc.items() if k not in known},
         )
+    except InvalidInput:
+        raise
     except ValueError as exc:
         raise InvalidInput(
             _pydantic_reason(exc), field=_pydantic_field(exc), code="invalid"

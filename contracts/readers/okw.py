@@ -95,6 +95,8 @@ def read_facility(doc: dict[str, Any], *, facility_id: str | None = None) -> Fac
             warnings=warnings[:200],
             extra={k: v for k, v in doc.items() if k not in KNOWN},
         )
+    except InvalidInput:
+        raise
     except ValueError as exc:
         raise InvalidInput(_pydantic_reason(exc), field=_pydantic_field(exc)) from None
 

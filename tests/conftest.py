@@ -1,0 +1,103 @@
+"""Real NATS (JetStream) and real PostgreSQL, started once per test session from their
+wheels on free ports; each test gets its own database schema and a fresh REGISTRY stream."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+import pytest_asyncio
+from nats.js.errors import NotFoundError
+
+from contracts.events import REGISTRY_STREAM
+from makelocal.embedded import NatsServer, PostgresServer, free_port
+from services.common import db
+from services.registry.settings import RegistrySettings
+from services.registry.store import Store
+from tests.helpers import InProcessRegistry
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def clean_streams(nats_server: NatsServer) -> AsyncIterator[None]:
+    """Tests run one at a time; each starts with no REGISTRY stream."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        try:
+            await nc.jetstream().delete_stream(REGISTRY_STREAM)
+        except NotFoundError:
+            pass
+    finally:
+        await nc.close()
+    yield
+
+
+@pytest.fixture
+def settings(nats_server: NatsServer, postgres: PostgresServer,
+             clean_streams: None) -> RegistrySettings:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    return RegistrySettings(nats_url=nats_server.url, database_url=postgres.url,
+                            registry_db_schema=schema, registry_relay_sweep_s=0.2,
+                            registry_db_pool_size=5)
+
+
+@pytest.fixture
+def registry_env(settings: RegistrySettings) -> dict[str, str]:
+    return {"MAKELOCAL_NATS_URL": settings.nats_url,
+            "MAKELOCAL_DATABASE_URL": settings.database_url,
+            "MAKELOCAL_REGISTRY_DB_SCHEMA": settings.registry_db_schema,
+            "MAKELOCAL_REGISTRY_RELAY_SWEEP_S": "0.2"}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(settings: RegistrySettings) -> AsyncIterator[Store]:
+    await db.migrate(settings.database_url, settings.registry_db_schema, "services.registry")
+    pool = await db.create_pool(settings.database_url, settings.registry_db_schema,
+                                min_size=1, max_size=3)
+    yield Store(pool)
+    await pool.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def registry(settings: RegistrySettings, store: Store) -> AsyncIterator[InProcessRegistry]:
+    async with InProcessRegistry(settings) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def org(store: Store) -> tuple[str, str]:
+    return await store.create_organization("Test Lab")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(registry: InProcessRegistry) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=registry.url, timeout=30) as http:
+        yield http
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    from tests.helpers import DATA
+
+    return DATA

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
 
     sub.add_parser("registry", help="run the registry service alone (settings from MAKELOCAL_*)")
+    sub.add_parser("registry-relay", help="run only the registry's outbox relay")
 
     p_org = sub.add_parser("org", help="organizations and their API keys")
     org_sub = p_org.add_subparsers(dest="org_command", required=True)
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         from services.registry.app import main as registry_main
 
         registry_main()
+        return 0
+    if args.command == "registry-relay":
+        from services.registry.app import main_relay
+
+        main_relay()
         return 0
     if args.command == "org":
         return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))

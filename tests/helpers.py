@@ -96,9 +96,10 @@ class InProcessRegistry:
 
 
 class RegistryProcess:
-    """The registry as a real child process (`makelocal registry`), to be killed for real."""
+    """The registry (or its relay alone) as a real child process, to be killed for real."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, command: str = "registry") -> None:
+        self.command = command
         self.port = free_port()
         self.env = os.environ | env | {"MAKELOCAL_REGISTRY_PORT": str(self.port)}
         self.log = log
@@ -110,9 +111,10 @@ class RegistryProcess:
 
     def start(self, **extra_env: str) -> RegistryProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "makelocal.cli", "registry"], env=self.env | extra_env,
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        wait_for_port(self.port, 30, self.proc)
+            [sys.executable, "-m", "makelocal.cli", self.command], env=self.env | extra_env,
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        if self.command == "registry":
+            wait_for_port(self.port, 30, self.proc)
         return self
 
     def wait_dead(self, timeout: float = 20) -> int:

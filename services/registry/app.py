@@ -106,3 +106,16 @@ def main() -> None:
     logs.configure("registry", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.registry_port,
                 log_config=None, access_log=False)
+
+
+def main_relay() -> None:
+    """The outbox relay alone, for deployments that run it apart from the API."""
+    settings = RegistrySettings()
+    logs.configure("registry-relay", settings.log_level)
+    relay = OutboxRelay(
+        dsn=settings.database_url, schema=settings.registry_db_schema,
+        nats_url=settings.nats_url, metrics=RelayMetrics(CollectorRegistry()),
+        batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
+        replicas=settings.registry_stream_replicas)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(relay.run())

@@ -1,0 +1,78 @@
+"""`makelocal up` as a newcomer runs it: starts everything, answers, stops clean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from makelocal.embedded import free_port
+
+
+def _up(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen:
+    args = [sys.executable, "-m", "makelocal.cli", "up", "--data-dir", str(data_dir)]
+    for name, port in ports.items():
+        args += [f"--{name}-port", str(port)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.05)
+    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")
+
+
+def test_up_runs_the_stack_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
+    ports = {"nats": free_port(), "nats-monitor": free_port(), "postgres": free_port(),
+             "registry": free_port()}
+    proc = _up(tmp_path / "data", ports)
+    try:
+        printed = _read_until(proc, "ready")
+        assert f"http://127.0.0.1:{ports['registry']}" in printed
+        assert f"nats://127.0.0.1:{ports['nats']}" in printed
+        assert str(tmp_path / "data") in printed
+        ready = httpx.get(f"http://127.0.0.1:{ports['registry']}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    for port in ports.values():
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_port_in_use_is_a_one_line_error_naming_the_option(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        proc = _up(tmp_path / "data", {"registry": taken})
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out.strip().splitlines() == [
+        f"makelocal: port {taken} is already in use; choose another with --registry-port"]

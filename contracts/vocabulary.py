@@ -35,6 +35,7 @@ class Vocabulary:
     _lookup: dict[str, str] = field(default_factory=dict)
     _ancestors: dict[str, frozenset[str]] = field(default_factory=dict)
     _descendants: dict[str, frozenset[str]] = field(default_factory=dict)
+    _resolved: dict[str, Entry | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for entry in self.entries.values():
@@ -62,6 +63,15 @@ class Vocabulary:
 
     def resolve(self, name: str) -> Entry | None:
         """The entry a name, id, synonym, Wikidata id or Wikipedia/Wikidata URL stands for."""
+        # Real data repeats a few hundred names endlessly; remember what each resolved to.
+        if name in self._resolved:
+            return self._resolved[name]
+        entry = self._resolve(name)
+        if len(self._resolved) < 50_000:
+            self._resolved[name] = entry
+        return entry
+
+    def _resolve(self, name: str) -> Entry | None:
         for candidate in _candidates(name):
             entry_id = self._lookup.get(candidate)
             if entry_id is not None:

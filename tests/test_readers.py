@@ -114,7 +114,7 @@ def manifests(keys: st.SearchStrategy[str]) -> st.SearchStrategy[dict]:
     return st.dictionaries(keys | st.text(max_size=10), values, max_size=8)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifests(okh_keys))
 def test_design_reader_raises_only_our_error(doc: dict) -> None:
     try:
@@ -123,7 +123,7 @@ def test_design_reader_raises_only_our_error(doc: dict) -> None:
         pass
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifests(okw_keys))
 def test_facility_reader_raises_only_our_error(doc: dict) -> None:
     try:

@@ -17,7 +17,8 @@ YAML = {"Content-Type": "application/yaml"}
 JSON = {"Content-Type": "application/json"}
 
 
-def lab(name: str = "Fab Lab Test", lat: float = 48.85, lon: float = 2.35, **extra: object) -> bytes:
+def lab(name: str = "Fab Lab Test", lat: float = 48.85, lon: float = 2.35,
+        **extra: object) -> bytes:
     doc = {"name": name, "facility_status": "Active",
            "location": {"gps_coordinates": f"{lat}, {lon}", "address": {"city": "Paris"}},
            "equipment": [{"equipment_type": "3D printer", "manufacturing_process": "FDM",

@@ -18,15 +18,30 @@ def checked_schema(schema: str) -> str:
     return schema
 
 
+def _encode_json(value: object) -> str:
+    # Text that is already JSON goes as it is: entities are serialized once, by pydantic.
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+    await conn.set_type_codec("jsonb", encoder=_encode_json, decoder=json.loads,
                               schema="pg_catalog")
+
+
+class PooledConnection(asyncpg.Connection):
+    """Our pooled connections keep no session state (no LISTEN, no session locks, settings
+    only at connect), so the reset query asyncpg sends on every release is a wasted round
+    trip on every request."""
+
+    def get_reset_query(self) -> str:
+        return ""
 
 
 async def create_pool(dsn: str, schema: str, *, min_size: int = 2,
                       max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        connection_class=PooledConnection,
         server_settings={"search_path": checked_schema(schema)},
     )
 

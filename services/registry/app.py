@@ -104,7 +104,10 @@ def main() -> None:
 
     settings = RegistrySettings()
     logs.configure("registry", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.registry_port,
+    # Several worker processes share the port; each runs a relay, and the advisory lock
+    # keeps exactly one of them publishing.
+    uvicorn.run("services.registry.app:create_app", factory=True, host=settings.host,
+                port=settings.registry_port, workers=settings.registry_workers,
                 log_config=None, access_log=False)
 
 

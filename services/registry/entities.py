@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 from contracts import vocabulary
@@ -17,6 +16,7 @@ from contracts.readers.okw import facility_key, read_facility, snake
 @dataclass(frozen=True)
 class Prepared:
     entity: Design | Facility
+    data_json: str
     manifest: str
     media_type: str
     content_hash: str
@@ -55,11 +55,10 @@ def prepare(kind: EntityKind, raw: bytes, media_type: str | None,
         else read_facility(doc, facility_id=chosen)
     )
     manifest = raw.decode("utf-8-sig")
-    data = entity.model_dump(mode="json")
-    digest = hashlib.sha256(
-        (fmt + "\x00" + manifest + "\x00" + json.dumps(data, sort_keys=True)).encode()
-    ).hexdigest()
-    return Prepared(entity, manifest, fmt, digest)
+    # pydantic writes fields in declaration order, so equal entities give equal text
+    data_json = entity.model_dump_json()
+    digest = hashlib.sha256(f"{fmt}\x00{manifest}\x00{data_json}".encode()).hexdigest()
+    return Prepared(entity, data_json, manifest, fmt, digest)
 
 
 def expand(kind: vocabulary.Kind, name: str) -> list[str]:

@@ -27,6 +27,7 @@ from services.registry.store import fetch_unpublished, mark_published
 
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 5.0
+BATCH_GATHER_S = 0.005
 
 
 class RelayMetrics:
@@ -88,7 +89,12 @@ class OutboxRelay:
             await conn.add_listener(f"{self.schema}_outbox", self._notified)
             nc = await self._connect_nats()
             while True:
-                if await self._publish_some(conn, nc) == 0:
+                published = await self._publish_some(conn, nc)
+                if 0 < published < self.batch:
+                    # Under load, commits arrive every few ms: gathering them for a moment
+                    # turns many one-row rounds (fetch, publish, mark) into one.
+                    await asyncio.sleep(BATCH_GATHER_S)
+                elif published == 0:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.sweep_s)

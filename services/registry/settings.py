@@ -7,6 +7,7 @@ from services.common.settings import CommonSettings
 
 class RegistrySettings(CommonSettings):
     registry_port: int = 8001
+    registry_workers: int = 1
     registry_db_schema: str = "registry"
     registry_relay: bool = True
     registry_relay_batch: int = 256

@@ -150,6 +150,16 @@ async def raw_transactions(dsn: str, n: int, concurrency: int) -> float:
     return elapsed
 
 
+def start_registry(env: dict[str, str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", "registry"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, 30, proc)
+    if os.environ.get("BENCH_PROFILE"):  # a py-spy flame graph of the registry under load
+        subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-o",
+                          os.environ["BENCH_PROFILE"], "-f", "raw", "-d", "25"])
+    return proc
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
 
@@ -166,13 +176,8 @@ async def main() -> None:
     env = os.environ | {"MAKELOCAL_NATS_URL": nats_server.url,
                         "MAKELOCAL_DATABASE_URL": postgres.url,
                         "MAKELOCAL_REGISTRY_PORT": str(port), "MAKELOCAL_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", "registry"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_registry(env, port)
     try:
-        wait_for_port(port, 30, proc)
-        if os.environ.get("BENCH_PROFILE"):
-            subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-o",
-                              os.environ["BENCH_PROFILE"], "-f", "raw", "-d", "25"])
         await db.migrate(postgres.url, "registry", "services.registry")
         pool = await db.create_pool(postgres.url, "registry", min_size=1, max_size=1)
         _, key = await Store(pool).create_organization("bench")

@@ -20,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--data-dir", type=Path, default=None,
                       help="where data lives across restarts (default: %(default)s)")
     defaults = Ports()
-    for name in ("nats", "nats-monitor", "postgres", "registry"):
+    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher"):
         attr = name.replace("-", "_")
         p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
 
     sub.add_parser("registry", help="run the registry service alone (settings from MAKELOCAL_*)")
     sub.add_parser("registry-relay", help="run only the registry's outbox relay")
+    sub.add_parser("matcher", help="run the matcher service alone (settings from MAKELOCAL_*)")
 
     p_org = sub.add_parser("org", help="organizations and their API keys")
     org_sub = p_org.add_subparsers(dest="org_command", required=True)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "up":
         ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
-                      args.registry_port)
+                      args.registry_port, args.matcher_port)
         try:
             return up(args.data_dir or default_data_dir(), ports)
         except PortInUse as exc:
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         from services.registry.app import main as registry_main
 
         registry_main()
+        return 0
+    if args.command == "matcher":
+        from services.matcher.app import main as matcher_main
+
+        matcher_main()
         return 0
     if args.command == "registry-relay":
         from services.registry.app import main_relay

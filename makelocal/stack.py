@@ -30,6 +30,7 @@ class Ports:
     nats_monitor: int = 8222
     postgres: int = 5544
     registry: int = 8001
+    matcher: int = 8002
 
 
 def default_data_dir() -> Path:
@@ -40,7 +41,8 @@ def default_data_dir() -> Path:
 def check_ports(ports: Ports) -> None:
     for port, option in ((ports.nats, "--nats-port"), (ports.nats_monitor, "--nats-monitor-port"),
                          (ports.postgres, "--postgres-port"),
-                         (ports.registry, "--registry-port")):
+                         (ports.registry, "--registry-port"),
+                         (ports.matcher, "--matcher-port")):
         if not port_is_free(port):
             raise PortInUse(port, option)
 
@@ -49,6 +51,7 @@ def service_env(nats_url: str, database_url: str, ports: Ports) -> dict[str, str
     return os.environ | {
         "MAKELOCAL_NATS_URL": nats_url, "MAKELOCAL_DATABASE_URL": database_url,
         "MAKELOCAL_REGISTRY_PORT": str(ports.registry),
+        "MAKELOCAL_MATCHER_PORT": str(ports.matcher),
     }
 
 
@@ -76,7 +79,7 @@ def up(data_dir: Path, ports: Ports, say=print) -> int:
         env = service_env(nats.url, postgres.url, ports)
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        for name, port in (("registry", ports.registry),):
+        for name, port in (("registry", ports.registry), ("matcher", ports.matcher)):
             proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name], env=env,
                                     stdout=open(logs / f"{name}.log", "ab"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -85,7 +88,8 @@ def up(data_dir: Path, ports: Ports, say=print) -> int:
             say(f"{name:<15} http://127.0.0.1:{port}  (API docs /docs, metrics /metrics)")
         (data_dir / STATE_FILE).write_text(json.dumps({
             "nats_url": nats.url, "database_url": postgres.url,
-            "registry_url": f"http://127.0.0.1:{ports.registry}", "pid": os.getpid(),
+            "registry_url": f"http://127.0.0.1:{ports.registry}",
+            "matcher_url": f"http://127.0.0.1:{ports.matcher}", "pid": os.getpid(),
         }))
         say(f"data            {data_dir}  (logs in {logs})")
         say("ready; Ctrl-C stops everything")

@@ -14,11 +14,13 @@ import pytest_asyncio
 from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM
+from contracts.matches import MATCHES_STREAM
 from makelocal.embedded import NatsServer, PostgresServer, free_port
 from services.common import db
+from services.matcher.settings import MatcherSettings
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-from tests.helpers import InProcessRegistry
+from tests.helpers import InProcess, InProcessRegistry
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +42,11 @@ async def clean_streams(nats_server: NatsServer) -> AsyncIterator[None]:
     """Tests run one at a time; each starts with no REGISTRY stream."""
     nc = await nats.connect(nats_server.url)
     try:
-        try:
-            await nc.jetstream().delete_stream(REGISTRY_STREAM)
-        except NotFoundError:
-            pass
+        for stream in (REGISTRY_STREAM, MATCHES_STREAM):
+            try:
+                await nc.jetstream().delete_stream(stream)
+            except NotFoundError:
+                pass
     finally:
         await nc.close()
     yield
@@ -56,6 +59,18 @@ def settings(nats_server: NatsServer, postgres: PostgresServer,
     return RegistrySettings(nats_url=nats_server.url, database_url=postgres.url,
                             registry_db_schema=schema, registry_relay_sweep_s=0.2,
                             registry_db_pool_size=5)
+
+
+@pytest.fixture
+def matcher_settings(settings: RegistrySettings) -> MatcherSettings:
+    return MatcherSettings(nats_url=settings.nats_url,
+                           matcher_bucket=f"m{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def matcher_env(matcher_settings: MatcherSettings) -> dict[str, str]:
+    return {"MAKELOCAL_NATS_URL": matcher_settings.nats_url,
+            "MAKELOCAL_MATCHER_BUCKET": matcher_settings.matcher_bucket}
 
 
 @pytest.fixture
@@ -76,7 +91,7 @@ async def store(settings: RegistrySettings) -> AsyncIterator[Store]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def registry(settings: RegistrySettings, store: Store) -> AsyncIterator[InProcessRegistry]:
+async def registry(settings: RegistrySettings, store: Store) -> AsyncIterator[InProcess]:
     async with InProcessRegistry(settings) as running:
         yield running
 
@@ -87,7 +102,7 @@ async def org(store: Store) -> tuple[str, str]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(registry: InProcessRegistry) -> AsyncIterator[httpx.AsyncClient]:
+async def client(registry: InProcess) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=registry.url, timeout=30) as http:
         yield http
 

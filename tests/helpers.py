@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM
 from makelocal.embedded import free_port, stop_process, wait_for_port
+from services.matcher.settings import MatcherSettings
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
 
@@ -63,13 +64,13 @@ async def stream_messages(nats_url: str, stream: str = REGISTRY_STREAM) -> list[
         await nc.close()
 
 
-class InProcessRegistry:
-    """The registry app served by uvicorn on a free port, inside the test's event loop."""
+class InProcess:
+    """A service's app served by uvicorn on a free port, inside the test's event loop."""
 
-    def __init__(self, settings: RegistrySettings) -> None:
+    def __init__(self, app: Any, settings: Any) -> None:
         self.port = free_port()
-        self.settings = settings.model_copy(update={"registry_port": self.port})
-        self.app = create_app(self.settings)
+        self.settings = settings
+        self.app = app
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_config=None, access_log=False,
                                                     lifespan="on"))
@@ -79,7 +80,7 @@ class InProcessRegistry:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> InProcessRegistry:
+    async def __aenter__(self) -> InProcess:
         self.task = asyncio.create_task(self.server.serve())
         await eventually(self._started, timeout=20)
         return self
@@ -95,13 +96,74 @@ class InProcessRegistry:
             await asyncio.wait_for(self.task, 15)
 
 
-class RegistryProcess:
-    """The registry (or its relay alone) as a real child process, to be killed for real."""
+def InProcessRegistry(settings: RegistrySettings) -> InProcess:
+    return InProcess(create_app(settings), settings)
+
+
+def InProcessMatcher(settings: MatcherSettings) -> InProcess:
+    from services.matcher.app import create_app as create_matcher
+
+    return InProcess(create_matcher(settings), settings)
+
+
+async def reduce_matches(nats_url: str) -> set[tuple[str, str]]:
+    """Replay MATCHES: check found/withdrawn alternate per pair; the pairs left found."""
+    state: dict[tuple[str, str], str] = {}
+    for event in await stream_messages(nats_url, "MATCHES"):
+        pair = (event["design_id"], event["facility_id"])
+        kind = event["type"].split(".")[1]
+        assert state.get(pair, "withdrawn") != kind, f"{kind} twice in a row for {pair}"
+        state[pair] = kind
+    return {pair for pair, kind in state.items() if kind == "found"}
+
+
+async def expected_matches(nats_url: str) -> set[tuple[str, str]]:
+    """Every matching pair, computed afresh from REGISTRY's final content."""
+    from contracts.models import Design, Facility
+    from services.matcher.index import all_pairs
+    from services.matcher.profiles import design_profile, facility_profile
+
+    designs, facilities = [], []
+    for event in await stream_messages(nats_url):
+        if event["data"] is None:
+            continue
+        if event["type"].startswith("design"):
+            designs.append(design_profile(Design.model_validate(event["data"]),
+                                          event["version"]))
+        else:
+            facilities.append(facility_profile(Facility.model_validate(event["data"]),
+                                               event["version"]))
+    return all_pairs(designs, facilities)
+
+
+async def wait_ready(url: str, timeout: float = 30) -> None:
+    """Until the service's /readyz answers 200 (the matcher: its index is loaded)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        async def ready() -> bool:
+            try:
+                return (await client.get("/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(ready, timeout=timeout)
+
+
+async def _done(proc: subprocess.Popen) -> bool:
+    return proc.poll() is not None
+
+
+class ServiceProcess:
+    """A service (`makelocal <command>`) as a real child process, to be killed for real."""
+
+    PORT_VARIABLE = {"registry": "MAKELOCAL_REGISTRY_PORT", "matcher": "MAKELOCAL_MATCHER_PORT"}
 
     def __init__(self, env: dict[str, str], log: Path, command: str = "registry") -> None:
         self.command = command
         self.port = free_port()
-        self.env = os.environ | env | {"MAKELOCAL_REGISTRY_PORT": str(self.port)}
+        self.env = os.environ | env | {self.PORT_VARIABLE.get(command, "UNUSED_PORT"):
+                                       str(self.port)}
         self.log = log
         self.proc: subprocess.Popen | None = None
 
@@ -109,18 +171,28 @@ class RegistryProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, **extra_env: str) -> RegistryProcess:
+    def start(self, **extra_env: str) -> ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "makelocal.cli", self.command], env=self.env | extra_env,
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        if self.command == "registry":
+        if self.command in self.PORT_VARIABLE:
             wait_for_port(self.port, 30, self.proc)
         return self
 
-    def wait_dead(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
+    async def wait_dead(self, timeout: float = 20) -> int:
+        """The exit status, waiting without blocking the loop (in-process services run)."""
+        proc = self.proc
+        assert proc is not None
+        await eventually(lambda: _done(proc), timeout=timeout)
+        return proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from makelocal.importer import import_paths
-from tests.helpers import InProcessRegistry, eventually, stream_messages
+from tests.helpers import InProcess, eventually, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_importing_the_shared_data_twice_creates_nothing_the_second_time(
-        registry: InProcessRegistry, org: tuple[str, str], data_dir: Path) -> None:
+        registry: InProcess, org: tuple[str, str], data_dir: Path) -> None:
     first = await import_paths([data_dir], registry_url=registry.url, api_key=org[1],
                                progress=False)
     assert first.counts["created"] == 3 + 138 + 1291 + 10
@@ -37,7 +37,7 @@ async def test_importing_the_shared_data_twice_creates_nothing_the_second_time(
     assert [m["_seq"] for m in after] == [m["_seq"] for m in before]
 
 
-async def test_a_changed_file_is_an_update(registry: InProcessRegistry, org: tuple[str, str],
+async def test_a_changed_file_is_an_update(registry: InProcess, org: tuple[str, str],
                                            tmp_path: Path, data_dir: Path) -> None:
     manifest = tmp_path / "plankto.okh.toml"
     original = (data_dir / "okh" / "planktoscope.okh.toml").read_text()
@@ -52,7 +52,7 @@ async def test_a_changed_file_is_an_update(registry: InProcessRegistry, org: tup
 
 
 async def test_malformed_files_are_rejected_with_their_reason(
-        registry: InProcessRegistry, org: tuple[str, str], tmp_path: Path) -> None:
+        registry: InProcess, org: tuple[str, str], tmp_path: Path) -> None:
     (tmp_path / "broken.okh.toml").write_text('name = "x\n')
     (tmp_path / "lab.json").write_text('{"name": "Lab", "facility_status": "Someday"}')
     summary = await import_paths([tmp_path], registry_url=registry.url, api_key=org[1],

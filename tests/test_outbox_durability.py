@@ -15,7 +15,7 @@ import pytest
 from makelocal.embedded import NatsServer, free_port
 from services.registry.settings import RegistrySettings
 from tests.conftest import auth
-from tests.helpers import InProcessRegistry, RegistryProcess, eventually, stream_messages
+from tests.helpers import InProcessRegistry, ServiceProcess, eventually, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,7 +36,7 @@ async def outbox_rows(settings: RegistrySettings) -> list[asyncpg.Record]:
 
 async def write_without_relay(registry_env: dict[str, str], tmp_path: Path, org_key: str,
                               count: int) -> None:
-    api = RegistryProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"},
+    api = ServiceProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"},
                           tmp_path / "api.log").start()
     try:
         async with httpx.AsyncClient(base_url=api.url) as client:
@@ -53,9 +53,9 @@ async def test_relay_killed_after_commit_before_publish_publishes_once_on_restar
         settings: RegistrySettings, registry_env: dict[str, str], org: tuple[str, str],
         tmp_path: Path) -> None:
     await write_without_relay(registry_env, tmp_path, org[1], 3)
-    relay = RegistryProcess(registry_env, tmp_path / "relay.log", "registry-relay")
+    relay = ServiceProcess(registry_env, tmp_path / "relay.log", "registry-relay")
     relay.start(MAKELOCAL_CRASH_AT="relay.before_publish")
-    assert relay.wait_dead() == -signal.SIGKILL
+    assert await relay.wait_dead() == -signal.SIGKILL
     assert await stream_messages(settings.nats_url) == []
     assert all(row["published_at"] is None for row in await outbox_rows(settings))
 
@@ -77,9 +77,9 @@ async def test_relay_killed_after_puback_before_marking_is_deduplicated(
         settings: RegistrySettings, registry_env: dict[str, str], org: tuple[str, str],
         tmp_path: Path) -> None:
     await write_without_relay(registry_env, tmp_path, org[1], 2)
-    relay = RegistryProcess(registry_env, tmp_path / "relay.log", "registry-relay")
+    relay = ServiceProcess(registry_env, tmp_path / "relay.log", "registry-relay")
     relay.start(MAKELOCAL_CRASH_AT="relay.after_puback")
-    assert relay.wait_dead() == -signal.SIGKILL
+    assert await relay.wait_dead() == -signal.SIGKILL
     first = await stream_messages(settings.nats_url)
     assert len(first) == 2
     assert all(row["published_at"] is None for row in await outbox_rows(settings))
@@ -138,16 +138,16 @@ async def test_a_standby_relay_takes_over_when_the_active_one_is_killed(
         rows = await outbox_rows(settings)
         return len(rows) == count and all(r["published_at"] for r in rows)
 
-    active = RegistryProcess(registry_env, tmp_path / "a.log", "registry-relay").start()
+    active = ServiceProcess(registry_env, tmp_path / "a.log", "registry-relay").start()
     standby = None
     try:
         await write_without_relay(registry_env, tmp_path, org[1], 10)
         await eventually(lambda: published(10))
-        standby = RegistryProcess(registry_env, tmp_path / "b.log", "registry-relay").start()
+        standby = ServiceProcess(registry_env, tmp_path / "b.log", "registry-relay").start()
         await asyncio.sleep(0.5)  # the standby is polling for the lock now
         active.proc.kill()  # type: ignore[union-attr]
-        active.wait_dead()
-        api = RegistryProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"},
+        await active.wait_dead()
+        api = ServiceProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"},
                               tmp_path / "api.log").start()
         try:
             async with httpx.AsyncClient(base_url=api.url) as client:

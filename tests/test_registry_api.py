@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import auth
-from tests.helpers import InProcessRegistry, eventually, stream_messages
+from tests.helpers import InProcess, eventually, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -58,7 +58,7 @@ async def test_okh_v1_yaml_processes_are_inferred_and_marked(
 
 
 async def test_every_change_is_one_event_in_the_registry_stream(
-        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcessRegistry) -> None:
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess) -> None:
     key = auth(org[1]) | JSON
     created = await client.post("/v1/facilities?id=lab-1", content=lab(), headers=key)
     assert created.status_code == 201
@@ -120,7 +120,7 @@ async def test_put_needs_a_current_if_match(client: httpx.AsyncClient,
 
 
 async def test_identical_content_is_not_a_new_version(
-        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcessRegistry) -> None:
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess) -> None:
     key = auth(org[1]) | JSON
     await client.post("/v1/facilities?id=lab-4", content=lab(), headers=key)
     again = await client.put("/v1/facilities/lab-4", content=lab(),

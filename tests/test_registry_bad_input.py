@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import auth
-from tests.helpers import InProcessRegistry, stream_messages
+from tests.helpers import InProcess, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,7 +30,7 @@ CASES = [
 @pytest.mark.parametrize(("label", "media", "body", "status", "code", "field"), CASES,
                          ids=[c[0] for c in CASES])
 async def test_bad_design_bodies_are_refused_with_the_reason(
-        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcessRegistry,
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
         label: str, media: str, body: bytes, status: int, code: str, field: str | None) -> None:
     response = await client.post("/v1/designs", content=body,
                                  headers=auth(org[1]) | {"Content-Type": media})
@@ -43,7 +43,7 @@ async def test_bad_design_bodies_are_refused_with_the_reason(
 
 async def test_facility_errors_name_the_field(client: httpx.AsyncClient,
                                               org: tuple[str, str],
-                                              registry: InProcessRegistry) -> None:
+                                              registry: InProcess) -> None:
     key = auth(org[1]) | {"Content-Type": "application/json"}
     cases = [
         ({"name": "X", "location": {"gps_coordinates": "91.0, 2.0"}}, "location.gps_coordinates"),

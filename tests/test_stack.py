@@ -44,17 +44,21 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str
 
 def test_up_runs_the_stack_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     ports = {"nats": free_port(), "nats-monitor": free_port(), "postgres": free_port(),
-             "registry": free_port()}
+             "registry": free_port(), "matcher": free_port()}
     proc = _up(tmp_path / "data", ports)
     try:
         printed = _read_until(proc, "ready")
         assert f"http://127.0.0.1:{ports['registry']}" in printed
         assert f"nats://127.0.0.1:{ports['nats']}" in printed
         assert str(tmp_path / "data") in printed
-        ready = httpx.get(f"http://127.0.0.1:{ports['registry']}/readyz", timeout=10)
-        assert ready.status_code == 200, ready.text
+        for service in ("registry", "matcher"):
+            url = f"http://127.0.0.1:{ports[service]}/readyz"
+            deadline = time.monotonic() + 30
+            while (ready := httpx.get(url, timeout=10)).status_code != 200:
+                assert time.monotonic() < deadline, ready.text
+                time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 3
+        assert len(children) >= 4
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -1,0 +1,1 @@
+"""The matcher: a live capability index that emits every new and withdrawn match."""

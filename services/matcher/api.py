@@ -1,0 +1,110 @@
+"""HTTP routes of the matcher: questions answered from the index."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from contracts.models import ID_PATTERN
+from services.common.http import ApiError
+from services.matcher.index import CapabilityIndex, haversine_km
+from services.matcher.rules import Evaluation, evaluate
+
+Id = Annotated[str, Query(pattern=ID_PATTERN)]
+
+
+def router(index: CapabilityIndex) -> APIRouter:
+    api = APIRouter(prefix="/v1", tags=["matches"])
+
+    def design_of(design_id: str) -> Any:
+        design = index.designs.get(design_id)
+        if design is None:
+            raise ApiError(404, "not_found", f"no design {design_id!r} in the index", "design")
+        return design
+
+    def facility_of(facility_id: str) -> Any:
+        facility = index.facilities.get(facility_id)
+        if facility is None:
+            raise ApiError(404, "not_found", f"no facility {facility_id!r} in the index",
+                           "facility")
+        return facility
+
+    @api.get("/designs/{design_id}/facilities",
+             summary="Facilities that can make a design, best first, and near misses")
+    async def facilities_for(design_id: str, near: str | None = None,
+                             radius_km: Annotated[float | None, Query(gt=0, le=20_100)] = None,
+                             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+        design = design_of(design_id)
+        origin = _origin(near, radius_km)
+        allowed = None
+        if origin is not None:
+            allowed = dict(index.near(origin[0], origin[1], origin[2]))
+        matches, misses = [], []
+        for fid in index.facility_candidates(design, slack=1):
+            if allowed is not None and fid not in allowed:
+                continue
+            facility = index.facilities[fid]
+            evaluation = evaluate(design, facility)
+            if not (evaluation.matches or evaluation.near_miss):
+                continue
+            distance = _distance(origin, facility)
+            row = _row("facility", facility.id, facility.version, evaluation, distance)
+            (matches if evaluation.matches else misses).append(row)
+        key = _ranking
+        return {"design": design_id, "matches": sorted(matches, key=key)[:limit],
+                "near_misses": sorted(misses, key=key)[:limit]}
+
+    @api.get("/facilities/{facility_id}/designs", summary="Designs a facility can make")
+    async def designs_for(facility_id: str,
+                          limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+        facility = facility_of(facility_id)
+        rows = [_row("design", did, index.designs[did].version, ev, None)
+                for did, ev in index.matches_of_facility(facility).items()]
+        return {"facility": facility_id, "matches": sorted(rows, key=_ranking)[:limit]}
+
+    @api.get("/match", summary="Explain one design and facility pair")
+    async def explain(design: Id, facility: Id) -> dict:
+        d, f = design_of(design), facility_of(facility)
+        evaluation = evaluate(d, f)
+        return {"design": design, "facility": facility, "matches": evaluation.matches,
+                "near_miss": evaluation.near_miss, "summary": evaluation.summary(),
+                "score": evaluation.score,
+                "explanation": [r.model_dump() for r in evaluation.requirements]}
+
+    return api
+
+
+def _origin(near: str | None, radius_km: float | None) -> tuple[float, float, float] | None:
+    if near is None and radius_km is None:
+        return None
+    if near is None or radius_km is None:
+        raise ApiError(422, "invalid", "near=lat,lon and radius_km go together",
+                       "near" if near is None else "radius_km")
+    try:
+        lat_s, lon_s = near.split(",")
+        lat, lon = float(lat_s), float(lon_s)
+    except ValueError:
+        raise ApiError(422, "invalid", "near must be 'lat,lon'", "near") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ApiError(422, "range", "latitude must be in [-90, 90], longitude in [-180, 180]",
+                       "near")
+    return lat, lon, radius_km
+
+
+def _distance(origin: tuple[float, float, float] | None, facility: Any) -> float | None:
+    if origin is None or facility.lat is None or facility.lon is None:
+        return None
+    return round(haversine_km(origin[0], origin[1], facility.lat, facility.lon), 3)
+
+
+def _row(kind: str, entity_id: str, version: int, evaluation: Evaluation,
+         distance: float | None) -> dict[str, Any]:
+    return {kind: entity_id, "version": version, "score": evaluation.score,
+            "distance_km": distance, "summary": evaluation.summary(),
+            "explanation": [r.model_dump(exclude_none=True) for r in evaluation.requirements]}
+
+
+def _ranking(row: dict[str, Any]) -> tuple[float, float]:
+    distance = row["distance_km"]
+    return (-row["score"], distance if distance is not None else float("inf"))

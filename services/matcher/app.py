@@ -1,0 +1,106 @@
+"""Wiring: settings -> NATS, index, worker, HTTP app. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.common import logs
+from services.common import nats as nats_util
+from services.common.http import (
+    BodyLimit,
+    HttpMetrics,
+    install_error_handlers,
+    install_operational_routes,
+)
+from services.matcher import api
+from services.matcher.consumer import MatcherWorker
+from services.matcher.index import CapabilityIndex
+from services.matcher.metrics import MatcherMetrics
+from services.matcher.settings import MatcherSettings
+
+log = logging.getLogger(__name__)
+
+
+def filter_subjects(settings: MatcherSettings) -> list[str]:
+    if settings.matcher_partitions <= 1:
+        return ["registry.>"]
+    return ["registry.facility.*", f"registry.design.{settings.matcher_partition}.*"]
+
+
+def create_app(settings: MatcherSettings | None = None) -> FastAPI:
+    settings = settings or MatcherSettings()
+    registry = CollectorRegistry()
+    metrics = MatcherMetrics(registry)
+    index = CapabilityIndex()
+    state: dict[str, MatcherWorker | None] = {"worker": None}
+
+    async def supervise() -> None:
+        """Run the worker; after any failure, rebuild everything from the checkpoint."""
+        while True:
+            nc = None
+            try:
+                nc = await nats_util.connect(settings.nats_url, f"matcher-{settings.durable}")
+                index.clear()  # the checkpoint is the truth; start from it every time
+                worker = MatcherWorker(nc, index, metrics, bucket=settings.bucket,
+                                       durable=settings.durable,
+                                       filter_subjects=filter_subjects(settings),
+                                       batch=settings.matcher_batch,
+                                       replicas=settings.matcher_stream_replicas)
+                state["worker"] = worker
+                await worker.start()
+                await worker.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("matcher restarting from its checkpoint", extra={"error": repr(exc)})
+                state["worker"] = None
+                await asyncio.sleep(1)
+            finally:
+                if nc is not None:
+                    await nc.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(supervise())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    app = FastAPI(title="makelocal matcher", version="1", lifespan=lifespan,
+                  description="Which facilities can make which designs, and why; answered "
+                              "from the live index.")
+
+    async def index_loaded() -> None:
+        worker = state["worker"]
+        if worker is None or not worker.ready.is_set():
+            raise ConnectionError("index not loaded yet")
+
+    async def nats_ready() -> None:
+        worker = state["worker"]
+        if worker is None or not worker.nc.is_connected:
+            raise ConnectionError("NATS not connected")
+
+    app.include_router(api.router(index))
+    install_error_handlers(app)
+    install_operational_routes(app, registry, {"index": index_loaded, "nats": nats_ready})
+    app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_matcher")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.state.index = index
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = MatcherSettings()
+    logs.configure("matcher", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.matcher_port,
+                log_config=None, access_log=False)

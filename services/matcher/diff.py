@@ -1,0 +1,74 @@
+"""The difference one change makes to the set of matches. Pure.
+
+matches(new) - matches(old) are found, matches(old) - matches(new) withdrawn, where both
+sides are computed against the index as it is apart from the changed entity: so no match
+set is ever stored, and a replay of the same change gives the same transitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts.matches import MatchKind
+from services.matcher.index import CapabilityIndex
+from services.matcher.profiles import DesignProfile, FacilityProfile
+from services.matcher.rules import Evaluation, evaluate
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: MatchKind
+    design_id: str
+    design_version: int
+    facility_id: str
+    facility_version: int
+    evaluation: Evaluation
+
+
+def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | None,
+                 version: int) -> list[Transition]:
+    """Apply a design upsert (new) or deletion (None at `version`) and say what changed."""
+    old = index.designs.get(design_id)
+    before = index.matches_of_design(old) if old else {}
+    if new is None:
+        index.remove_design(design_id)
+        after: dict[str, Evaluation] = {}
+    else:
+        index.put_design(new)
+        after = index.matches_of_design(new)
+    index.versions[("design", design_id)] = version
+    out = []
+    for fid in sorted(after.keys() - before.keys()):
+        out.append(Transition("found", design_id, version, fid,
+                              index.facilities[fid].version, after[fid]))
+    for fid in sorted(before.keys() - after.keys()):
+        facility = index.facilities[fid]
+        evaluation = evaluate(new, facility) if new else before[fid]
+        out.append(Transition("withdrawn", design_id, version, fid, facility.version,
+                              evaluation))
+    return out
+
+
+def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfile | None,
+                   version: int) -> list[Transition]:
+    old = index.facilities.get(facility_id)
+    index.versions[("facility", facility_id)] = version
+    if new is not None and new.same_capabilities(old):
+        index.put_facility(new)  # a new name or place: no match can change
+        return []
+    before = index.matches_of_facility(old) if old else {}
+    if new is None:
+        index.remove_facility(facility_id)
+        after: dict[str, Evaluation] = {}
+    else:
+        index.put_facility(new)
+        after = index.matches_of_facility(new)
+    out = []
+    for did in sorted(after.keys() - before.keys()):
+        out.append(Transition("found", did, index.designs[did].version, facility_id, version,
+                              after[did]))
+    for did in sorted(before.keys() - after.keys()):
+        design = index.designs[did]
+        evaluation = evaluate(design, new) if new else before[did]
+        out.append(Transition("withdrawn", did, design.version, facility_id, version,
+                              evaluation))
+    return out

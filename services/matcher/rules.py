@@ -1,0 +1,157 @@
+"""Can this facility make this design? Each requirement met, weakly met, unknown or unmet,
+and a score. Pure.
+
+- status: only an Active facility can make anything;
+- process: offered as the same or a more specific process (met), only as a more generic
+  one (weak: "3D printing" stated, SLA needed);
+- material: where both sides state materials, worked as the same or a more specific
+  material (met) or only a more generic one (weak); none stated: unknown;
+- size: a part fits, in some axis-aligned orientation, the working volume of a machine of
+  a process the part needs; no such volume stated: unknown.
+Unknowns lower the score instead of rejecting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts import vocabulary
+from contracts.matches import Outcome, Requirement
+from services.matcher.profiles import DesignProfile, FacilityProfile, Need, PartNeed, Size
+
+FACTOR: dict[Outcome, float] = {"met": 1.0, "weak": 0.8, "unknown": 0.75, "unmet": 0.0}
+INFERRED_FACTOR = 0.95  # a guessed requirement met is a little less certain
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    requirements: tuple[Requirement, ...]
+    score: float
+
+    @property
+    def unmet(self) -> tuple[Requirement, ...]:
+        return tuple(r for r in self.requirements if r.outcome == "unmet")
+
+    @property
+    def matches(self) -> bool:
+        return not self.unmet
+
+    @property
+    def near_miss(self) -> bool:
+        return len(self.unmet) == 1
+
+    def summary(self) -> str:
+        if self.matches:
+            return "match"
+        missing = ", ".join(f"{r.kind} {r.need}" for r in self.unmet)
+        return f"missing {len(self.unmet)} of {len(self.requirements)}: {missing}"
+
+
+def can_design_match(design: DesignProfile) -> bool:
+    """A design with no process to make it by matches nothing: matching it to every
+    active facility would tell no one anything."""
+    return any(n.known for n in design.processes)
+
+
+def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:
+    requirements = [_status(facility)]
+    score = 1.0 if facility.active else 0.0
+    for need in design.processes:
+        req = _process(need, facility)
+        requirements.append(req)
+        score *= FACTOR[req.outcome] * (INFERRED_FACTOR if need.inferred else 1.0)
+    for need in design.materials:
+        req = _material(need, facility)
+        requirements.append(req)
+        score *= FACTOR[req.outcome]
+    for part in design.parts:
+        req = _size(part, facility)
+        requirements.append(req)
+        score *= FACTOR[req.outcome]
+    if not can_design_match(design):
+        requirements.append(Requirement(kind="process", need="any", outcome="unmet",
+                                        note="the design names no process to make it by"))
+        score = 0.0
+    return Evaluation(tuple(requirements), round(score, 4))
+
+
+def _status(facility: FacilityProfile) -> Requirement:
+    if facility.active:
+        return Requirement(kind="status", need="active", outcome="met")
+    return Requirement(kind="status", need="active", outcome="unmet",
+                       note=f"facility is {facility.status}")
+
+
+def offered_for(process: str, offered: frozenset[str] | tuple[str, ...]) -> tuple[str, str]:
+    """How a facility's processes answer one needed process: ('met'|'weak'|'unmet', by)."""
+    vocab = vocabulary.processes()
+    if process in offered:
+        return "met", process
+    specific = vocab.descendants(process)
+    for q in offered:
+        if q in specific:
+            return "met", q
+    generic = vocab.ancestors(process)
+    for q in offered:
+        if q in generic:
+            return "weak", q
+    return "unmet", ""
+
+
+def _process(need: Need, facility: FacilityProfile) -> Requirement:
+    if not need.known:
+        if need.id in facility.processes:
+            return Requirement(kind="process", need=need.id, outcome="met", by=need.id)
+        return Requirement(kind="process", need=need.id, outcome="unknown",
+                           note="not in the vocabulary; compared by name only")
+    outcome, by = offered_for(need.id, facility.processes)
+    note = "inferred from the manifest" if need.inferred else None
+    if outcome == "weak":
+        note = f"facility states only the more generic {by!r}"
+    return Requirement(kind="process", need=need.id, outcome=outcome,  # type: ignore[arg-type]
+                       by=by or None, note=note)
+
+
+def _material(need: Need, facility: FacilityProfile) -> Requirement:
+    if not facility.materials:
+        return Requirement(kind="material", need=need.id, outcome="unknown",
+                           note="facility states no materials")
+    if need.id in facility.materials:
+        return Requirement(kind="material", need=need.id, outcome="met", by=need.id)
+    if not need.known:
+        return Requirement(kind="material", need=need.id, outcome="unknown",
+                           note="not in the vocabulary; compared by name only")
+    vocab = vocabulary.materials()
+    specific, generic = vocab.descendants(need.id), vocab.ancestors(need.id)
+    for m in facility.materials:
+        if m in specific:
+            return Requirement(kind="material", need=need.id, outcome="met", by=m)
+    for m in facility.materials:
+        if m in generic:
+            return Requirement(kind="material", need=need.id, outcome="weak", by=m,
+                               note=f"facility states only the more generic {m!r}")
+    return Requirement(kind="material", need=need.id, outcome="unmet")
+
+
+def fits(part: Size, volume: Size) -> bool:
+    """Axis-aligned, any orientation: sorted sides against sorted sides. A bed (2 sides)
+    takes the part's two largest sides (sheet work: thickness is not a bed dimension)."""
+    if len(volume) == 2:
+        part = part[-2:]
+    return all(p <= v for p, v in zip(part, volume, strict=False))
+
+
+def _size(part: PartNeed, facility: FacilityProfile) -> Requirement:
+    need = f"part {part.name!r} {' x '.join(f'{s:g}' for s in part.size)} mm"
+    measured = []
+    for machine in facility.machines:
+        if machine.size is None:
+            continue
+        if any(offered_for(p, machine.processes)[0] == "met" for p in part.processes):
+            measured.append(machine)
+            if fits(part.size, machine.size):
+                return Requirement(kind="size", need=need, outcome="met", by=machine.label)
+    if measured:
+        return Requirement(kind="size", need=need, outcome="unmet",
+                           note=f"larger than the {len(measured)} machine(s) with known size")
+    return Requirement(kind="size", need=need, outcome="unknown",
+                       note="no machine of this process states its working volume")

@@ -1,0 +1,22 @@
+"""Matcher settings (MAKELOCAL_ environment variables)."""
+
+from __future__ import annotations
+
+from services.common.settings import CommonSettings
+
+
+class MatcherSettings(CommonSettings):
+    matcher_port: int = 8002
+    matcher_partition: int = 0
+    matcher_partitions: int = 1
+    matcher_batch: int = 256
+    matcher_bucket: str = "matcher"
+    matcher_stream_replicas: int = 1
+
+    @property
+    def durable(self) -> str:
+        return f"{self.matcher_bucket}-p{self.matcher_partition}"
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.matcher_bucket}-p{self.matcher_partition}"

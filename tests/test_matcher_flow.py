@@ -1,0 +1,188 @@
+"""The matcher against real NATS: live match events, the query API, and the invariant
+(found/withdrawn alternate per pair; the pairs left found are exactly the matches of the
+final registry state) through SIGKILL mid-fan-out and changes made while it was down."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.matcher.settings import MatcherSettings
+from tests.conftest import auth
+from tests.helpers import (
+    InProcess,
+    InProcessMatcher,
+    ServiceProcess,
+    eventually,
+    expected_matches,
+    reduce_matches,
+    stream_messages,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+JSON = {"Content-Type": "application/json"}
+
+
+def lab(name: str, processes: list[str], *, status: str = "Active", lat: float = 48.85,
+        lon: float = 2.35, materials: list[str] = ()) -> bytes:
+    return json.dumps({"name": name, "facility_status": status,
+                       "manufacturing_processes": processes,
+                       "typical_materials": list(materials),
+                       "location": {"gps_coordinates": f"{lat}, {lon}"}}).encode()
+
+
+def okh(name: str, tsdc: list[str], material: str | None = None) -> bytes:
+    doc: dict = {"okhv": "OKH-LOSHv1.0", "name": name, "tsdc": tsdc}
+    if material:
+        doc["material"] = material
+    return json.dumps(doc).encode()
+
+
+async def settled(nats_url: str, timeout: float = 30) -> set[tuple[str, str]]:
+    """Wait until MATCHES reduces to what the final registry state says; return it."""
+    async def check() -> set | None:
+        expected = await expected_matches(nats_url)
+        got = await reduce_matches(nats_url)
+        return expected if got == expected else None
+
+    try:
+        return await eventually(check, timeout=timeout, interval=0.2)
+    except AssertionError:
+        got, expected = await reduce_matches(nats_url), await expected_matches(nats_url)
+        raise AssertionError(f"MATCHES has {sorted(got ^ expected)[:10]} wrong") from None
+
+
+async def test_a_new_design_is_matched_and_a_closed_facility_withdrawn(
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
+        matcher_settings: MatcherSettings, data_dir: Path) -> None:
+    key = auth(org[1]) | JSON
+    async with InProcessMatcher(matcher_settings) as matcher, httpx.AsyncClient(
+            base_url=matcher.url) as query:
+        await wait_ready(matcher.url)
+        await client.post("/v1/facilities?id=paris", content=lab(
+            "Paris", ["FDM", "laser cutting"], materials=["PLA", "plywood"]), headers=key)
+        await client.post("/v1/facilities?id=lyon", content=lab(
+            "Lyon", ["3D printing"], lat=45.76, lon=4.84), headers=key)
+        await client.post("/v1/facilities?id=closed", content=lab(
+            "Closed", ["FDM"], status="Closed"), headers=key)
+        ohloom = (data_dir / "okh" / "ohloom.okh.toml").read_bytes()
+        await client.post("/v1/designs?id=ohloom", content=ohloom,
+                          headers=auth(org[1]) | {"Content-Type": "application/toml"})
+        await client.post("/v1/designs?id=clip", content=okh("Clip", ["3DP"], "PLA"),
+                          headers=key)
+        assert await settled(registry.settings.nats_url) == {("clip", "paris"), ("clip", "lyon")}
+
+        found = [e for e in await stream_messages(registry.settings.nats_url, "MATCHES")
+                 if e["facility_id"] == "paris"]
+        assert found[0]["type"] == "matches.found" and found[0]["_msg_id"] == found[0]["event_id"]
+        assert {r["kind"] for r in found[0]["explanation"]} == {"status", "process", "material"}
+        assert found[0]["facility_lat"] == 48.85
+
+        ranked = (await query.get("/v1/designs/clip/facilities",
+                                  params={"near": "48.85,2.35", "radius_km": 1000})).json()
+        assert [m["facility"] for m in ranked["matches"]] == ["paris", "lyon"]
+        assert ranked["matches"][0]["score"] > ranked["matches"][1]["score"]
+        assert [m["facility"] for m in ranked["near_misses"]] == ["closed"]
+        assert ranked["near_misses"][0]["summary"] == "missing 1 of 3: status active"
+        paris = (await query.get("/v1/facilities/paris/designs")).json()
+        assert [m["design"] for m in paris["matches"]] == ["clip"]
+        why = (await query.get("/v1/match", params={"design": "ohloom",
+                                                    "facility": "paris"})).json()
+        assert not why["matches"] and "cnc-machining" in why["summary"]
+        missing = await query.get("/v1/designs/nope/facilities")
+        assert missing.status_code == 404 and missing.json()["error"]["field"] == "design"
+
+        current = await client.get("/v1/facilities/paris")
+        await client.put("/v1/facilities/paris", content=lab("Paris", ["FDM"], status="Closed"),
+                         headers=key | {"If-Match": current.headers["etag"]})
+        assert await settled(registry.settings.nats_url) == {("clip", "lyon")}
+        metrics = (await query.get("/metrics")).text
+        assert "makelocal_matcher_matches_withdrawn_total 1.0" in metrics
+        assert (await query.get("/readyz")).status_code == 200
+
+
+async def test_sigkill_mid_fan_out_leaves_matches_exact_after_restart(
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
+        matcher_env: dict[str, str], tmp_path: Path) -> None:
+    key = auth(org[1]) | JSON
+    matcher = ServiceProcess(matcher_env, tmp_path / "matcher.log", "matcher").start(
+        MAKELOCAL_CRASH_AT="matcher.mid_publish")
+    await wait_ready(matcher.url)
+    for i in range(120):
+        await client.post(f"/v1/facilities?id=lab-{i:03d}", content=lab(
+            f"Lab {i}", ["FDM"] if i % 3 else ["laser cutting"]), headers=key)
+    await client.post("/v1/designs?id=bracket", content=okh("Bracket", ["3DP"]), headers=key)
+    assert await matcher.wait_dead(30) == -signal.SIGKILL
+    half = await reduce_matches(registry.settings.nats_url)
+    assert 0 < len(half) < 80  # the fan-out was cut in the middle
+
+    matcher.start()
+    try:
+        final = await settled(registry.settings.nats_url)
+        assert len(final) == 80
+        events = await stream_messages(registry.settings.nats_url, "MATCHES")
+        assert len(events) == 80  # replayed events were duplicates, dropped by JetStream
+    finally:
+        matcher.stop()
+
+
+async def test_changes_made_while_the_matcher_was_down_are_reconciled(
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
+        matcher_env: dict[str, str], tmp_path: Path) -> None:
+    key = auth(org[1]) | JSON
+    matcher = ServiceProcess(matcher_env, tmp_path / "matcher.log", "matcher").start()
+    await wait_ready(matcher.url)
+    try:
+        for i in range(6):
+            await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", ["FDM", "CNC"]),
+                              headers=key)
+        for design_id, tsdc in (("d-print", ["3DP"]), ("d-cnc", ["CNC"]),
+                                ("d-both", ["3DP", "CNC"])):
+            await client.post(f"/v1/designs?id={design_id}", content=okh(design_id, tsdc),
+                              headers=key)
+        assert len(await settled(registry.settings.nats_url)) == 18
+    finally:
+        matcher.kill()
+    # while it is down: one facility changes three times, a design is deleted
+    for version, processes in ((1, ["FDM"]), (2, ["laser cutting"]), (3, ["CNC", "welding"])):
+        await client.put("/v1/facilities/f0", content=lab("F0", processes),
+                         headers=key | {"If-Match": f'"{version}"'})
+    await client.delete("/v1/designs/d-both", headers=auth(org[1]))
+    matcher.start()
+    try:
+        final = await settled(registry.settings.nats_url)
+        assert ("d-cnc", "f0") in final and ("d-print", "f0") not in final
+        assert not any(d == "d-both" for d, _ in final)
+        assert len(final) == 6 + 5
+    finally:
+        matcher.stop()
+
+
+async def test_a_matcher_without_checkpoint_builds_silently_then_goes_live(
+        client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
+        matcher_settings: MatcherSettings) -> None:
+    key = auth(org[1]) | JSON
+    for i in range(5):
+        await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", ["FDM"]), headers=key)
+    await client.post("/v1/designs?id=old", content=okh("Old", ["3DP"]), headers=key)
+    await eventually(lambda: _count(registry.settings.nats_url, 6))
+    async with InProcessMatcher(matcher_settings) as matcher, httpx.AsyncClient(
+            base_url=matcher.url) as query:
+        await wait_ready(matcher.url)
+        assert len((await query.get("/v1/designs/old/facilities")).json()["matches"]) == 5
+        await client.post("/v1/designs?id=new", content=okh("New", ["3DP"]), headers=key)
+
+        async def live() -> set:
+            return await reduce_matches(registry.settings.nats_url)
+
+        found = await eventually(live)
+        assert found == {("new", f"f{i}") for i in range(5)}  # nothing for "old"
+
+
+async def _count(nats_url: str, n: int) -> bool:
+    return len(await stream_messages(nats_url)) == n

@@ -1,0 +1,172 @@
+"""Matching rules, the index and the diff, as pure functions."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts.models import Box, Design, Equipment, Facility, Location, Part, Term
+from services.matcher.diff import apply_design, apply_facility
+from services.matcher.index import CapabilityIndex, all_pairs
+from services.matcher.profiles import (
+    Machine,
+    Need,
+    design_profile,
+    dump_design,
+    dump_facility,
+    facility_profile,
+    load_profile,
+)
+from services.matcher.rules import evaluate, fits
+
+
+def term(id_: str, **kw: object) -> Term:
+    return Term(id=id_, label=id_, **kw)
+
+
+def design(processes: list[str], materials: list[str] = (), parts: list[Part] = (),
+           id_: str = "d1", version: int = 1):
+    return design_profile(Design(id=id_, name=id_, okh_format="test",
+                                 processes=[term(p) for p in processes],
+                                 materials=[term(m) for m in materials], parts=list(parts)),
+                          version)
+
+
+def facility(processes: list[str], *, status: str = "active", materials: list[str] = (),
+             equipment: list[Equipment] = (), id_: str = "f1", version: int = 1,
+             lat: float | None = None, lon: float | None = None):
+    return facility_profile(Facility(id=id_, name=id_, status=status,
+                                     processes=[term(p) for p in processes],
+                                     materials=[term(m) for m in materials],
+                                     equipment=list(equipment),
+                                     location=Location(lat=lat, lon=lon)), version)
+
+
+def outcomes(d, f) -> list[tuple[str, str, str]]:
+    return [(r.kind, r.need, r.outcome) for r in evaluate(d, f).requirements]
+
+
+def test_a_more_specific_process_meets_the_need_and_a_generic_one_is_weak() -> None:
+    assert outcomes(design(["3d-printing"]), facility(["fdm"])) == [
+        ("status", "active", "met"), ("process", "3d-printing", "met")]
+    weak = evaluate(design(["sla"]), facility(["3d-printing"]))
+    assert weak.matches and weak.requirements[1].outcome == "weak" and weak.score < 1
+    assert not evaluate(design(["sla"]), facility(["fdm"])).matches
+
+
+def test_only_active_facilities_match_and_one_miss_is_a_near_miss() -> None:
+    closed = evaluate(design(["laser-cutting"]), facility(["laser-cutting"], status="closed"))
+    assert not closed.matches and closed.near_miss
+    assert closed.summary() == "missing 1 of 2: status active"
+    petg = evaluate(design(["fdm"], ["petg"]), facility(["fdm"], materials=["pla"]))
+    assert petg.near_miss and petg.summary() == "missing 1 of 3: material petg"
+
+
+def test_materials_through_the_hierarchy_and_unknown_when_unstated() -> None:
+    assert outcomes(design(["fdm"], ["thermoplastic"]), facility(["fdm"], materials=["pla"])
+                    )[-1] == ("material", "thermoplastic", "met")
+    assert outcomes(design(["fdm"], ["pla"]), facility(["fdm"], materials=["thermoplastic"])
+                    )[-1] == ("material", "pla", "weak")
+    unknown = evaluate(design(["fdm"], ["pla"]), facility(["fdm"]))
+    assert unknown.matches and unknown.requirements[-1].outcome == "unknown"
+    assert unknown.score < evaluate(design(["fdm"], ["pla"]),
+                                    facility(["fdm"], materials=["pla"])).score
+
+
+def test_parts_must_fit_a_machine_of_their_process_in_some_orientation() -> None:
+    part = Part(name="plate", processes=[term("fdm")],
+                outer_dimensions=Box(x_mm=250, y_mm=20, z_mm=200))
+    small = Equipment(processes=[term("fdm")], working_volume=Box(x_mm=220, y_mm=220,
+                                                                  z_mm=250))
+    big = Equipment(processes=[term("fdm")], make="Big", working_volume=Box(
+        x_mm=300, y_mm=300, z_mm=300))
+    d = design(["fdm"], parts=[part])
+    assert evaluate(d, facility(["fdm"], equipment=[small])).requirements[-1].outcome == "met"
+    tiny = Equipment(processes=[term("fdm")], working_volume=Box(x_mm=100, y_mm=100, z_mm=100))
+    assert evaluate(d, facility(["fdm"], equipment=[tiny])).requirements[-1].outcome == "unmet"
+    assert evaluate(d, facility(["fdm"], equipment=[tiny, big])).requirements[-1].by == "Big"
+    assert evaluate(d, facility(["fdm"])).requirements[-1].outcome == "unknown"
+    assert fits((3.0, 200.0, 300.0), (310.0, 500.0))  # a sheet on a laser bed
+
+
+def test_inferred_and_unknown_needs_lower_the_score_but_do_not_reject() -> None:
+    inferred = design_profile(Design(id="d", name="d", okh_format="t", processes=[
+        term("3d-printing", inferred=True)]), 1)
+    assert evaluate(inferred, facility(["fdm"])).score == 0.95
+    odd = design_profile(Design(id="d", name="d", okh_format="t", processes=[
+        term("fdm"), Term(id="glassblowing", label="glassblowing", known=False)]), 1)
+    result = evaluate(odd, facility(["fdm"]))
+    assert result.matches and result.requirements[-1].outcome == "unknown"
+
+
+def test_a_design_needing_only_purchased_parts_matches_nothing() -> None:
+    d = design(["standard-parts"])
+    assert d.processes == ()
+    assert not evaluate(d, facility(["fdm"])).matches
+
+
+def test_profiles_survive_their_checkpoint_form() -> None:
+    part = Part(name="p", processes=[term("fdm")], outer_dimensions=Box(x_mm=1, y_mm=2, z_mm=3))
+    d = design(["fdm", "pcb-fabrication"], ["pla"], [part])
+    eq = Equipment(processes=[term("fdm")], materials=[term("pla")], make="Prusa",
+                   working_volume=Box(x_mm=250, y_mm=210, z_mm=210))
+    f = facility(["fdm"], equipment=[eq], lat=1.5, lon=2.5)
+    assert load_profile(dump_design(d)) == d
+    assert load_profile(dump_facility(f)) == f
+    assert f.machines == (Machine("Prusa", ("fdm",), ("pla",), (210.0, 210.0, 250.0)),)
+    assert d.processes[0] == Need("fdm")
+
+
+PROCESSES = ["3d-printing", "fdm", "sla", "laser-cutting", "cnc-milling", "cnc-machining",
+             "pcb-fabrication", "welding", "sewing", "glassblowing"]
+MATERIALS = ["pla", "abs", "thermoplastic", "plywood", "wood", "steel", "metal"]
+
+
+def random_design(rng: random.Random, id_: str, version: int):
+    return design(rng.sample(PROCESSES[:9], rng.randint(0, 3)),
+                  rng.sample(MATERIALS, rng.randint(0, 2)), id_=id_, version=version)
+
+
+def random_facility(rng: random.Random, id_: str, version: int):
+    return facility(rng.sample(PROCESSES, rng.randint(0, 4)),
+                    status=rng.choice(["active", "active", "active", "closed", "planned"]),
+                    materials=rng.sample(MATERIALS, rng.randint(0, 3)), id_=id_,
+                    version=version, lat=rng.uniform(-60, 60), lon=rng.uniform(-179, 179))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_transitions_alternate_and_reduce_to_the_brute_force_match_set(seed: int) -> None:
+    rng = random.Random(seed)
+    index = CapabilityIndex()
+    last: dict[tuple[str, str], str] = {}
+    versions: dict[str, int] = {}
+    for _ in range(80):
+        is_design = rng.random() < 0.5
+        entity = f"{'d' if is_design else 'f'}{rng.randint(0, 7)}"
+        versions[entity] = version = versions.get(entity, 0) + 1
+        delete = rng.random() < 0.15
+        if is_design:
+            new = None if delete else random_design(rng, entity, version)
+            transitions = apply_design(index, entity, new, version)
+        else:
+            new = None if delete else random_facility(rng, entity, version)
+            transitions = apply_facility(index, entity, new, version)
+        for t in transitions:
+            pair = (t.design_id, t.facility_id)
+            assert last.get(pair, "withdrawn") != t.kind, f"{t.kind} twice for {pair}"
+            last[pair] = t.kind
+    found = {pair for pair, kind in last.items() if kind == "found"}
+    assert found == all_pairs(index.designs.values(), index.facilities.values())
+
+
+def test_radius_queries_use_the_grid_and_exact_distance() -> None:
+    index = CapabilityIndex()
+    index.put_facility(facility(["fdm"], id_="paris", lat=48.85, lon=2.35))
+    index.put_facility(facility(["fdm"], id_="lyon", lat=45.76, lon=4.84))
+    index.put_facility(facility(["fdm"], id_="fiji", lat=-17.7, lon=179.9))
+    assert [f for f, _ in index.near(48.85, 2.35, 50)] == ["paris"]
+    assert sorted(f for f, _ in index.near(48.85, 2.35, 500)) == ["lyon", "paris"]
+    assert [f for f, _ in index.near(-17.7, -179.9, 50)] == ["fiji"]  # across the date line

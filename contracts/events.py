@@ -32,6 +32,22 @@ class EventType(StrEnum):
     facility_deleted = "facility.deleted"
 
 
+def design_partition_transform(partitions: int) -> tuple[str, str] | None:
+    """(source, destination) of the REGISTRY subject transform that puts each design
+    event under its partition: registry.design.<id> -> registry.design.<p>.<id>."""
+    if partitions <= 1:
+        return None
+    return ("registry.design.*",
+            f"registry.design.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}")
+
+
+def partition_filters(partitions: int, partition: int) -> list[str]:
+    """What one matcher partition consumes: every facility, its share of the designs."""
+    if partitions <= 1:
+        return [REGISTRY_SUBJECTS]
+    return ["registry.facility.*", f"registry.design.{partition}.*"]
+
+
 def subject_for(kind: EntityKind, entity_id: str) -> str:
     """Ids are [A-Za-z0-9_-], so they are safe as a single subject token."""
     return f"registry.{kind.value}.{entity_id}"

@@ -37,10 +37,8 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
     server.stop()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def clean_streams(nats_server: NatsServer) -> AsyncIterator[None]:
-    """Tests run one at a time; each starts with no REGISTRY stream."""
-    nc = await nats.connect(nats_server.url)
+async def clean_streams_now(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
     try:
         for stream in (REGISTRY_STREAM, MATCHES_STREAM):
             try:
@@ -49,6 +47,12 @@ async def clean_streams(nats_server: NatsServer) -> AsyncIterator[None]:
                 pass
     finally:
         await nc.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def clean_streams(nats_server: NatsServer) -> AsyncIterator[None]:
+    """Tests run one at a time; each starts with no REGISTRY or MATCHES stream."""
+    await clean_streams_now(nats_server.url)
     yield
 
 

@@ -194,3 +194,51 @@ async def test_a_matcher_without_checkpoint_builds_silently_then_goes_live(
 
 async def _count(nats_url: str, n: int) -> bool:
     return len(await stream_messages(nats_url)) == n
+
+
+async def _scenario(registry: InProcess, key: str) -> set[str]:
+    """A fixed sequence of writes; the ids of the match events it leads to."""
+    headers = auth(key) | JSON
+    async with httpx.AsyncClient(base_url=registry.url) as client:
+        for i in range(12):
+            processes = [["FDM"], ["laser cutting"], ["CNC", "FDM"]][i % 3]
+            await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", processes),
+                              headers=headers)
+        for i in range(10):
+            tsdc = [["3DP"], ["LAS"], ["CNC"], ["3DP", "CNC"]][i % 4]
+            await client.post(f"/v1/designs?id=d{i}", content=okh(f"D{i}", tsdc),
+                              headers=headers)
+        await client.put("/v1/facilities/f2", content=lab("F2", ["FDM"], status="Closed"),
+                         headers=headers | {"If-Match": '"1"'})
+        await client.delete("/v1/designs/d3", headers=auth(key))
+    await settled(registry)
+    return {e["event_id"] for e in await stream_messages(registry.settings.nats_url, "MATCHES")}
+
+
+async def test_two_partitions_emit_exactly_the_events_of_one_process(
+        settings, store, matcher_settings: MatcherSettings, nats_server) -> None:
+    from tests.conftest import clean_streams_now
+    from tests.helpers import InProcessRegistry
+
+    results = []
+    for partitions in (2, 1):
+        await clean_streams_now(nats_server.url)
+        schema = f"{settings.registry_db_schema}_{partitions}"
+        own = settings.model_copy(update={"registry_db_schema": schema,
+                                          "partitions": partitions})
+        async with InProcessRegistry(own) as registry:
+            _, key = await registry.app.state.store.create_organization("P")
+            matchers = [InProcessMatcher(matcher_settings.model_copy(update={
+                "partitions": partitions, "matcher_partition": p,
+                "matcher_bucket": f"{matcher_settings.matcher_bucket}{partitions}"}))
+                for p in range(partitions)]
+            for matcher in matchers:
+                await matcher.__aenter__()
+                await wait_ready(matcher.url)
+            try:
+                results.append(await _scenario(registry, key))
+            finally:
+                for matcher in matchers:
+                    await matcher.__aexit__(None, None, None)
+    two, one = results
+    assert len(one) > 20 and two == one

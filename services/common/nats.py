@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nats
 from nats.aio.client import Client
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import NotFoundError
 
 
@@ -28,9 +28,12 @@ async def ensure_stream(nc: Client, config: StreamConfig) -> None:
 
 
 def compacted_stream(name: str, subjects: list[str], duplicate_window_s: float,
-                     replicas: int = 1) -> StreamConfig:
+                     replicas: int = 1,
+                     transform: tuple[str, str] | None = None) -> StreamConfig:
     """A changelog that keeps only the latest message per subject (per entity)."""
     return StreamConfig(
         name=name, subjects=subjects, storage=StorageType.FILE, max_msgs_per_subject=1,
         duplicate_window=duplicate_window_s, discard=DiscardPolicy.OLD, num_replicas=replicas,
+        subject_transform=SubjectTransform(src=transform[0], dest=transform[1])
+        if transform else None,
     )

@@ -13,3 +13,6 @@ class CommonSettings(BaseSettings):
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     max_body_bytes: int = 2 * 1024 * 1024
+    # Design events are spread over this many matcher partitions by the REGISTRY stream's
+    # subject transform; the registry and every matcher must agree on it.
+    partitions: int = 1

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from contracts.events import partition_filters
 from services.common import logs
 from services.common import nats as nats_util
 from services.common.http import (
@@ -25,12 +26,6 @@ from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 
 log = logging.getLogger(__name__)
-
-
-def filter_subjects(settings: MatcherSettings) -> list[str]:
-    if settings.matcher_partitions <= 1:
-        return ["registry.>"]
-    return ["registry.facility.*", f"registry.design.{settings.matcher_partition}.*"]
 
 
 def create_app(settings: MatcherSettings | None = None) -> FastAPI:
@@ -49,7 +44,8 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
                 index.clear()  # the checkpoint is the truth; start from it every time
                 worker = MatcherWorker(nc, index, metrics, bucket=settings.bucket,
                                        durable=settings.durable,
-                                       filter_subjects=filter_subjects(settings),
+                                       filter_subjects=partition_filters(settings.partitions,
+                                                                   settings.matcher_partition),
                                        batch=settings.matcher_batch,
                                        replicas=settings.matcher_stream_replicas)
                 state["worker"] = worker

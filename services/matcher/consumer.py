@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import TypeAdapter
 
-from contracts.events import REGISTRY_STREAM, RegistryEvent
+from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent
 from contracts.matches import (
     MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_AGE_S,
@@ -123,9 +123,9 @@ class MatcherWorker:
             return
         last = info.state.last_seq
         if info.state.messages:
-            sub = await self.js.subscribe(self.filter_subjects[0] if len(
-                self.filter_subjects) == 1 else "registry.>", stream=REGISTRY_STREAM,
-                ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+            sub = await self.js.subscribe(REGISTRY_SUBJECTS, stream=REGISTRY_STREAM,
+                                          ordered_consumer=True,
+                                          deliver_policy=DeliverPolicy.ALL)
             try:
                 while True:
                     msg = await sub.next_msg(timeout=10)

@@ -52,7 +52,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                 dsn=settings.database_url, schema=settings.registry_db_schema,
                 nats_url=settings.nats_url, metrics=relay_metrics,
                 batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
-                replicas=settings.registry_stream_replicas,
+                replicas=settings.registry_stream_replicas, partitions=settings.partitions,
                 on_nats=lambda nc: state.__setitem__("nats", nc))
             tasks.append(asyncio.create_task(relay.run()))
         try:
@@ -119,6 +119,6 @@ def main_relay() -> None:
         dsn=settings.database_url, schema=settings.registry_db_schema,
         nats_url=settings.nats_url, metrics=RelayMetrics(CollectorRegistry()),
         batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
-        replicas=settings.registry_stream_replicas)
+        replicas=settings.registry_stream_replicas, partitions=settings.partitions)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(relay.run())

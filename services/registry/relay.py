@@ -19,7 +19,12 @@ import asyncpg
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from contracts.events import REGISTRY_DUPLICATE_WINDOW_S, REGISTRY_STREAM, REGISTRY_SUBJECTS
+from contracts.events import (
+    REGISTRY_DUPLICATE_WINDOW_S,
+    REGISTRY_STREAM,
+    REGISTRY_SUBJECTS,
+    design_partition_transform,
+)
 from services.common import db
 from services.common import nats as nats_util
 from services.common.faults import crash_point
@@ -60,9 +65,11 @@ def batch_of_distinct_subjects(rows: list[asyncpg.Record]) -> list[asyncpg.Recor
 class OutboxRelay:
     def __init__(self, *, dsn: str, schema: str, nats_url: str, metrics: RelayMetrics,
                  batch: int = 256, sweep_s: float = 1.0, replicas: int = 1,
+                 partitions: int = 1,
                  on_nats: Callable[[Client | None], None] | None = None) -> None:
         self.dsn, self.schema, self.nats_url = dsn, schema, nats_url
         self.metrics, self.batch, self.sweep_s, self.replicas = metrics, batch, sweep_s, replicas
+        self.partitions = partitions
         self.on_nats = on_nats or (lambda _nc: None)
         self._wake = asyncio.Event()
 
@@ -116,7 +123,7 @@ class OutboxRelay:
                 nc = await nats_util.connect(self.nats_url, f"registry-relay:{self.schema}")
                 await nats_util.ensure_stream(nc, nats_util.compacted_stream(
                     REGISTRY_STREAM, [REGISTRY_SUBJECTS], REGISTRY_DUPLICATE_WINDOW_S,
-                    self.replicas))
+                    self.replicas, design_partition_transform(self.partitions)))
                 self.on_nats(nc)
                 return nc
             except Exception as exc:

@@ -170,3 +170,13 @@ def test_radius_queries_use_the_grid_and_exact_distance() -> None:
     assert [f for f, _ in index.near(48.85, 2.35, 50)] == ["paris"]
     assert sorted(f for f, _ in index.near(48.85, 2.35, 500)) == ["lyon", "paris"]
     assert [f for f, _ in index.near(-17.7, -179.9, 50)] == ["fiji"]  # across the date line
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**6))
+def test_the_fast_predicate_agrees_with_the_explained_evaluation(seed: int) -> None:
+    from services.matcher.rules import can_make
+
+    rng = random.Random(seed)
+    d, f = random_design(rng, "d", 1), random_facility(rng, "f", 1)
+    assert can_make(d, f) == evaluate(d, f).matches

@@ -60,7 +60,7 @@ def router(index: CapabilityIndex) -> APIRouter:
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         facility = facility_of(facility_id)
         rows = [_row("design", did, index.designs[did].version, ev, None)
-                for did, ev in index.matches_of_facility(facility).items()]
+                for did, ev in index.explained_matches_of_facility(facility).items()]
         return {"facility": facility_id, "matches": sorted(rows, key=_ranking)[:limit]}
 
     @api.get("/match", summary="Explain one design and facility pair")

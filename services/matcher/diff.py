@@ -28,23 +28,26 @@ def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | No
                  version: int) -> list[Transition]:
     """Apply a design upsert (new) or deletion (None at `version`) and say what changed."""
     old = index.designs.get(design_id)
-    before = index.matches_of_design(old) if old else {}
+    index.versions[("design", design_id)] = version
+    if new is not None and new.same_needs(old):
+        index.put_design(new)  # a new description or licence: no match can change
+        return []
+    before = index.matches_of_design(old) if old else set()
     if new is None:
         index.remove_design(design_id)
-        after: dict[str, Evaluation] = {}
+        after: set[str] = set()
     else:
         index.put_design(new)
         after = index.matches_of_design(new)
-    index.versions[("design", design_id)] = version
     out = []
-    for fid in sorted(after.keys() - before.keys()):
-        out.append(Transition("found", design_id, version, fid,
-                              index.facilities[fid].version, after[fid]))
-    for fid in sorted(before.keys() - after.keys()):
+    for fid in sorted(after - before):
         facility = index.facilities[fid]
-        evaluation = evaluate(new, facility) if new else before[fid]
+        out.append(Transition("found", design_id, version, fid, facility.version,
+                              evaluate(new, facility)))  # type: ignore[arg-type]
+    for fid in sorted(before - after):
+        facility = index.facilities[fid]
         out.append(Transition("withdrawn", design_id, version, fid, facility.version,
-                              evaluation))
+                              evaluate(new or old, facility)))  # type: ignore[arg-type]
     return out
 
 
@@ -55,20 +58,20 @@ def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfil
     if new is not None and new.same_capabilities(old):
         index.put_facility(new)  # a new name or place: no match can change
         return []
-    before = index.matches_of_facility(old) if old else {}
+    before = index.matches_of_facility(old) if old else set()
     if new is None:
         index.remove_facility(facility_id)
-        after: dict[str, Evaluation] = {}
+        after: set[str] = set()
     else:
         index.put_facility(new)
         after = index.matches_of_facility(new)
     out = []
-    for did in sorted(after.keys() - before.keys()):
-        out.append(Transition("found", did, index.designs[did].version, facility_id, version,
-                              after[did]))
-    for did in sorted(before.keys() - after.keys()):
+    for did in sorted(after - before):
         design = index.designs[did]
-        evaluation = evaluate(design, new) if new else before[did]
+        out.append(Transition("found", did, design.version, facility_id, version,
+                              evaluate(design, new)))  # type: ignore[arg-type]
+    for did in sorted(before - after):
+        design = index.designs[did]
         out.append(Transition("withdrawn", did, design.version, facility_id, version,
-                              evaluation))
+                              evaluate(design, new or old)))  # type: ignore[arg-type]
     return out

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from contracts import vocabulary
 from services.matcher.profiles import DesignProfile, FacilityProfile
-from services.matcher.rules import Evaluation, can_design_match, evaluate
+from services.matcher.rules import Evaluation, can_design_match, can_make, evaluate
 
 EARTH_RADIUS_KM = 6371.0088
 CELL_DEG = 1.0
@@ -129,26 +129,21 @@ class CapabilityIndex:
 
     # matches
 
-    def matches_of_design(self, design: DesignProfile) -> dict[str, Evaluation]:
-        out = {}
-        for fid in self.facility_candidates(design):
-            facility = self.facilities[fid]
-            if not facility.active:
-                continue
-            evaluation = evaluate(design, facility)
-            if evaluation.matches:
-                out[fid] = evaluation
-        return out
+    def matches_of_design(self, design: DesignProfile) -> set[str]:
+        facilities = self.facilities
+        return {fid for fid in self.facility_candidates(design)
+                if can_make(design, facilities[fid])}
 
-    def matches_of_facility(self, facility: FacilityProfile) -> dict[str, Evaluation]:
+    def matches_of_facility(self, facility: FacilityProfile) -> set[str]:
         if not facility.active:
-            return {}
-        out = {}
-        for did in self.design_candidates(facility):
-            evaluation = evaluate(self.designs[did], facility)
-            if evaluation.matches:
-                out[did] = evaluation
-        return out
+            return set()
+        designs = self.designs
+        return {did for did in self.design_candidates(facility)
+                if can_make(designs[did], facility)}
+
+    def explained_matches_of_facility(self, facility: FacilityProfile) -> dict[str, Evaluation]:
+        return {did: evaluate(self.designs[did], facility)
+                for did in self.matches_of_facility(facility)}
 
     def sizes(self) -> dict[str, int]:
         return {"designs": len(self.designs), "facilities": len(self.facilities),

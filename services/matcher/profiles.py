@@ -37,6 +37,10 @@ class DesignProfile:
     materials: tuple[Need, ...]
     parts: tuple[PartNeed, ...]
 
+    def same_needs(self, other: DesignProfile | None) -> bool:
+        return other is not None and (self.processes, self.materials, self.parts) == (
+            other.processes, other.materials, other.parts)
+
 
 @dataclass(frozen=True, slots=True)
 class Machine:

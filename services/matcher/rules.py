@@ -13,6 +13,7 @@ Unknowns lower the score instead of rejecting."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from contracts import vocabulary
 from contracts.matches import Outcome, Requirement
@@ -50,6 +51,35 @@ def can_design_match(design: DesignProfile) -> bool:
     """A design with no process to make it by matches nothing: matching it to every
     active facility would tell no one anything."""
     return any(n.known for n in design.processes)
+
+
+@cache
+def _answering(kind: str, term: str) -> frozenset[str]:
+    """Terms that meet (same, more specific) or weakly meet (more generic) a need."""
+    vocab = vocabulary.vocabulary(kind)  # type: ignore[arg-type]
+    return vocab.with_descendants(term) | vocab.ancestors(term)
+
+
+def can_make(design: DesignProfile, facility: FacilityProfile) -> bool:
+    """evaluate(design, facility).matches, without building the explanation: the index
+    asks this for every candidate, and explains only the pairs that change."""
+    if not facility.active or not can_design_match(design):
+        return False
+    offered = facility.processes
+    for need in design.processes:
+        if need.known and need.id not in offered and not (_answering("process", need.id)
+                                                          & offered):
+            return False
+    materials = facility.materials
+    if materials:
+        for need in design.materials:
+            if need.known and need.id not in materials and not (
+                    _answering("material", need.id) & materials):
+                return False
+    for part in design.parts:
+        if _size(part, facility).outcome == "unmet":
+            return False
+    return True
 
 
 def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contracts.matches import MatchEvent
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
 from tests.helpers import (
@@ -85,8 +86,10 @@ async def test_a_new_design_is_matched_and_a_closed_facility_withdrawn(
                           headers=key)
         assert await settled(registry) == {("clip", "paris"), ("clip", "lyon")}
 
-        found = [e for e in await stream_messages(registry.settings.nats_url, "MATCHES")
-                 if e["facility_id"] == "paris"]
+        events = await stream_messages(registry.settings.nats_url, "MATCHES")
+        for event in events:  # every published event is a valid MatchEvent
+            MatchEvent.model_validate({k: v for k, v in event.items() if k[0] != "_"})
+        found = [e for e in events if e["facility_id"] == "paris"]
         assert found[0]["type"] == "matches.found" and found[0]["_msg_id"] == found[0]["event_id"]
         assert {r["kind"] for r in found[0]["explanation"]} == {"status", "process", "material"}
         assert found[0]["facility_lat"] == 48.85

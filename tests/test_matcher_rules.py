@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,6 +154,11 @@ def test_transitions_alternate_and_reduce_to_the_brute_force_match_set(seed: int
             transitions = apply_design(index, entity, new, version)
         else:
             new = None if delete else random_facility(rng, entity, version)
+            old = index.facilities.get(entity)
+            if new is not None and old is not None and rng.random() < 0.4:
+                # the usual edit: only the offered processes change
+                new = replace(old, version=version, processes=frozenset(
+                    rng.sample(PROCESSES, rng.randint(0, 4))))
             transitions = apply_facility(index, entity, new, version)
         for t in transitions:
             pair = (t.design_id, t.facility_id)

@@ -70,7 +70,7 @@ def router(index: CapabilityIndex) -> APIRouter:
         return {"design": design, "facility": facility, "matches": evaluation.matches,
                 "near_miss": evaluation.near_miss, "summary": evaluation.summary(),
                 "score": evaluation.score,
-                "explanation": [r.model_dump() for r in evaluation.requirements]}
+                "explanation": [r.as_dict() for r in evaluation.requirements]}
 
     return api
 
@@ -102,7 +102,8 @@ def _row(kind: str, entity_id: str, version: int, evaluation: Evaluation,
          distance: float | None) -> dict[str, Any]:
     return {kind: entity_id, "version": version, "score": evaluation.score,
             "distance_km": distance, "summary": evaluation.summary(),
-            "explanation": [r.model_dump(exclude_none=True) for r in evaluation.requirements]}
+            "explanation": [{k: v for k, v in r.as_dict().items() if v is not None}
+                            for r in evaluation.requirements]}
 
 
 def _ranking(row: dict[str, Any]) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -27,8 +27,6 @@ from contracts.matches import (
     MATCHES_MAX_AGE_S,
     MATCHES_STREAM,
     MATCHES_SUBJECTS,
-    Cause,
-    MatchEvent,
     match_event_id,
     match_subject,
 )
@@ -226,7 +224,7 @@ class MatcherWorker:
     async def _apply_and_publish(self, changes: list[Change]) -> None:
         await self.checkpoint.begin(changes)
         crash_point("matcher.after_begin")
-        events: list[MatchEvent] = []
+        events: list[Outgoing] = []
         for change in changes:
             started = time.perf_counter()
             apply = apply_design if change.kind == "design" else apply_facility
@@ -240,41 +238,27 @@ class MatcherWorker:
         self.position = max(self.position, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
 
-    def _event(self, t: Transition, change: Change) -> MatchEvent:
+    def _event(self, t: Transition, change: Change) -> Outgoing:
         gone = change.old if change.new is None else None  # a deleted entity's last state
         facility = self.index.facilities.get(t.facility_id) or (
             gone if change.kind == "facility" else None)
         design = self.index.designs.get(t.design_id) or (
             gone if change.kind == "design" else None)
-        return MatchEvent(
-            event_id=match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
-                                    t.facility_version),
-            type=f"matches.{t.kind}", design_id=t.design_id, design_version=t.design_version,
-            facility_id=t.facility_id, facility_version=t.facility_version,
-            score=t.evaluation.score if t.kind == "found" else 0.0,
-            explanation=list(t.evaluation.requirements),
-            facility_lat=getattr(facility, "lat", None), facility_lon=getattr(facility, "lon",
-                                                                              None),
-            design_processes=[n.id for n in getattr(design, "processes", ())],
-            cause=Cause(entity=change.kind, entity_id=change.entity_id,  # type: ignore[arg-type]
-                        version=change.version, event_id=change.cause_event_id,
-                        occurred_at=change.occurred_at))
+        return match_message(t, change, facility, design)
 
-    async def _publish(self, events: list[MatchEvent]) -> None:
+    async def _publish(self, events: list[Outgoing]) -> None:
         """Pipelined: a window of publishes in flight, then their acks, then the next."""
         window = min(PUBLISH_WINDOW, max(1, (len(events) + 1) // 2))
         for start in range(0, len(events), window):
-            futures = []
-            for event in events[start:start + window]:
-                kind = event.type.split(".", 1)[1]
-                futures.append(await self.js.publish_async(
-                    match_subject(kind, event.design_id, event.facility_id),  # type: ignore[arg-type]
-                    event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.event_id}))
+            futures = [await self.js.publish_async(e.subject, e.payload,
+                                                   headers={"Nats-Msg-Id": e.event_id})
+                       for e in events[start:start + window]]
             await asyncio.wait_for(asyncio.gather(*futures), 30)
             if start == 0 and window < len(events):
                 crash_point("matcher.mid_publish")
-        for event in events:
-            (self.metrics.found if event.type == "matches.found" else self.metrics.withdrawn).inc()
+        found = sum(1 for e in events if e.kind == "found")
+        self.metrics.found.inc(found)
+        self.metrics.withdrawn.inc(len(events) - found)
 
     async def _observe_lag(self) -> None:
         try:
@@ -282,6 +266,35 @@ class MatcherWorker:
             self.metrics.pending.set(info.num_pending + (info.num_ack_pending or 0))
         except Exception as exc:
             log.debug("consumer info failed", extra={"error": repr(exc)})
+
+
+class Outgoing(NamedTuple):
+    kind: str
+    subject: str
+    event_id: str
+    payload: bytes
+
+
+def match_message(t: Transition, change: Change, facility: Any, design: Any) -> Outgoing:
+    """A MatchEvent (contracts.matches) as bytes. Written as a dict: a fan-out makes
+    thousands, and building pydantic models for each costs more than the matching."""
+    event_id = match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
+                              t.facility_version)
+    body = {
+        "schema_version": 1, "event_id": event_id, "type": f"matches.{t.kind}",
+        "design_id": t.design_id, "design_version": t.design_version,
+        "facility_id": t.facility_id, "facility_version": t.facility_version,
+        "score": t.evaluation.score if t.kind == "found" else 0.0,
+        "explanation": [r.as_dict() for r in t.evaluation.requirements],
+        "facility_lat": getattr(facility, "lat", None),
+        "facility_lon": getattr(facility, "lon", None),
+        "design_processes": [n.id for n in getattr(design, "processes", ())],
+        "cause": {"entity": change.kind, "entity_id": change.entity_id,
+                  "version": change.version, "event_id": change.cause_event_id,
+                  "occurred_at": change.occurred_at},
+    }
+    return Outgoing(t.kind, match_subject(t.kind, t.design_id, t.facility_id),  # type: ignore[arg-type]
+                    event_id, json.dumps(body, separators=(",", ":")).encode())
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:
@@ -292,7 +305,3 @@ def _subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(s) or (token != "*" and token != s[i]):
             return False
     return len(p) == len(s)
-
-
-def _json(data: bytes) -> Any:
-    return json.loads(data)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from contracts.matches import MatchKind
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, FacilityProfile
-from services.matcher.rules import Evaluation, evaluate
+from services.matcher.rules import Evaluation, can_make, evaluate
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +58,21 @@ def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfil
     if new is not None and new.same_capabilities(old):
         index.put_facility(new)  # a new name or place: no match can change
         return []
-    before = index.matches_of_facility(old) if old else set()
-    if new is None:
-        index.remove_facility(facility_id)
-        after: set[str] = set()
-    else:
+    if old is not None and new is not None and new.same_but_processes(old):
+        # Only designs a gained or lost process answers can change: the usual edit (a
+        # machine added or removed) costs its own fan-out, not the facility's.
+        affected = index.designs_answered_by(old.processes ^ new.processes)
+        before = {d for d in affected if can_make(index.designs[d], old)}
         index.put_facility(new)
-        after = index.matches_of_facility(new)
+        after = {d for d in affected if can_make(index.designs[d], new)}
+    else:
+        before = index.matches_of_facility(old) if old else set()
+        if new is None:
+            index.remove_facility(facility_id)
+            after = set()
+        else:
+            index.put_facility(new)
+            after = index.matches_of_facility(new)
     out = []
     for did in sorted(after - before):
         design = index.designs[did]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from functools import cache
 
 from contracts import vocabulary
 from services.matcher.profiles import DesignProfile, FacilityProfile
@@ -23,6 +24,7 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
+@cache
 def related_processes(process: str) -> frozenset[str]:
     """Processes that can answer a need for `process`: itself, more specific, more generic."""
     vocab = vocabulary.processes()
@@ -37,8 +39,10 @@ class CapabilityIndex:
         self.designs: dict[str, DesignProfile] = {}
         self.facilities: dict[str, FacilityProfile] = {}
         self.versions: dict[tuple[str, str], int] = {}  # (kind, id) -> last applied version
-        self._offering: dict[str, set[str]] = defaultdict(set)  # process -> facility ids
-        self._needing: dict[str, set[str]] = defaultdict(set)  # process -> design ids
+        # need -> facilities answering it (offering it, a more specific or a more generic
+        # process), and offer -> designs it answers: candidates are one lookup per need.
+        self._answering: dict[str, set[str]] = defaultdict(set)
+        self._answered: dict[str, set[str]] = defaultdict(set)
         self._cells: dict[tuple[int, int], set[str]] = defaultdict(set)
 
     # upkeep
@@ -46,20 +50,20 @@ class CapabilityIndex:
     def put_design(self, profile: DesignProfile) -> None:
         self.remove_design(profile.id)
         self.designs[profile.id] = profile
-        for need in profile.processes:
-            self._needing[need.id].add(profile.id)
+        for key in _closure(n.id for n in profile.processes):
+            self._answered[key].add(profile.id)
 
     def remove_design(self, design_id: str) -> None:
         old = self.designs.pop(design_id, None)
         if old is not None:
-            for need in old.processes:
-                _discard(self._needing, need.id, design_id)
+            for key in _closure(n.id for n in old.processes):
+                _discard(self._answered, key, design_id)
 
     def put_facility(self, profile: FacilityProfile) -> None:
         self.remove_facility(profile.id)
         self.facilities[profile.id] = profile
-        for process in profile.processes:
-            self._offering[process].add(profile.id)
+        for key in _closure(profile.processes):
+            self._answering[key].add(profile.id)
         if profile.lat is not None and profile.lon is not None:
             self._cells[_cell(profile.lat, profile.lon)].add(profile.id)
 
@@ -67,8 +71,8 @@ class CapabilityIndex:
         old = self.facilities.pop(facility_id, None)
         if old is None:
             return
-        for process in old.processes:
-            _discard(self._offering, process, facility_id)
+        for key in _closure(old.processes):
+            _discard(self._answering, key, facility_id)
         if old.lat is not None and old.lon is not None:
             _discard(self._cells, _cell(old.lat, old.lon), facility_id)
 
@@ -79,7 +83,8 @@ class CapabilityIndex:
         needs = [n.id for n in design.processes if n.known]
         if not needs or not can_design_match(design):
             return set()
-        sets = [self._answering(p) for p in needs]
+        empty: set[str] = set()
+        sets = [self._answering.get(p, empty) for p in needs]
         if slack == 0:
             sets.sort(key=len)
             found = set(sets[0])
@@ -94,18 +99,14 @@ class CapabilityIndex:
                 counts[fid] += 1
         return {fid for fid, c in counts.items() if c >= len(sets) - slack}
 
-    def _answering(self, process: str) -> set[str]:
-        out: set[str] = set()
-        for q in related_processes(process):
-            out |= self._offering.get(q, set())
-        return out
-
     def design_candidates(self, facility: FacilityProfile) -> set[str]:
         """Designs one of whose process needs this facility answers."""
+        return self.designs_answered_by(facility.processes)
+
+    def designs_answered_by(self, processes: Iterable[str]) -> set[str]:
         out: set[str] = set()
-        for q in facility.processes:
-            for p in related_processes(q):
-                out |= self._needing.get(p, set())
+        for q in processes:
+            out |= self._answered.get(q, set())
         return out
 
     def near(self, lat: float, lon: float, radius_km: float) -> Iterator[tuple[str, float]]:
@@ -147,8 +148,16 @@ class CapabilityIndex:
 
     def sizes(self) -> dict[str, int]:
         return {"designs": len(self.designs), "facilities": len(self.facilities),
-                "process_postings": sum(len(s) for s in self._offering.values())
-                + sum(len(s) for s in self._needing.values())}
+                "process_postings": sum(len(s) for s in self._answering.values())
+                + sum(len(s) for s in self._answered.values())}
+
+
+def _closure(processes: Iterable[str]) -> set[str]:
+    """Every process related to one of these (same, more specific, more generic)."""
+    out: set[str] = set()
+    for p in processes:
+        out |= related_processes(p)
+    return out
 
 
 def _cell(lat: float, lon: float) -> tuple[int, int]:

@@ -3,12 +3,13 @@ for 100,000s of entities and to checkpoint. Pure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import vocabulary
 from contracts.models import Box, Design, Facility, FacilityStatus
 
+ACTIVE = FacilityStatus.active.value
 Size = tuple[float, ...]  # sorted ascending; 2 sides for a bed, 3 for a volume
 
 
@@ -36,6 +37,12 @@ class DesignProfile:
     processes: tuple[Need, ...]
     materials: tuple[Need, ...]
     parts: tuple[PartNeed, ...]
+    known_processes: tuple[str, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # asked for every candidate pair: computed once
+        object.__setattr__(self, "known_processes",
+                           tuple(n.id for n in self.processes if n.known))
 
     def same_needs(self, other: DesignProfile | None) -> bool:
         return other is not None and (self.processes, self.materials, self.parts) == (
@@ -63,7 +70,11 @@ class FacilityProfile:
 
     @property
     def active(self) -> bool:
-        return self.status == FacilityStatus.active.value
+        return self.status == ACTIVE
+
+    def same_but_processes(self, other: FacilityProfile) -> bool:
+        return (self.status, self.materials, self.machines) == (other.status, other.materials,
+                                                                 other.machines)
 
     def same_capabilities(self, other: FacilityProfile | None) -> bool:
         """Whether matching can tell the two apart (a new name or address cannot)."""

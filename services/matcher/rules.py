@@ -14,22 +14,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from contracts import vocabulary
-from contracts.matches import Outcome, Requirement
-from services.matcher.profiles import DesignProfile, FacilityProfile, Need, PartNeed, Size
+from contracts.matches import Outcome
+from services.matcher.profiles import (
+    ACTIVE,
+    DesignProfile,
+    FacilityProfile,
+    Need,
+    PartNeed,
+    Size,
+)
 
 FACTOR: dict[Outcome, float] = {"met": 1.0, "weak": 0.8, "unknown": 0.75, "unmet": 0.0}
 INFERRED_FACTOR = 0.95  # a guessed requirement met is a little less certain
 
 
+class Reason(NamedTuple):
+    """One requirement and how it is answered: contracts.matches.Requirement's fields, as a
+    tuple, because a fan-out builds one per requirement of every transition."""
+
+    kind: str
+    need: str
+    outcome: Outcome
+    by: str | None = None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return self._asdict()
+
+
+_req = Reason
+
+
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    requirements: tuple[Requirement, ...]
+    requirements: tuple[Reason, ...]
     score: float
 
     @property
-    def unmet(self) -> tuple[Requirement, ...]:
+    def unmet(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.requirements if r.outcome == "unmet")
 
     @property
@@ -50,11 +75,11 @@ class Evaluation:
 def can_design_match(design: DesignProfile) -> bool:
     """A design with no process to make it by matches nothing: matching it to every
     active facility would tell no one anything."""
-    return any(n.known for n in design.processes)
+    return bool(design.known_processes)
 
 
 @cache
-def _answering(kind: str, term: str) -> frozenset[str]:
+def answering(kind: str, term: str) -> frozenset[str]:
     """Terms that meet (same, more specific) or weakly meet (more generic) a need."""
     vocab = vocabulary.vocabulary(kind)  # type: ignore[arg-type]
     return vocab.with_descendants(term) | vocab.ancestors(term)
@@ -63,27 +88,50 @@ def _answering(kind: str, term: str) -> frozenset[str]:
 def can_make(design: DesignProfile, facility: FacilityProfile) -> bool:
     """evaluate(design, facility).matches, without building the explanation: the index
     asks this for every candidate, and explains only the pairs that change."""
-    if not facility.active or not can_design_match(design):
+    if facility.status != ACTIVE:
+        return False
+    known = design.known_processes
+    if not known:
         return False
     offered = facility.processes
-    for need in design.processes:
-        if need.known and need.id not in offered and not (_answering("process", need.id)
-                                                          & offered):
+    for need in known:
+        if need not in offered and not (answering("process", need) & offered):
             return False
     materials = facility.materials
     if materials:
         for need in design.materials:
             if need.known and need.id not in materials and not (
-                    _answering("material", need.id) & materials):
+                    answering("material", need.id) & materials):
                 return False
-    for part in design.parts:
-        if _size(part, facility).outcome == "unmet":
-            return False
+    if design.parts and facility.machines:
+        for part in design.parts:
+            if _part_fits(part, facility) is False:
+                return False
     return True
 
 
+def _part_fits(part: PartNeed, facility: FacilityProfile) -> bool | None:
+    """True: some machine of the part's process takes it; False: none of those with a known
+    size does; None: no such machine states its size."""
+    measured = False
+    for machine in facility.machines:
+        if machine.size is None:
+            continue
+        if any(p in answering_strictly(q) for q in part.processes for p in machine.processes):
+            measured = True
+            if fits(part.size, machine.size):
+                return True
+    return False if measured else None
+
+
+@cache
+def answering_strictly(process: str) -> frozenset[str]:
+    """Processes that fully meet a need: the same or more specific."""
+    return vocabulary.processes().with_descendants(process)
+
+
 def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:
-    requirements = [_status(facility)]
+    requirements: list[Reason] = [_status(facility)]
     score = 1.0 if facility.active else 0.0
     for need in design.processes:
         req = _process(need, facility)
@@ -98,16 +146,16 @@ def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:
         requirements.append(req)
         score *= FACTOR[req.outcome]
     if not can_design_match(design):
-        requirements.append(Requirement(kind="process", need="any", outcome="unmet",
+        requirements.append(_req(kind="process", need="any", outcome="unmet",
                                         note="the design names no process to make it by"))
         score = 0.0
     return Evaluation(tuple(requirements), round(score, 4))
 
 
-def _status(facility: FacilityProfile) -> Requirement:
+def _status(facility: FacilityProfile) -> Reason:
     if facility.active:
-        return Requirement(kind="status", need="active", outcome="met")
-    return Requirement(kind="status", need="active", outcome="unmet",
+        return _req(kind="status", need="active", outcome="met")
+    return _req(kind="status", need="active", outcome="unmet",
                        note=f"facility is {facility.status}")
 
 
@@ -127,39 +175,44 @@ def offered_for(process: str, offered: frozenset[str] | tuple[str, ...]) -> tupl
     return "unmet", ""
 
 
-def _process(need: Need, facility: FacilityProfile) -> Requirement:
+def _process(need: Need, facility: FacilityProfile) -> Reason:
     if not need.known:
         if need.id in facility.processes:
-            return Requirement(kind="process", need=need.id, outcome="met", by=need.id)
-        return Requirement(kind="process", need=need.id, outcome="unknown",
+            return _req(kind="process", need=need.id, outcome="met", by=need.id)
+        return _req(kind="process", need=need.id, outcome="unknown",
                            note="not in the vocabulary; compared by name only")
     outcome, by = offered_for(need.id, facility.processes)
     note = "inferred from the manifest" if need.inferred else None
     if outcome == "weak":
         note = f"facility states only the more generic {by!r}"
-    return Requirement(kind="process", need=need.id, outcome=outcome,  # type: ignore[arg-type]
+    return _req(kind="process", need=need.id, outcome=outcome,  # type: ignore[arg-type]
                        by=by or None, note=note)
 
 
-def _material(need: Need, facility: FacilityProfile) -> Requirement:
+def _material(need: Need, facility: FacilityProfile) -> Reason:
     if not facility.materials:
-        return Requirement(kind="material", need=need.id, outcome="unknown",
+        return _req(kind="material", need=need.id, outcome="unknown",
                            note="facility states no materials")
     if need.id in facility.materials:
-        return Requirement(kind="material", need=need.id, outcome="met", by=need.id)
+        return _req(kind="material", need=need.id, outcome="met", by=need.id)
     if not need.known:
-        return Requirement(kind="material", need=need.id, outcome="unknown",
+        return _req(kind="material", need=need.id, outcome="unknown",
                            note="not in the vocabulary; compared by name only")
     vocab = vocabulary.materials()
     specific, generic = vocab.descendants(need.id), vocab.ancestors(need.id)
     for m in facility.materials:
         if m in specific:
-            return Requirement(kind="material", need=need.id, outcome="met", by=m)
+            return _req(kind="material", need=need.id, outcome="met", by=m)
     for m in facility.materials:
         if m in generic:
-            return Requirement(kind="material", need=need.id, outcome="weak", by=m,
+            return _req(kind="material", need=need.id, outcome="weak", by=m,
                                note=f"facility states only the more generic {m!r}")
-    return Requirement(kind="material", need=need.id, outcome="unmet")
+    return _req(kind="material", need=need.id, outcome="unmet")
+
+
+@cache
+def _part_label(name: str, size: Size) -> str:
+    return f"part {name!r} {' x '.join(f'{s:g}' for s in size)} mm"
 
 
 def fits(part: Size, volume: Size) -> bool:
@@ -170,18 +223,18 @@ def fits(part: Size, volume: Size) -> bool:
     return all(p <= v for p, v in zip(part, volume, strict=False))
 
 
-def _size(part: PartNeed, facility: FacilityProfile) -> Requirement:
-    need = f"part {part.name!r} {' x '.join(f'{s:g}' for s in part.size)} mm"
+def _size(part: PartNeed, facility: FacilityProfile) -> Reason:
+    need = _part_label(part.name, part.size)
     measured = []
     for machine in facility.machines:
         if machine.size is None:
             continue
-        if any(offered_for(p, machine.processes)[0] == "met" for p in part.processes):
+        if any(p in answering_strictly(q) for q in part.processes for p in machine.processes):
             measured.append(machine)
             if fits(part.size, machine.size):
-                return Requirement(kind="size", need=need, outcome="met", by=machine.label)
+                return _req(kind="size", need=need, outcome="met", by=machine.label)
     if measured:
-        return Requirement(kind="size", need=need, outcome="unmet",
+        return _req(kind="size", need=need, outcome="unmet",
                            note=f"larger than the {len(measured)} machine(s) with known size")
-    return Requirement(kind="size", need=need, outcome="unknown",
+    return _req(kind="size", need=need, outcome="unknown",
                        note="no machine of this process states its working volume")

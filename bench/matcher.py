@@ -1,0 +1,264 @@
+"""Matcher benchmark at scale (default 100,000 facilities and 100,000 designs):
+
+1. in process: index build time and memory per entity; per-change latency p50/p99 of the
+   index (excluding publishing), and the same changes through a naive full-scan matcher;
+2. through NATS: start-up from REGISTRY alone and from the checkpoint; consumer
+   throughput end to end (changes/s) beside the raw nats-py consume-and-ack rate.
+
+    python -m bench.matcher [--facilities 100000] [--designs 100000] [--changes 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import CollectorRegistry
+
+from bench.synthetic import MATERIALS, Generator
+from contracts.events import (
+    REGISTRY_DUPLICATE_WINDOW_S,
+    REGISTRY_STREAM,
+    REGISTRY_SUBJECTS,
+    EntityKind,
+    new_event,
+)
+from makelocal.embedded import NatsServer, free_port
+from services.common import nats as nats_util
+from services.matcher.consumer import MatcherWorker
+from services.matcher.diff import apply_design, apply_facility
+from services.matcher.index import CapabilityIndex
+from services.matcher.metrics import MatcherMetrics
+from services.matcher.profiles import Need, design_profile, facility_profile
+from services.matcher.rules import can_make, evaluate
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000
+
+
+def naive_change(designs: dict, facilities: dict, kind: str, old, new,
+                 check=None) -> int:
+    """The matcher written the obvious way: every pair with the changed entity evaluated
+    before and after (as on-request matchers do: explained, every time)."""
+    check = check or (lambda d, f: evaluate(d, f).matches)
+    changed = 0
+    others = facilities.values() if kind == "design" else designs.values()
+    for other in others:
+        pair_old = old is not None and (check(old, other) if kind == "design"
+                                        else check(other, old))
+        pair_new = new is not None and (check(new, other) if kind == "design"
+                                        else check(other, new))
+        changed += pair_old != pair_new
+    return changed
+
+
+def edits(gen: Generator, index: CapabilityIndex, n_des: int, count: int) -> list[tuple]:
+    """Realistic edits as profiles: new designs (40 %), a design's material changed (20 %),
+    a facility gaining or losing a process (30 %), a facility closing (10 %)."""
+    out: list[tuple] = []
+    facility_ids, design_ids = list(index.facilities), list(index.designs)
+    for i in range(count):
+        r = gen.rng.random()
+        if r < 0.4:
+            out.append(("design", design_profile(gen.design(n_des + i), 2)))
+        elif r < 0.6:
+            d = index.designs[gen.rng.choice(design_ids)]
+            material = gen.rng.choice(MATERIALS)
+            out.append(("design", replace(d, materials=(Need(material),))))
+        elif r < 0.9:
+            f = index.facilities[gen.rng.choice(facility_ids)]
+            process = gen.rng.choices(gen.process_order, gen.process_weights)[0]
+            processes = (f.processes - {process}) if process in f.processes else (
+                f.processes | {process})
+            out.append(("facility", replace(f, processes=frozenset(processes))))
+        else:
+            f = index.facilities[gen.rng.choice(facility_ids)]
+            out.append(("facility", replace(f, status="closed")))
+    return out
+
+
+def in_process(args: argparse.Namespace) -> CapabilityIndex:
+    gen = Generator()
+    gc.collect()
+    before = rss_mib()
+    started = time.perf_counter()
+    index = CapabilityIndex()
+    for i in range(args.facilities):
+        index.put_facility(facility_profile(gen.facility(i), 1))
+    for i in range(args.designs):
+        index.put_design(design_profile(gen.design(i), 1))
+    build = time.perf_counter() - started
+    gc.collect()
+    per_entity = (rss_mib() - before) * 2**20 / (args.facilities + args.designs)
+    print(f"index of {args.facilities} facilities + {args.designs} designs: generated and "
+          f"indexed in {build:.1f} s; {per_entity:.0f} bytes per indexed entity (RSS delta: "
+          f"profiles and posting lists)")
+
+    latencies, fanouts, naive_times, lean_times = [], [], [], []
+    for n, (kind, profile) in enumerate(edits(gen, index, args.designs, args.changes)):
+        version = 2 + n
+        profile = replace(profile, version=version)
+        old = (index.designs if kind == "design" else index.facilities).get(profile.id)
+        if n < args.naive:
+            t0 = time.perf_counter()
+            naive_change(index.designs, index.facilities, kind, old, profile)
+            naive_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            naive_change(index.designs, index.facilities, kind, old, profile, can_make)
+            lean_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        transitions = (apply_design if kind == "design" else apply_facility)(
+            index, profile.id, profile, version)  # type: ignore[arg-type]
+        latencies.append(time.perf_counter() - t0)
+        fanouts.append(len(transitions))
+    small = [t for t, f in zip(latencies, fanouts, strict=True) if f <= 100]
+    print(f"per change ({len(latencies)} changes; index lookup, diff and explanations, no "
+          f"publishing): p50 {pct(latencies, 50):.2f} ms, p99 {pct(latencies, 99):.2f} ms; "
+          f"transitions per change p50 {statistics.median(fanouts):.0f}, "
+          f"p99 {sorted(fanouts)[int(len(fanouts) * 0.99)]}, max {max(fanouts)}")
+    if len(small) > 10:
+        print(f"  the {len(small)} changes with at most 100 transitions: "
+              f"p50 {pct(small, 50):.2f} ms, p99 {pct(small, 99):.2f} ms")
+    naive_mean = statistics.mean(naive_times)
+    index_mean = statistics.mean(latencies[:len(naive_times)])
+    lean_mean = statistics.mean(lean_times)
+    print(f"naive full scan, the first {len(naive_times)} changes: mean "
+          f"{naive_mean * 1000:.1f} ms vs index {index_mean * 1000:.2f} ms: "
+          f"{naive_mean / index_mean:.1f}x; a full scan with the index's fast predicate "
+          f"(no explanations): {lean_mean * 1000:.1f} ms, {lean_mean / index_mean:.1f}x")
+    return index
+
+
+async def through_nats(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-matcher-"))
+    server = NatsServer(work / "nats", free_port()).start()
+    try:
+        nc = await nats_util.connect(server.url, "bench")
+        js = nc.jetstream()
+        await nats_util.ensure_stream(nc, nats_util.compacted_stream(
+            REGISTRY_STREAM, [REGISTRY_SUBJECTS], REGISTRY_DUPLICATE_WINDOW_S))
+        gen = Generator(seed=11)
+
+        async def publish(entities: list, kind: EntityKind, version: int) -> None:
+            futures = []
+            for e in entities:
+                event = new_event(kind, entity_id=e.id, version=version, owner="bench", data=e)
+                futures.append(await js.publish_async(event.subject,
+                                                      event.model_dump_json().encode()))
+                if len(futures) >= 5000:
+                    await asyncio.gather(*futures)
+                    futures = []
+            await asyncio.gather(*futures)
+
+        t0 = time.perf_counter()
+        await publish([gen.facility(i) for i in range(args.facilities)], EntityKind.facility, 1)
+        await publish([gen.design(i) for i in range(args.designs)], EntityKind.design, 1)
+        print(f"REGISTRY loaded with {args.facilities + args.designs} events in "
+              f"{time.perf_counter() - t0:.1f} s")
+
+        bucket = f"bench{uuid.uuid4().hex[:6]}"
+
+        async def start_worker() -> tuple[MatcherWorker, float, float]:
+            conn = await nats_util.connect(server.url, "matcher")
+            worker = MatcherWorker(conn, CapabilityIndex(), MatcherMetrics(CollectorRegistry()),
+                                   bucket=bucket, durable=bucket, filter_subjects=[
+                                       REGISTRY_SUBJECTS], batch=256)
+            gc.collect()
+            before = rss_mib()
+            started = time.perf_counter()
+            await worker.start()
+            return worker, time.perf_counter() - started, rss_mib() - before
+
+        worker, from_registry, grown = await start_worker()
+        print(f"start-up from REGISTRY alone: {from_registry:.1f} s "
+              f"(index + checkpoint written; RSS +{grown:.0f} MiB)")
+        await worker.nc.close()
+        worker, from_checkpoint, grown = await start_worker()
+        print(f"start-up from the checkpoint: {from_checkpoint:.1f} s (RSS +{grown:.0f} MiB)")
+
+        # throughput: a backlog of changes, consumed by the worker, then by a raw consumer
+        edits = model_edits(gen, args.facilities, args.designs, args.throughput)
+        last_seq = 0
+        for n, (kind, entity) in enumerate(edits):
+            event = new_event(EntityKind(kind), entity_id=entity.id, version=2 + n,
+                              owner="bench", data=entity)
+            ack = await js.publish(event.subject, event.model_dump_json().encode())
+            last_seq = ack.seq
+        run = asyncio.create_task(worker.run())
+        t0 = time.perf_counter()
+        while worker.position < last_seq:
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        run.cancel()
+        matched = worker.metrics.found._value.get() + worker.metrics.withdrawn._value.get()
+        matcher_rate = len(edits) / elapsed
+        print(f"matcher end to end: {len(edits)} changes in {elapsed:.2f} s = "
+              f"{matcher_rate:.0f} changes/s ({matched:.0f} match events published)")
+
+        raw_rate = await raw_consume(js, last_seq - len(edits) + 1, len(edits))
+        print(f"raw nats-py pull consume + ack of the same messages: {raw_rate:.0f} msgs/s; "
+              f"ratio {matcher_rate / raw_rate:.2f}")
+        await worker.nc.close()
+        await nc.close()
+    finally:
+        server.stop()
+
+
+def model_edits(gen: Generator, n_fac: int, n_des: int, count: int) -> list[tuple]:
+    """Registry events for the throughput run: new designs, facilities re-registered."""
+    out: list[tuple] = []
+    for i in range(count):
+        if gen.rng.random() < 0.5:
+            out.append(("design", gen.design(n_des + i)))
+        else:
+            f = gen.facility(gen.rng.randrange(n_fac))
+            out.append(("facility", f))
+    return out
+
+
+async def raw_consume(js, first_seq: int, count: int) -> float:
+    await js.add_consumer(REGISTRY_STREAM, ConsumerConfig(
+        durable_name="raw", ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq))
+    sub = await js.pull_subscribe_bind(durable="raw", stream=REGISTRY_STREAM)
+    seen = 0
+    t0 = time.perf_counter()
+    while seen < count:
+        for msg in await sub.fetch(256, timeout=5):
+            await msg.ack()
+            seen += 1
+    return count / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--facilities", type=int, default=100_000)
+    parser.add_argument("--designs", type=int, default=100_000)
+    parser.add_argument("--changes", type=int, default=2000)
+    parser.add_argument("--naive", type=int, default=50)
+    parser.add_argument("--throughput", type=int, default=5000)
+    parser.add_argument("--skip-nats", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores")
+    in_process(args)
+    if not args.skip_nats:
+        asyncio.run(through_nats(args))
+
+
+if __name__ == "__main__":
+    main()

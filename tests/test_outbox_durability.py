@@ -49,22 +49,30 @@ async def write_without_relay(registry_env: dict[str, str], tmp_path: Path, org_
         api.stop()
 
 
+async def relay_killed_at(point: str, registry_env: dict[str, str], tmp_path: Path,
+                          settings: RegistrySettings) -> ServiceProcess:
+    """A relay run until it SIGKILLs itself at `point`; nothing is marked published."""
+    relay = ServiceProcess(registry_env, tmp_path / "relay.log", "registry-relay")
+    relay.start(MAKELOCAL_CRASH_AT=point)
+    assert await relay.wait_dead() == -signal.SIGKILL
+    assert all(row["published_at"] is None for row in await outbox_rows(settings))
+    return relay
+
+
+async def all_published(settings: RegistrySettings) -> bool:
+    return all(r["published_at"] for r in await outbox_rows(settings))
+
+
 async def test_relay_killed_after_commit_before_publish_publishes_once_on_restart(
         settings: RegistrySettings, registry_env: dict[str, str], org: tuple[str, str],
         tmp_path: Path) -> None:
     await write_without_relay(registry_env, tmp_path, org[1], 3)
-    relay = ServiceProcess(registry_env, tmp_path / "relay.log", "registry-relay")
-    relay.start(MAKELOCAL_CRASH_AT="relay.before_publish")
-    assert await relay.wait_dead() == -signal.SIGKILL
+    relay = await relay_killed_at("relay.before_publish", registry_env, tmp_path, settings)
     assert await stream_messages(settings.nats_url) == []
-    assert all(row["published_at"] is None for row in await outbox_rows(settings))
 
     relay.start()
     try:
-        async def published() -> bool:
-            return all(r["published_at"] for r in await outbox_rows(settings))
-
-        await eventually(published)
+        await eventually(lambda: all_published(settings))
         messages = await stream_messages(settings.nats_url)
         rows = await outbox_rows(settings)
         assert [m["event_id"] for m in messages] == [str(r["event_id"]) for r in rows]
@@ -77,19 +85,13 @@ async def test_relay_killed_after_puback_before_marking_is_deduplicated(
         settings: RegistrySettings, registry_env: dict[str, str], org: tuple[str, str],
         tmp_path: Path) -> None:
     await write_without_relay(registry_env, tmp_path, org[1], 2)
-    relay = ServiceProcess(registry_env, tmp_path / "relay.log", "registry-relay")
-    relay.start(MAKELOCAL_CRASH_AT="relay.after_puback")
-    assert await relay.wait_dead() == -signal.SIGKILL
+    relay = await relay_killed_at("relay.after_puback", registry_env, tmp_path, settings)
     first = await stream_messages(settings.nats_url)
     assert len(first) == 2
-    assert all(row["published_at"] is None for row in await outbox_rows(settings))
 
     relay.start()
     try:
-        async def published() -> bool:
-            return all(r["published_at"] for r in await outbox_rows(settings))
-
-        await eventually(published)
+        await eventually(lambda: all_published(settings))
         again = await stream_messages(settings.nats_url)
         # The republish carried the same Nats-Msg-Id: JetStream kept the first copy only.
         assert [(m["event_id"], m["_seq"]) for m in again] == [

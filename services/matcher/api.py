@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from contracts.models import ID_PATTERN
-from services.common.http import ApiError
+from services.common.http import ApiError, parse_near
 from services.matcher.index import CapabilityIndex, haversine_km
 from services.matcher.rules import Evaluation, evaluate
 
@@ -36,7 +36,7 @@ def router(index: CapabilityIndex) -> APIRouter:
                              radius_km: Annotated[float | None, Query(gt=0, le=20_100)] = None,
                              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         design = design_of(design_id)
-        origin = _origin(near, radius_km)
+        origin = parse_near(near, radius_km)
         allowed = None
         if origin is not None:
             allowed = dict(index.near(origin[0], origin[1], origin[2]))
@@ -73,23 +73,6 @@ def router(index: CapabilityIndex) -> APIRouter:
                 "explanation": [r.as_dict() for r in evaluation.requirements]}
 
     return api
-
-
-def _origin(near: str | None, radius_km: float | None) -> tuple[float, float, float] | None:
-    if near is None and radius_km is None:
-        return None
-    if near is None or radius_km is None:
-        raise ApiError(422, "invalid", "near=lat,lon and radius_km go together",
-                       "near" if near is None else "radius_km")
-    try:
-        lat_s, lon_s = near.split(",")
-        lat, lon = float(lat_s), float(lon_s)
-    except ValueError:
-        raise ApiError(422, "invalid", "near must be 'lat,lon'", "near") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise ApiError(422, "range", "latitude must be in [-90, 90], longitude in [-180, 180]",
-                       "near")
-    return lat, lon, radius_km
 
 
 def _distance(origin: tuple[float, float, float] | None, facility: Any) -> float | None:

@@ -3,6 +3,7 @@ for 100,000s of entities and to checkpoint. Pure."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,11 @@ def sorted_size(box: Box | None) -> Size | None:
     return tuple(sorted(sides)) if len(sides) >= 2 else None
 
 
+def _terms(ids: Any) -> tuple[str, ...]:
+    # Vocabulary ids repeat across 100,000s of profiles: one string object each.
+    return tuple(sys.intern(i) for i in ids)
+
+
 def design_profile(design: Design, version: int) -> DesignProfile:
     vocab = vocabulary.processes()
     needs = []
@@ -97,30 +103,31 @@ def design_profile(design: Design, version: int) -> DesignProfile:
         entry = vocab.entries.get(term.id)
         if entry is not None and not entry.requirement:
             continue  # bought, not made
-        needs.append(Need(term.id, term.known, term.inferred))
+        needs.append(Need(sys.intern(term.id), term.known, term.inferred))
     parts = []
     for part in design.parts:
         size = sorted_size(part.outer_dimensions)
-        processes = tuple(t.id for t in part.processes if t.known)
+        processes = _terms(t.id for t in part.processes if t.known)
         if size and processes:
             parts.append(PartNeed(part.name, processes, size))
     return DesignProfile(
         id=design.id, version=version, processes=tuple(needs),
-        materials=tuple(Need(t.id, t.known, t.inferred) for t in design.materials),
+        materials=tuple(Need(sys.intern(t.id), t.known, t.inferred) for t in design.materials),
         parts=tuple(parts))
 
 
 def facility_profile(facility: Facility, version: int) -> FacilityProfile:
     machines = tuple(
         Machine(label=" ".join(x for x in (e.make, e.model) if x) or e.equipment_type
-                or "equipment", processes=tuple(t.id for t in e.processes),
-                materials=tuple(t.id for t in e.materials), size=sorted_size(e.working_volume))
+                or "equipment", processes=_terms(t.id for t in e.processes),
+                materials=_terms(t.id for t in e.materials), size=sorted_size(e.working_volume))
         for e in facility.equipment)
     materials = {t.id for t in facility.materials} | {m for x in machines for m in x.materials}
     return FacilityProfile(
-        id=facility.id, version=version, status=facility.status.value,
+        id=facility.id, version=version, status=sys.intern(facility.status.value),
         lat=facility.location.lat, lon=facility.location.lon,
-        processes=frozenset(t.id for t in facility.processes), materials=frozenset(materials),
+        processes=frozenset(_terms(t.id for t in facility.processes)),
+        materials=frozenset(_terms(materials)),
         machines=machines)
 
 
@@ -142,11 +149,13 @@ def dump_facility(p: FacilityProfile) -> list[Any]:
 def load_profile(data: list[Any]) -> DesignProfile | FacilityProfile:
     if data[0] == "d":
         _, id_, version, processes, materials, parts = data
-        return DesignProfile(id_, version, tuple(Need(*n) for n in processes),
-                             tuple(Need(*n) for n in materials),
-                             tuple(PartNeed(n, tuple(p), tuple(s)) for n, p, s in parts))
+        return DesignProfile(
+            id_, version, tuple(Need(sys.intern(i), k, f) for i, k, f in processes),
+            tuple(Need(sys.intern(i), k, f) for i, k, f in materials),
+            tuple(PartNeed(n, _terms(p), tuple(s)) for n, p, s in parts))
     _, id_, version, status, lat, lon, processes, materials, machines = data
     return FacilityProfile(
-        id_, version, status, lat, lon, frozenset(processes), frozenset(materials),
-        tuple(Machine(label, tuple(p), tuple(m), tuple(s) if s else None)
+        id_, version, sys.intern(status), lat, lon, frozenset(_terms(processes)),
+        frozenset(_terms(materials)),
+        tuple(Machine(label, _terms(p), _terms(m), tuple(s) if s else None)
               for label, p, m, s in machines))

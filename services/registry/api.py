@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
-from services.common.http import ApiError
+from services.common.http import ApiError, parse_near
 from services.registry import keys
 from services.registry.entities import expand, prepare
 from services.registry.store import Filters, Store, decode_cursor
@@ -152,22 +152,12 @@ def represent(kind: EntityKind, row: asyncpg.Record, extra: dict[str, Any]) -> s
 
 
 def _near(near: str | None, radius_km: float | None, kind: EntityKind) -> dict[str, Any]:
-    if near is None and radius_km is None:
+    origin = parse_near(near, radius_km)
+    if origin is None:
         return {}
     if kind is not EntityKind.facility:
         raise ApiError(422, "invalid", "near= filters facilities only", "near")
-    if near is None or radius_km is None:
-        raise ApiError(422, "invalid", "near=lat,lon and radius_km go together",
-                       "near" if near is None else "radius_km")
-    try:
-        lat_s, lon_s = near.split(",")
-        lat, lon = float(lat_s), float(lon_s)
-    except ValueError:
-        raise ApiError(422, "invalid", "near must be 'lat,lon'", "near") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise ApiError(422, "range", "latitude must be in [-90, 90], longitude in [-180, 180]",
-                       "near")
-    return {"near": (lat, lon), "radius_km": radius_km}
+    return {"near": origin[:2], "radius_km": origin[2]}
 
 
 def _token(request: Request) -> str | None:

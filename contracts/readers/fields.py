@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from contracts import vocabulary
 from contracts.errors import InvalidInput
@@ -160,3 +162,17 @@ def _box(x: float, y: float, z: float, unit: str, field: str) -> Box:
         y_mm=to_mm(y, unit, field=field),
         z_mm=to_mm(z, unit, field=field),
     )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], **fields: Any) -> M:
+    """A model from fields already read; a constraint it breaks (an id pattern, a range)
+    becomes our InvalidInput naming the field."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or None
+        raise InvalidInput(str(first.get("msg", "invalid")), field=where) from None

@@ -9,6 +9,7 @@ from contracts.models import Box, Design, Part, Term, derive_id
 from contracts.readers import inference
 from contracts.readers.fields import (
     box_from_text,
+    build,
     most_specific,
     openscad_box,
     terms,
@@ -274,30 +275,24 @@ def _design(
     all_processes = processes + [t for p in parts for t in p.processes]
     all_materials = materials + [t for p in parts for t in p.materials]
     links = {k: v for k in LINK_KEYS if isinstance(v := doc.get(k), str) and v.strip()}
-    try:
-        return Design(
-            id=design_id or manifest_id(doc),
-            name=name or "",
-            description=description,
-            version=text(doc.get("version"), "version"),
-            license=_license(doc.get("license")),
-            licensor=_person(doc.get("licensor")),
-            okh_format=okh_format,
-            processes=most_specific("process", all_processes),
-            materials=most_specific("material", all_materials),
-            parts=parts,
-            outer_dimensions=outer,
-            keywords=text_list(doc.get("keywords"), "keywords"),
-            links={k: v.strip()[:1000] for k, v in links.items()},
-            warnings=warnings[:200],
-            extra={k: v for k, v in doc.items() if k not in known},
-        )
-    except InvalidInput:
-        raise
-    except ValueError as exc:
-        raise InvalidInput(
-            _pydantic_reason(exc), field=_pydantic_field(exc), code="invalid"
-        ) from None
+    return build(
+        Design,
+        id=design_id or manifest_id(doc),
+        name=name or "",
+        description=description,
+        version=text(doc.get("version"), "version"),
+        license=_license(doc.get("license")),
+        licensor=_person(doc.get("licensor")),
+        okh_format=okh_format,
+        processes=most_specific("process", all_processes),
+        materials=most_specific("material", all_materials),
+        parts=parts,
+        outer_dimensions=outer,
+        keywords=text_list(doc.get("keywords"), "keywords"),
+        links={k: v.strip()[:1000] for k, v in links.items()},
+        warnings=warnings[:200],
+        extra={k: v for k, v in doc.items() if k not in known},
+    )
 
 
 def _inferred(files: list[str], prose: list[str], warnings: list[str]) -> list[Term]:
@@ -370,18 +365,3 @@ def _person(value: Any) -> str | None:
         names = [_person(v) for v in value]
         return ", ".join(n for n in names if n) or None
     return text(value, "licensor")
-
-
-def _pydantic_field(exc: ValueError) -> str | None:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return ".".join(str(p) for p in first.get("loc", ())) or None
-    return None
-
-
-def _pydantic_reason(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        return str(errors()[0].get("msg", "invalid"))
-    return str(exc)

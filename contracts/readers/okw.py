@@ -12,13 +12,13 @@ from contracts.models import derive_id as _derive_id
 from contracts.readers.fields import (
     MAX_LIST,
     box_from_text,
+    build,
     length,
     most_specific,
     terms,
     text,
     text_list,
 )
-from contracts.readers.okh import _pydantic_field, _pydantic_reason
 
 STATUSES = {
     "active": FacilityStatus.active,
@@ -79,26 +79,22 @@ def read_facility(doc: dict[str, Any], *, facility_id: str | None = None) -> Fac
         source="typical_materials",
         warnings=warnings,
     )
-    try:
-        return Facility(
-            id=facility_id or facility_key(doc),
-            name=name or "",
-            status=status,
-            access_type=text(doc.get("access_type"), "access_type"),
-            location=_location(doc),
-            processes=_dedupe(offered),
-            materials=most_specific("material", materials),
-            equipment=equipment,
-            certifications=text_list(doc.get("certifications"), "certifications"),
-            owner=_owner(doc.get("owner")),
-            links=_links(doc.get("links")),
-            warnings=warnings[:200],
-            extra={k: v for k, v in doc.items() if k not in KNOWN},
-        )
-    except InvalidInput:
-        raise
-    except ValueError as exc:
-        raise InvalidInput(_pydantic_reason(exc), field=_pydantic_field(exc)) from None
+    return build(
+        Facility,
+        id=facility_id or facility_key(doc),
+        name=name or "",
+        status=status,
+        access_type=text(doc.get("access_type"), "access_type"),
+        location=_location(doc),
+        processes=_dedupe(offered),
+        materials=most_specific("material", materials),
+        equipment=equipment,
+        certifications=text_list(doc.get("certifications"), "certifications"),
+        owner=_owner(doc.get("owner")),
+        links=_links(doc.get("links")),
+        warnings=warnings[:200],
+        extra={k: v for k, v in doc.items() if k not in KNOWN},
+    )
 
 
 def facility_key(doc: dict[str, Any]) -> str:

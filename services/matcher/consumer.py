@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import TypeAdapter
 
@@ -45,8 +45,6 @@ PUBLISH_WINDOW = 2000  # match events in flight before waiting for their acks
 
 
 def matches_stream(replicas: int) -> StreamConfig:
-    from nats.js.api import StorageType
-
     return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
                         storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
                         max_age=MATCHES_MAX_AGE_S, num_replicas=replicas)

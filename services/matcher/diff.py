@@ -6,6 +6,7 @@ set is ever stored, and a replay of the same change gives the same transitions."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from contracts.matches import MatchKind
@@ -39,16 +40,14 @@ def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | No
     else:
         index.put_design(new)
         after = index.matches_of_design(new)
-    out = []
-    for fid in sorted(after - before):
+    design = new or old
+
+    def transition(kind: MatchKind, fid: str) -> Transition:
         facility = index.facilities[fid]
-        out.append(Transition("found", design_id, version, fid, facility.version,
-                              evaluate(new, facility)))  # type: ignore[arg-type]
-    for fid in sorted(before - after):
-        facility = index.facilities[fid]
-        out.append(Transition("withdrawn", design_id, version, fid, facility.version,
-                              evaluate(new or old, facility)))  # type: ignore[arg-type]
-    return out
+        return Transition(kind, design_id, version, fid, facility.version,
+                          evaluate(design, facility))  # type: ignore[arg-type]
+
+    return _transitions(before, after, transition)
 
 
 def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfile | None,
@@ -73,13 +72,19 @@ def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfil
         else:
             index.put_facility(new)
             after = index.matches_of_facility(new)
-    out = []
-    for did in sorted(after - before):
+    facility = new or old
+
+    def transition(kind: MatchKind, did: str) -> Transition:
         design = index.designs[did]
-        out.append(Transition("found", did, design.version, facility_id, version,
-                              evaluate(design, new)))  # type: ignore[arg-type]
-    for did in sorted(before - after):
-        design = index.designs[did]
-        out.append(Transition("withdrawn", did, design.version, facility_id, version,
-                              evaluate(design, new or old)))  # type: ignore[arg-type]
-    return out
+        return Transition(kind, did, design.version, facility_id, version,
+                          evaluate(design, facility))  # type: ignore[arg-type]
+
+    return _transitions(before, after, transition)
+
+
+def _transitions(before: set[str], after: set[str],
+                 transition: Callable[[MatchKind, str], Transition]) -> list[Transition]:
+    """Found for what matches only after, withdrawn for what matched only before; each
+    explained against the entity's state after the change (its last, when deleted)."""
+    return ([transition("found", other) for other in sorted(after - before)]
+            + [transition("withdrawn", other) for other in sorted(before - after)])

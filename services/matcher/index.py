@@ -7,11 +7,15 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from functools import cache
 
-from contracts import vocabulary
 from services.matcher.profiles import DesignProfile, FacilityProfile
-from services.matcher.rules import Evaluation, can_design_match, can_make, evaluate
+from services.matcher.rules import (
+    Evaluation,
+    answering,
+    can_design_match,
+    can_make,
+    evaluate,
+)
 
 EARTH_RADIUS_KM = 6371.0088
 CELL_DEG = 1.0
@@ -22,13 +26,6 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
-
-
-@cache
-def related_processes(process: str) -> frozenset[str]:
-    """Processes that can answer a need for `process`: itself, more specific, more generic."""
-    vocab = vocabulary.processes()
-    return vocab.with_descendants(process) | vocab.ancestors(process)
 
 
 class CapabilityIndex:
@@ -156,7 +153,7 @@ def _closure(processes: Iterable[str]) -> set[str]:
     """Every process related to one of these (same, more specific, more generic)."""
     out: set[str] = set()
     for p in processes:
-        out |= related_processes(p)
+        out |= answering("process", p)
     return out
 
 

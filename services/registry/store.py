@@ -8,7 +8,6 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -207,7 +206,3 @@ def decode_cursor(cursor: str) -> str:
     if not isinstance(after, str):
         raise ValueError("not a cursor")
     return after
-
-
-def iso(value: datetime) -> str:
-    return value.isoformat()

@@ -146,6 +146,8 @@ async def test_changes_made_while_the_matcher_was_down_are_reconciled(
         client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
         matcher_env: dict[str, str], tmp_path: Path) -> None:
     key = auth(org[1]) | JSON
+    # a snapshot every 4 deltas: the restart reads a snapshot and the deltas after it
+    matcher_env = matcher_env | {"MAKELOCAL_MATCHER_SNAPSHOT_EVERY": "4"}
     matcher = ServiceProcess(matcher_env, tmp_path / "matcher.log", "matcher").start()
     await wait_ready(matcher.url)
     try:

@@ -125,16 +125,33 @@ PROCESSES = ["3d-printing", "fdm", "sla", "laser-cutting", "cnc-milling", "cnc-m
 MATERIALS = ["pla", "abs", "thermoplastic", "plywood", "wood", "steel", "metal"]
 
 
+SIDES = [5.0, 30.0, 99.0, 100.0, 101.0, 250.0, 600.0, 2500.0, None]
+
+
+def random_box(rng: random.Random) -> Box:
+    return Box(x_mm=rng.choice(SIDES), y_mm=rng.choice(SIDES), z_mm=rng.choice(SIDES))
+
+
 def random_design(rng: random.Random, id_: str, version: int):
-    return design(rng.sample(PROCESSES[:9], rng.randint(0, 3)),
-                  rng.sample(MATERIALS, rng.randint(0, 2)), id_=id_, version=version)
+    processes = rng.sample(PROCESSES[:9], rng.randint(0, 3))
+    parts = [Part(name=f"p{i}", processes=[term(rng.choice(processes))],
+                  outer_dimensions=random_box(rng))
+             for i in range(rng.randint(0, 3) if processes else 0)]
+    return design(processes, rng.sample(MATERIALS, rng.randint(0, 2)), parts, id_=id_,
+                  version=version)
 
 
 def random_facility(rng: random.Random, id_: str, version: int):
-    return facility(rng.sample(PROCESSES, rng.randint(0, 4)),
+    processes = rng.sample(PROCESSES, rng.randint(0, 4))
+    equipment = [Equipment(processes=[term(rng.choice(PROCESSES))],
+                           materials=[term(m) for m in rng.sample(MATERIALS, rng.randint(0, 1))],
+                           working_volume=random_box(rng) if rng.random() < 0.7 else None)
+                 for _ in range(rng.randint(0, 3))]
+    return facility(processes,
                     status=rng.choice(["active", "active", "active", "closed", "planned"]),
-                    materials=rng.sample(MATERIALS, rng.randint(0, 3)), id_=id_,
-                    version=version, lat=rng.uniform(-60, 60), lon=rng.uniform(-179, 179))
+                    materials=rng.sample(MATERIALS, rng.randint(0, 3)), equipment=equipment,
+                    id_=id_, version=version, lat=rng.uniform(-60, 60),
+                    lon=rng.uniform(-179, 179))
 
 
 @settings(max_examples=60, deadline=None)
@@ -151,7 +168,7 @@ def test_transitions_alternate_and_reduce_to_the_brute_force_match_set(seed: int
         delete = rng.random() < 0.15
         if is_design:
             new = None if delete else random_design(rng, entity, version)
-            transitions = apply_design(index, entity, new, version)
+            transitions = list(apply_design(index, entity, new, version).transitions(index))
         else:
             new = None if delete else random_facility(rng, entity, version)
             old = index.facilities.get(entity)
@@ -159,7 +176,7 @@ def test_transitions_alternate_and_reduce_to_the_brute_force_match_set(seed: int
                 # the usual edit: only the offered processes change
                 new = replace(old, version=version, processes=frozenset(
                     rng.sample(PROCESSES, rng.randint(0, 4))))
-            transitions = apply_facility(index, entity, new, version)
+            transitions = list(apply_facility(index, entity, new, version).transitions(index))
         for t in transitions:
             pair = (t.design_id, t.facility_id)
             assert last.get(pair, "withdrawn") != t.kind, f"{t.kind} twice for {pair}"

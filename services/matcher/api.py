@@ -41,10 +41,9 @@ def router(index: CapabilityIndex) -> APIRouter:
         if origin is not None:
             allowed = dict(index.near(origin[0], origin[1], origin[2]))
         matches, misses = [], []
-        for fid in index.facility_candidates(design, slack=1):
-            if allowed is not None and fid not in allowed:
+        for facility in index.near_miss_candidates(design):
+            if allowed is not None and facility.id not in allowed:
                 continue
-            facility = index.facilities[fid]
             evaluation = evaluate(design, facility)
             if not (evaluation.matches or evaluation.near_miss):
                 continue
@@ -59,8 +58,8 @@ def router(index: CapabilityIndex) -> APIRouter:
     async def designs_for(facility_id: str,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         facility = facility_of(facility_id)
-        rows = [_row("design", did, index.designs[did].version, ev, None)
-                for did, ev in index.explained_matches_of_facility(facility).items()]
+        rows = [_row("design", d.id, d.version, evaluate(d, facility), None)
+                for d in index.designs.profiles(index.designs_for(facility))]
         return {"facility": facility_id, "matches": sorted(rows, key=_ranking)[:limit]}
 
     @api.get("/match", summary="Explain one design and facility pair")

@@ -47,7 +47,8 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
                                        filter_subjects=partition_filters(settings.partitions,
                                                                    settings.matcher_partition),
                                        batch=settings.matcher_batch,
-                                       replicas=settings.matcher_stream_replicas)
+                                       replicas=settings.matcher_stream_replicas,
+                                       snapshot_every=settings.matcher_snapshot_every)
                 state["worker"] = worker
                 await worker.start()
                 await worker.run()

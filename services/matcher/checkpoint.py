@@ -1,6 +1,13 @@
-"""The matcher's checkpoint in a JetStream KV bucket (one per partition): every indexed
-entity's profile and version, the REGISTRY position applied, and a write-ahead record of
-the batch being applied.
+"""The matcher's checkpoint (one per partition): every indexed entity's profile and
+version, the REGISTRY position applied, and a write-ahead record of the batch being applied.
+
+Layout: a snapshot of every profile as one compressed object in a JetStream Object Store
+(`<bucket>-snap`), and in the KV bucket `<bucket>`: `snapshot` (which object is current),
+`e.<kind>.<id>` for each entity changed since (a delta), `position` and `pending`. A start
+reads one object and a few deltas instead of one KV entry per entity; every
+`snapshot_every` deltas the matcher writes a new snapshot, points to it, and purges the
+deltas it covers. A crash between those steps leaves deltas the snapshot already holds:
+loading keeps, per entity, the highest version, so they change nothing.
 
 Why a write-ahead record: REGISTRY keeps only the latest message per entity, so after a
 crash mid-batch the versions in flight may be gone from the stream. The record keeps each
@@ -11,13 +18,16 @@ does consumption go on."""
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.api import KeyValueConfig, StorageType
+import orjson
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from services.matcher.profiles import (
     DesignProfile,
@@ -27,8 +37,10 @@ from services.matcher.profiles import (
     load_profile,
 )
 
-POSITION, PENDING = "position", "pending"
+log = logging.getLogger(__name__)
+POSITION, PENDING, SNAPSHOT = "position", "pending", "snapshot"
 Profile = DesignProfile | FacilityProfile
+Entity = tuple[str, str, int, Profile | None]  # kind, id, version, profile (None: deleted)
 
 
 @dataclass
@@ -58,7 +70,7 @@ class Change:
 @dataclass
 class Loaded:
     position: int
-    entities: list[tuple[str, str, int, Profile | None]]  # kind, id, version, profile
+    entities: list[Entity]
     pending: list[Change]
 
 
@@ -68,14 +80,28 @@ def _dump(profile: Profile | None) -> list[Any] | None:
     return dump_design(profile) if isinstance(profile, DesignProfile) else dump_facility(profile)
 
 
+def _dump_entity(entity: Entity) -> list[Any]:
+    kind, entity_id, version, profile = entity
+    return [kind, entity_id, version, _dump(profile)]
+
+
+def _load_entity(data: list[Any]) -> Entity:
+    kind, entity_id, version, profile = data
+    return kind, entity_id, version, profile and load_profile(profile)
+
+
 def entity_key(kind: str, entity_id: str) -> str:
     return f"e.{kind[0]}.{entity_id}"
 
 
 class Checkpoint:
-    def __init__(self, js: JetStreamContext, bucket: str, replicas: int = 1) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, replicas: int = 1,
+                 snapshot_every: int = 50_000) -> None:
         self.js, self.bucket, self.replicas = js, bucket, replicas
+        self.objects = f"{bucket}-snap"
         self.prefix = f"$KV.{bucket}."
+        self.snapshot_every = snapshot_every
+        self.deltas = 0  # written since the current snapshot
 
     async def open(self) -> None:
         try:
@@ -84,6 +110,11 @@ class Checkpoint:
             await self.js.create_key_value(KeyValueConfig(
                 bucket=self.bucket, history=1, storage=StorageType.FILE,
                 replicas=self.replicas))
+        try:
+            await self.js.object_store(self.objects)
+        except (BucketNotFoundError, NotFoundError):
+            await self.js.create_object_store(self.objects, ObjectStoreConfig(
+                storage=StorageType.FILE, replicas=self.replicas))
 
     async def load(self) -> Loaded | None:
         """The checkpoint, or None when there is none (a first start)."""
@@ -92,43 +123,86 @@ class Checkpoint:
             position = int((await kv.get(POSITION)).value or b"0")
         except KeyNotFoundError:
             return None
-        entities: list[tuple[str, str, int, Profile | None]] = []
+        latest: dict[tuple[str, str], Entity] = {}
+        try:
+            name = (await kv.get(SNAPSHOT)).value
+        except KeyNotFoundError:
+            name = None
+        if name:
+            store = await self.js.object_store(self.objects)
+            blob = (await store.get(name.decode())).data
+            for data in orjson.loads(zlib.decompress(blob)):
+                entity = _load_entity(data)
+                latest[(entity[0], entity[1])] = entity
         pending: list[Change] = []
+        self.deltas = 0
         watcher = await kv.watchall()
         async for entry in watcher:
             if entry is None:
                 break
             if entry.key.startswith("e.") and entry.value:
-                kind, entity_id, version, profile = json.loads(entry.value)
-                entities.append((kind, entity_id, version, profile and load_profile(profile)))
+                self.deltas += 1
+                entity = _load_entity(orjson.loads(entry.value))
+                known = latest.get((entity[0], entity[1]))
+                if known is None or known[2] < entity[2]:
+                    latest[(entity[0], entity[1])] = entity
             elif entry.key == PENDING and entry.value:
-                pending = [Change.load(c) for c in json.loads(entry.value)]
+                pending = [Change.load(c) for c in orjson.loads(entry.value)]
         await watcher.stop()
-        return Loaded(position, entities, pending)
+        return Loaded(position, list(latest.values()), pending)
 
     async def begin(self, changes: list[Change]) -> None:
-        await self.js.publish(self.prefix + PENDING,
-                              json.dumps([c.dump() for c in changes]).encode())
+        await self.js.publish(self.prefix + PENDING, orjson.dumps([c.dump() for c in changes]))
 
     async def commit(self, changes: list[Change], position: int) -> None:
         """Record the entities' new state, then the position, then clear the record."""
-        await self.put_entities((c.kind, c.entity_id, c.version, c.new) for c in changes)
+        await self._put_deltas((c.kind, c.entity_id, c.version, c.new) for c in changes)
         await self.js.publish(self.prefix + POSITION, str(position).encode())
         await self.js.publish(self.prefix + PENDING, b"")
 
-    async def put_entities(self, entities: Any) -> None:
+    @property
+    def due(self) -> bool:
+        return self.deltas >= self.snapshot_every
+
+    async def _put_deltas(self, entities: Iterable[Entity]) -> None:
         futures = []
-        for kind, entity_id, version, profile in entities:
-            value = json.dumps([kind, entity_id, version, _dump(profile)]).encode()
+        for entity in entities:
+            self.deltas += 1
             futures.append(await self.js.publish_async(
-                self.prefix + entity_key(kind, entity_id), value))
+                self.prefix + entity_key(entity[0], entity[1]), orjson.dumps(
+                    _dump_entity(entity))))
             if len(futures) >= 2000:
                 await asyncio.gather(*futures)
                 futures = []
         await asyncio.gather(*futures)
 
-    async def reset(self, position: int, entities: Any) -> None:
+    async def snapshot(self, position: int, entities: Iterable[Entity]) -> None:
+        """Write every entity as a new snapshot, make it current, drop what it covers.
+        The caller holds the index still (no batch in flight) while `entities` is read."""
+        kv_stream = f"KV_{self.bucket}"
+        covered = (await self.js.stream_info(kv_stream)).state.last_seq + 1
+        blob = zlib.compress(orjson.dumps([_dump_entity(e) for e in entities]), 1)
+        kv = await self.js.key_value(self.bucket)
+        try:
+            previous = (await kv.get(SNAPSHOT)).value
+        except KeyNotFoundError:
+            previous = None
+        name = f"snapshot-{position}-{covered}"
+        store = await self.js.object_store(self.objects)
+        await store.put(name, blob)
+        await kv.put(SNAPSHOT, name.encode())
+        await kv.put(POSITION, str(position).encode())
+        await self.js.purge_stream(kv_stream, subject=self.prefix + "e.>", seq=covered)
+        if previous and previous.decode() != name:
+            try:
+                await store.delete(previous.decode())
+            except NotFoundError:
+                pass
+        self.deltas = 0
+        log.info("checkpoint snapshot written",
+                 extra={"position": position, "bytes": len(blob), "object": name})
+
+    async def reset(self, position: int, entities: Iterable[Entity]) -> None:
         """A whole new checkpoint (after building the index from REGISTRY)."""
-        await self.put_entities(entities)
         await self.js.publish(self.prefix + PENDING, b"")
-        await self.js.publish(self.prefix + POSITION, str(position).encode())
+        await self.snapshot(position, entities)

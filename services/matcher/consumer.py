@@ -10,18 +10,18 @@ checkpointed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
-from pydantic import TypeAdapter
 
-from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent
+from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS
 from contracts.matches import (
     MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_AGE_S,
@@ -30,17 +30,16 @@ from contracts.matches import (
     match_event_id,
     match_subject,
 )
-from contracts.models import Design
 from services.common import nats as nats_util
 from services.common.faults import crash_point
-from services.matcher.checkpoint import Change, Checkpoint, Loaded
-from services.matcher.diff import Transition, apply_design, apply_facility
+from services.matcher.checkpoint import Change, Checkpoint, Entity, Loaded
+from services.matcher.diff import Diff, apply_design, apply_facility
 from services.matcher.index import CapabilityIndex
 from services.matcher.metrics import MatcherMetrics
-from services.matcher.profiles import DesignProfile, design_profile, facility_profile
+from services.matcher.profiles import design_profile, facility_profile
+from services.matcher.rules import Reason, explainer
 
 log = logging.getLogger(__name__)
-EVENTS = TypeAdapter(RegistryEvent)
 PUBLISH_WINDOW = 2000  # match events in flight before waiting for their acks
 
 
@@ -53,10 +52,10 @@ def matches_stream(replicas: int) -> StreamConfig:
 class MatcherWorker:
     def __init__(self, nc: Client, index: CapabilityIndex, metrics: MatcherMetrics, *,
                  bucket: str, durable: str, filter_subjects: list[str], batch: int = 256,
-                 replicas: int = 1) -> None:
+                 replicas: int = 1, snapshot_every: int = 50_000) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.index, self.metrics = index, metrics
-        self.checkpoint = Checkpoint(self.js, bucket, replicas)
+        self.checkpoint = Checkpoint(self.js, bucket, replicas, snapshot_every)
         self.durable, self.filter_subjects = durable, filter_subjects
         self.batch, self.replicas = batch, replicas
         self.position = 0
@@ -82,33 +81,45 @@ class MatcherWorker:
 
     def _restore(self, loaded: Loaded) -> None:
         self.position = loaded.position
-        for kind, entity_id, version, profile in loaded.entities:
-            self.index.versions[(kind, entity_id)] = version
+        self._load(loaded.entities)
+
+    def _load(self, entities: Iterable[Entity]) -> None:
+        designs, facilities = [], []
+        for kind, entity_id, version, profile in entities:
             if profile is None:
-                continue
-            if isinstance(profile, DesignProfile):
-                self.index.put_design(profile)
+                self._set(kind, entity_id, None, version)
+            elif kind == "design":
+                designs.append(profile)
             else:
-                self.index.put_facility(profile)
+                facilities.append(profile)
+        self.index.load(designs, facilities)  # type: ignore[arg-type]
+
+    def entities(self) -> Iterator[Entity]:
+        """Everything the checkpoint must hold: every profile and every deletion."""
+        for kind, side in (("design", self.index.designs), ("facility", self.index.facilities)):
+            for profile in side.values():
+                yield kind, profile.id, profile.version, profile
+            for entity_id, version in side.deleted.items():
+                yield kind, entity_id, version, None
 
     async def _replay(self, pending: list[Change]) -> None:
         """Put the index back as it was before the batch, then apply the batch again."""
         for change in reversed(pending):
-            self._set(change.kind, change.entity_id, change.old)
-            self.index.versions[(change.kind, change.entity_id)] = (
-                change.old.version if change.old else 0)
+            self._set(change.kind, change.entity_id, change.old,
+                      change.old.version if change.old else 0)
         log.info("replaying an interrupted batch", extra={"count": len(pending)})
         await self._apply_and_publish(pending)
 
-    def _set(self, kind: str, entity_id: str, profile: Any) -> None:
-        if kind == "design":
-            self.index.remove_design(entity_id)
-            if profile is not None:
-                self.index.put_design(profile)
-        else:
-            self.index.remove_facility(entity_id)
-            if profile is not None:
-                self.index.put_facility(profile)
+    def _set(self, kind: str, entity_id: str, profile: Any, version: int) -> None:
+        """The entity as `profile` at `version` (None: deleted then; version 0: unseen)."""
+        side = self.index.designs if kind == "design" else self.index.facilities
+        if profile is not None:
+            (self.index.put_design if kind == "design" else self.index.put_facility)(profile)
+            return
+        (self.index.remove_design if kind == "design" else self.index.remove_facility)(
+            entity_id, version or None)
+        if not version:
+            side.deleted.pop(entity_id, None)
 
     async def _build_from_registry(self) -> None:
         """No checkpoint: index the stream's content as it is, emitting nothing."""
@@ -118,28 +129,53 @@ class MatcherWorker:
             await self.checkpoint.reset(0, [])
             return
         last = info.state.last_seq
+        latest: dict[tuple[str, str], Entity] = {}
         if info.state.messages:
             sub = await self.js.subscribe(REGISTRY_SUBJECTS, stream=REGISTRY_STREAM,
                                           ordered_consumer=True,
-                                          deliver_policy=DeliverPolicy.ALL)
+                                          deliver_policy=DeliverPolicy.ALL,
+                                          pending_msgs_limit=-1, pending_bytes_limit=-1)
             try:
                 while True:
                     msg = await sub.next_msg(timeout=10)
                     seq = msg.metadata.sequence.stream
                     if self._wanted(msg.subject):
-                        change = self._change(seq, msg.data)
-                        if change is not None:
-                            self._set(change.kind, change.entity_id, change.new)
-                            self.index.versions[(change.kind, change.entity_id)] = change.version
+                        read = self._read(msg.data)
+                        if read is not None:
+                            kind, entity_id, version, profile, _, _ = read
+                            known = latest.get((kind, entity_id))
+                            if known is None or known[2] < version:
+                                latest[(kind, entity_id)] = (kind, entity_id, version, profile)
                     if seq >= last:
                         break
             finally:
                 await sub.unsubscribe()
+        self._load(latest.values())
         self.position = last
-        entities = [("design", d.id, d.version, d) for d in self.index.designs.values()]
-        entities += [("facility", f.id, f.version, f) for f in self.index.facilities.values()]
-        await self.checkpoint.reset(last, entities)
-        log.info("index built from REGISTRY", extra={"count": len(entities)})
+        await self.checkpoint.reset(last, self.entities())
+        log.info("index built from REGISTRY", extra={"count": len(latest)})
+
+    def _read(self, data: bytes) -> tuple[str, str, int, Any, str | None, str | None] | None:
+        """(kind, id, version, profile or None, event id, occurred at) of a REGISTRY
+        message; None for one that cannot be read (logged and counted: skipping it is the
+        only way past it, and the registry never writes one)."""
+        try:
+            event = orjson.loads(data)
+            kind = event["type"].split(".", 1)[0]
+            version = int(event["version"])
+            body = event.get("data")
+            if kind == "design":
+                profile: Any = None if body is None else design_profile(body, version)
+            elif kind == "facility":
+                profile = None if body is None else facility_profile(body, version)
+            else:
+                raise ValueError(f"unknown event type {event['type']!r}")
+            return (kind, str(event["entity_id"]), version, profile, event.get("event_id"),
+                    event.get("occurred_at"))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            self.metrics.unreadable.inc()
+            log.error("unreadable REGISTRY message skipped", extra={"error": repr(exc)})
+            return None
 
     def _wanted(self, subject: str) -> bool:
         return any(_subject_matches(f, subject) for f in self.filter_subjects)
@@ -178,7 +214,7 @@ class MatcherWorker:
 
     async def handle(self, msgs: list[Msg]) -> None:
         changes = []
-        in_batch: dict[tuple[str, str], Any] = {}
+        in_batch: dict[tuple[str, str], tuple[Any, int]] = {}
         for msg in msgs:
             change = self._change(msg.metadata.sequence.stream, msg.data, in_batch)
             if change is not None:
@@ -190,34 +226,30 @@ class MatcherWorker:
         if not changes and last > self.position:
             await self.checkpoint.commit([], last)
         self.position = max(self.position, last)
+        if self.checkpoint.due:
+            await self.checkpoint.snapshot(self.position, self.entities())
         for msg in msgs:
             await msg.ack()
 
     def _change(self, seq: int, data: bytes,
-                in_batch: dict[tuple[str, str], Any] | None = None) -> Change | None:
+                in_batch: dict[tuple[str, str], tuple[Any, int]]) -> Change | None:
         """The change a REGISTRY message makes, or None when it is already applied.
         `in_batch` holds the state earlier changes of the same batch leave an entity in."""
-        event = EVENTS.validate_json(data)
-        kind = event.type.split(".", 1)[0]
-        key = (kind, event.entity_id)
-        if self.index.versions.get(key, 0) >= event.version:
+        read = self._read(data)
+        if read is None:
             return None
-        in_batch = {} if in_batch is None else in_batch
+        kind, entity_id, version, new, event_id, occurred_at = read
+        key = (kind, entity_id)
         if key in in_batch:
-            old = in_batch[key]
+            old, applied = in_batch[key]
         else:
             old = (self.index.designs if kind == "design" else self.index.facilities).get(
-                event.entity_id)
-        new = None
-        if event.data is not None:
-            new = (design_profile(event.data, event.version) if isinstance(event.data, Design)
-                   else facility_profile(event.data, event.version))
-        # Mark it applied now, so a second message for the same version in this batch is
-        # skipped too; the index itself changes in _apply_and_publish.
-        self.index.versions[key] = event.version
-        in_batch[key] = new
-        return Change(seq, kind, event.entity_id, event.version, old, new, str(event.event_id),
-                      event.occurred_at.isoformat())
+                entity_id)
+            applied = self.index.version(kind, entity_id)
+        if applied >= version:
+            return None
+        in_batch[key] = (new, version)
+        return Change(seq, kind, entity_id, version, old, new, event_id, occurred_at)
 
     async def _apply_and_publish(self, changes: list[Change]) -> None:
         await self.checkpoint.begin(changes)
@@ -226,23 +258,16 @@ class MatcherWorker:
         for change in changes:
             started = time.perf_counter()
             apply = apply_design if change.kind == "design" else apply_facility
-            transitions = apply(self.index, change.entity_id, change.new,  # type: ignore[arg-type]
-                                change.version)
+            diff = apply(self.index, change.entity_id, change.new,  # type: ignore[arg-type]
+                         change.version)
             self.metrics.change_seconds.observe(time.perf_counter() - started)
-            events.extend(self._event(t, change) for t in transitions)
+            # read out now: the next change may give a slot of this diff to another entity
+            events.extend(match_messages(diff, change, self.index))
         await self._publish(events)
         crash_point("matcher.after_publish")
         await self.checkpoint.commit(changes, max(c.seq for c in changes))
         self.position = max(self.position, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
-
-    def _event(self, t: Transition, change: Change) -> Outgoing:
-        gone = change.old if change.new is None else None  # a deleted entity's last state
-        facility = self.index.facilities.get(t.facility_id) or (
-            gone if change.kind == "facility" else None)
-        design = self.index.designs.get(t.design_id) or (
-            gone if change.kind == "design" else None)
-        return match_message(t, change, facility, design)
 
     async def _publish(self, events: list[Outgoing]) -> None:
         """Pipelined: a window of publishes in flight, then their acks, then the next."""
@@ -273,26 +298,36 @@ class Outgoing(NamedTuple):
     payload: bytes
 
 
-def match_message(t: Transition, change: Change, facility: Any, design: Any) -> Outgoing:
-    """A MatchEvent (contracts.matches) as bytes. Written as a dict: a fan-out makes
-    thousands, and building pydantic models for each costs more than the matching."""
-    event_id = match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
-                              t.facility_version)
-    body = {
-        "schema_version": 1, "event_id": event_id, "type": f"matches.{t.kind}",
-        "design_id": t.design_id, "design_version": t.design_version,
-        "facility_id": t.facility_id, "facility_version": t.facility_version,
-        "score": t.evaluation.score if t.kind == "found" else 0.0,
-        "explanation": [r.as_dict() for r in t.evaluation.requirements],
-        "facility_lat": getattr(facility, "lat", None),
-        "facility_lon": getattr(facility, "lon", None),
-        "design_processes": [n.id for n in getattr(design, "processes", ())],
-        "cause": {"entity": change.kind, "entity_id": change.entity_id,
-                  "version": change.version, "event_id": change.cause_event_id,
-                  "occurred_at": change.occurred_at},
-    }
-    return Outgoing(t.kind, match_subject(t.kind, t.design_id, t.facility_id),  # type: ignore[arg-type]
-                    event_id, json.dumps(body, separators=(",", ":")).encode())
+def match_messages(diff: Diff, change: Change, index: CapabilityIndex) -> list[Outgoing]:
+    """The diff's MatchEvents (contracts.matches) as bytes, explained against the entities
+    as the change left them: read it out before the next change. Written as dicts, each
+    distinct explanation serialised once: a fan-out makes thousands of events, and models
+    or repeated work for each would cost more than the matching."""
+    explain = explainer()
+    rendered: dict[int, orjson.Fragment] = {}
+    cause = {"entity": change.kind, "entity_id": change.entity_id, "version": change.version,
+             "event_id": change.cause_event_id, "occurred_at": change.occurred_at}
+    out = []
+    for t in diff.transitions(index):
+        event_id = match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
+                                  t.facility_version)
+        evaluation = explain(t.design, t.facility)
+        explanation = rendered.get(id(evaluation))
+        if explanation is None:
+            explanation = rendered[id(evaluation)] = orjson.Fragment(orjson.dumps(
+                [dict(zip(Reason._fields, r, strict=True)) for r in evaluation.requirements]))
+        body = {
+            "schema_version": 1, "event_id": event_id, "type": f"matches.{t.kind}",
+            "design_id": t.design_id, "design_version": t.design_version,
+            "facility_id": t.facility_id, "facility_version": t.facility_version,
+            "score": evaluation.score if t.kind == "found" else 0.0,
+            "explanation": explanation,
+            "facility_lat": t.facility.lat, "facility_lon": t.facility.lon,
+            "design_processes": t.design.known_processes, "cause": cause,
+        }
+        out.append(Outgoing(t.kind, match_subject(t.kind, t.design_id, t.facility_id),
+                            event_id, orjson.dumps(body)))
+    return out
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:

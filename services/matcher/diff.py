@@ -2,89 +2,95 @@
 
 matches(new) - matches(old) are found, matches(old) - matches(new) withdrawn, where both
 sides are computed against the index as it is apart from the changed entity: so no match
-set is ever stored, and a replay of the same change gives the same transitions."""
+set is ever stored, and a replay of the same change gives the same transitions. The
+difference is two bitsets; the transitions (and their explanations) are read out of it
+only for publishing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from contracts.matches import MatchKind
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, FacilityProfile
-from services.matcher.rules import Evaluation, can_make, evaluate
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     kind: MatchKind
-    design_id: str
+    design: DesignProfile
     design_version: int
-    facility_id: str
+    facility: FacilityProfile
     facility_version: int
-    evaluation: Evaluation
+
+    @property
+    def design_id(self) -> str:
+        return self.design.id
+
+    @property
+    def facility_id(self) -> str:
+        return self.facility.id
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """found / withdrawn as bitsets over the other side's slots. Read it (transitions())
+    before the next change to the index: a later change may give a slot to another entity."""
+
+    kind: str  # the changed entity's: "design" | "facility"
+    entity: DesignProfile | FacilityProfile | None  # its new state, or its last if deleted
+    version: int
+    found: int = 0
+    withdrawn: int = 0
+
+    def __len__(self) -> int:
+        return self.found.bit_count() + self.withdrawn.bit_count()
+
+    def transitions(self, index: CapabilityIndex) -> Iterator[Transition]:
+        if self.entity is None:
+            return
+        for kind, bits in (("found", self.found), ("withdrawn", self.withdrawn)):
+            if self.kind == "design":
+                design = self.entity
+                for facility in index.facilities.profiles(bits):
+                    yield Transition(kind, design, self.version,  # type: ignore[arg-type]
+                                     facility, facility.version)
+            else:
+                facility = self.entity
+                for design in index.designs.profiles(bits):
+                    yield Transition(kind, design, design.version,  # type: ignore[arg-type]
+                                     facility, self.version)
 
 
 def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | None,
-                 version: int) -> list[Transition]:
+                 version: int) -> Diff:
     """Apply a design upsert (new) or deletion (None at `version`) and say what changed."""
     old = index.designs.get(design_id)
-    index.versions[("design", design_id)] = version
     if new is not None and new.same_needs(old):
         index.put_design(new)  # a new description or licence: no match can change
-        return []
-    before = index.matches_of_design(old) if old else set()
+        return Diff("design", new, version)
+    before = index.facilities_for(old) if old else 0
     if new is None:
-        index.remove_design(design_id)
-        after: set[str] = set()
+        index.remove_design(design_id, version)
+        after = 0
     else:
         index.put_design(new)
-        after = index.matches_of_design(new)
-    design = new or old
-
-    def transition(kind: MatchKind, fid: str) -> Transition:
-        facility = index.facilities[fid]
-        return Transition(kind, design_id, version, fid, facility.version,
-                          evaluate(design, facility))  # type: ignore[arg-type]
-
-    return _transitions(before, after, transition)
+        after = index.facilities_for(new)
+    return Diff("design", new or old, version, after & ~before, before & ~after)
 
 
 def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfile | None,
-                   version: int) -> list[Transition]:
+                   version: int) -> Diff:
     old = index.facilities.get(facility_id)
-    index.versions[("facility", facility_id)] = version
     if new is not None and new.same_capabilities(old):
         index.put_facility(new)  # a new name or place: no match can change
-        return []
-    if old is not None and new is not None and new.same_but_processes(old):
-        # Only designs a gained or lost process answers can change: the usual edit (a
-        # machine added or removed) costs its own fan-out, not the facility's.
-        affected = index.designs_answered_by(old.processes ^ new.processes)
-        before = {d for d in affected if can_make(index.designs[d], old)}
-        index.put_facility(new)
-        after = {d for d in affected if can_make(index.designs[d], new)}
+        return Diff("facility", new, version)
+    before = index.designs_for(old) if old else 0
+    if new is None:
+        index.remove_facility(facility_id, version)
+        after = 0
     else:
-        before = index.matches_of_facility(old) if old else set()
-        if new is None:
-            index.remove_facility(facility_id)
-            after = set()
-        else:
-            index.put_facility(new)
-            after = index.matches_of_facility(new)
-    facility = new or old
-
-    def transition(kind: MatchKind, did: str) -> Transition:
-        design = index.designs[did]
-        return Transition(kind, did, design.version, facility_id, version,
-                          evaluate(design, facility))  # type: ignore[arg-type]
-
-    return _transitions(before, after, transition)
-
-
-def _transitions(before: set[str], after: set[str],
-                 transition: Callable[[MatchKind, str], Transition]) -> list[Transition]:
-    """Found for what matches only after, withdrawn for what matched only before; each
-    explained against the entity's state after the change (its last, when deleted)."""
-    return ([transition("found", other) for other in sorted(after - before)]
-            + [transition("withdrawn", other) for other in sorted(before - after)])
+        index.put_facility(new)
+        after = index.designs_for(new)
+    return Diff("facility", new or old, version, after & ~before, before & ~after)

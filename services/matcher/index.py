@@ -1,24 +1,42 @@
-"""The capability index: every design and facility profile, posting lists from process to
-facilities offering it and to designs needing it, and a grid for radius queries. Pure.
-Candidates come from the posting lists; only candidates are evaluated, never all pairs."""
+"""The capability index: every design and facility profile, and for each side posting
+lists (as bitsets over its entities' slots) from what matching asks to who answers it. Pure.
+
+A design's facilities are a few intersections: active, answering each process, answering
+each material or stating none, then a size check only for those whose machines are not
+surely big enough (a ladder of cube sides says which are). A facility's designs are the
+designs with a need, minus those needing a process or material the facility cannot
+answer, then the same size check. The rules (rules.can_make) decide only the few pairs the
+bitsets cannot; all_pairs, the brute-force reference, is what the tests compare with."""
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
 
-from services.matcher.profiles import DesignProfile, FacilityProfile
+from services.matcher.bitset import Key, Postings, SlotTable, positions, present
+from services.matcher.profiles import DesignProfile, FacilityProfile, PartNeed
 from services.matcher.rules import (
-    Evaluation,
     answering,
     can_design_match,
     can_make,
     evaluate,
+    fits_some_machine,
+    generic_or_same,
 )
 
 EARTH_RADIUS_KM = 6371.0088
 CELL_DEG = 1.0
+# Side lengths (mm): a machine whose sorted sides are at least rungs (i, j, k) surely takes
+# a part whose sorted sides are at most those rungs. Between rungs, the exact rule decides.
+# Common machine sizes are rungs, so that for most machines the two roundings agree and
+# no pair needs the exact rule.
+LADDER = (10, 25, 50, 75, 100, 150, 180, 200, 210, 220, 250, 300, 350, 400, 500, 600, 800,
+          900, 1000, 1200, 1500, 2000, 3000, 5000)
+
+P = TypeVar("P", DesignProfile, FacilityProfile)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -28,83 +46,306 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
+class Side(Mapping[str, P], Generic[P]):
+    """The profiles of one kind by id, their slots, and their posting lists."""
+
+    def __init__(self) -> None:
+        self.slots = SlotTable()
+        self.by_slot: list[P | None] = []
+        self.postings = Postings()
+        self.deleted: dict[str, int] = {}  # id -> version of the deletion applied
+        self.generation = 0  # changes with every put and remove: memos compare it
+
+    def __getitem__(self, entity_id: str) -> P:
+        profile = self.get(entity_id)
+        if profile is None:
+            raise KeyError(entity_id)
+        return profile
+
+    def get(self, entity_id: str, default: P | None = None) -> P | None:  # type: ignore[override]
+        slot = self.slots.slot_of.get(entity_id)
+        return default if slot is None else self.by_slot[slot]
+
+    def __contains__(self, entity_id: object) -> bool:
+        return entity_id in self.slots.slot_of
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.slots.slot_of)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def version(self, entity_id: str) -> int:
+        profile = self.get(entity_id)
+        return profile.version if profile is not None else self.deleted.get(entity_id, 0)
+
+    def put(self, profile: P, keys: list[Key]) -> None:
+        self.generation += 1
+        self.postings.add(keys, self._place(profile))
+        self.deleted.pop(profile.id, None)
+
+    def _place(self, profile: P) -> int:
+        slot = self.slots.assign(profile.id)
+        if slot == len(self.by_slot):
+            self.by_slot.append(profile)
+        else:
+            self.by_slot[slot] = profile
+        return slot
+
+    def remove(self, entity_id: str, keys: list[Key]) -> None:
+        self.generation += 1
+        slot = self.slots.release(entity_id)
+        if slot is not None:
+            self.postings.remove(keys, slot)
+            self.by_slot[slot] = None
+
+    def load(self, profiles: Iterable[P], keys_of: object) -> None:
+        """Many profiles at once: each posting list built in one pass."""
+        self.generation += 1
+        keyed: dict[Key, list[int]] = defaultdict(list)
+        for profile in profiles:
+            slot = self._place(profile)
+            for key in keys_of(profile):  # type: ignore[operator]
+                keyed[key].append(slot)
+        for key, bits in self.postings.bits.items():
+            keyed[key].extend(positions(bits))
+        self.postings.load(keyed)
+
+    def profiles(self, bits: int) -> Iterator[P]:
+        return present(self.by_slot, bits)
+
+
+Rungs = tuple[int, int, int]
+TOP = len(LADDER) + 1  # a bed's third side: any thickness
+
+
+def facility_keys(f: FacilityProfile) -> list[Key]:
+    """What a facility answers. ("p", need): a process need it meets or weakly meets;
+    ("m", need) likewise for materials, or ("nomat",) when it states none; ("meas", q): it
+    has a machine of process q (or a more specific one) with a stated size;
+    ("box", q, (down, up)): such a machine, its sides rounded down and up to rungs."""
+    keys: list[Key] = [("p", k) for k in _closure("process", f.processes)]
+    if f.active:
+        keys.append(("active",))
+    if f.materials:
+        keys.extend(("m", k) for k in _closure("material", f.materials))
+    else:
+        keys.append(("nomat",))
+    for q, boxes in machine_boxes(f).items():
+        keys.append(("meas", q))
+        keys.extend(("box", q, box) for box in boxes)
+    return keys
+
+
+def machine_boxes(f: FacilityProfile) -> dict[str, set[tuple[Rungs, Rungs]]]:
+    """For each process q a sized machine fully answers: its sorted sides as ladder rungs,
+    rounded down (what it surely takes) and up (what it might take)."""
+    out: dict[str, set[tuple[Rungs, Rungs]]] = {}
+    for machine in f.machines:
+        size = machine.size
+        if size is None:
+            continue
+        down = [bisect_right(LADDER, side) - 1 for side in size]
+        up = [bisect_left(LADDER, side) for side in size]
+        if len(size) == 2:
+            down, up = [TOP, *down], [TOP, *up]
+        box = ((down[0], down[1], down[2]), (up[0], up[1], up[2]))
+        for p in machine.processes:
+            for q in generic_or_same(p):
+                out.setdefault(q, set()).add(box)
+    return out
+
+
+def part_rungs(part: PartNeed) -> tuple[Rungs, Rungs]:
+    """The part's sorted sides rounded up to rungs, as two boxes: a machine whose sides
+    rounded down take the first surely takes the part; one whose sides rounded up do not
+    take the second surely does not (a side s fits a side m only if rung(s) <= rung(m)).
+    A flat part has no third side: for 'surely' its larger side stands for it."""
+    up = [bisect_left(LADDER, side) for side in part.size]
+    if len(up) == 2:
+        return (up[0], up[1], up[1]), (0, up[0], up[1])
+    box = (up[0], up[1], up[2])
+    return box, box
+
+
+def takes(box: Rungs, part: Rungs) -> bool:
+    return box[0] >= part[0] and box[1] >= part[1] and box[2] >= part[2]
+
+
+def design_keys(d: DesignProfile) -> list[Key]:
+    """What a design needs. ("any",): it can match at all; ("p", n) / ("m", n): a known
+    process / material need; ("part", processes, (up, down)): a part made by one of these
+    processes, its sides as rungs (see part_rungs)."""
+    if not can_design_match(d):
+        return []
+    keys: list[Key] = [("any",)]
+    keys.extend(("p", n) for n in d.known_processes)
+    keys.extend(("m", n.id) for n in d.materials if n.known)
+    keys.extend(("part", part.processes, part_rungs(part)) for part in d.parts)
+    return keys
+
+
 class CapabilityIndex:
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self.designs: dict[str, DesignProfile] = {}
-        self.facilities: dict[str, FacilityProfile] = {}
-        self.versions: dict[tuple[str, str], int] = {}  # (kind, id) -> last applied version
-        # need -> facilities answering it (offering it, a more specific or a more generic
-        # process), and offer -> designs it answers: candidates are one lookup per need.
-        self._answering: dict[str, set[str]] = defaultdict(set)
-        self._answered: dict[str, set[str]] = defaultdict(set)
+        self.designs: Side[DesignProfile] = Side()
+        self.facilities: Side[FacilityProfile] = Side()
         self._cells: dict[tuple[int, int], set[str]] = defaultdict(set)
+        self._size_memo: tuple[object, tuple[int, int]] = (None, (0, 0))
 
     # upkeep
 
+    def version(self, kind: str, entity_id: str) -> int:
+        """The version applied last (a deletion's included), 0 for never seen."""
+        return (self.designs if kind == "design" else self.facilities).version(entity_id)
+
     def put_design(self, profile: DesignProfile) -> None:
         self.remove_design(profile.id)
-        self.designs[profile.id] = profile
-        for key in _closure(n.id for n in profile.processes):
-            self._answered[key].add(profile.id)
+        self.designs.put(profile, design_keys(profile))
 
-    def remove_design(self, design_id: str) -> None:
-        old = self.designs.pop(design_id, None)
+    def remove_design(self, design_id: str, version: int | None = None) -> None:
+        old = self.designs.get(design_id)
         if old is not None:
-            for key in _closure(n.id for n in old.processes):
-                _discard(self._answered, key, design_id)
+            self.designs.remove(design_id, design_keys(old))
+        if version is not None:
+            self.designs.deleted[design_id] = version
 
     def put_facility(self, profile: FacilityProfile) -> None:
         self.remove_facility(profile.id)
-        self.facilities[profile.id] = profile
-        for key in _closure(profile.processes):
-            self._answering[key].add(profile.id)
+        self.facilities.put(profile, facility_keys(profile))
         if profile.lat is not None and profile.lon is not None:
             self._cells[_cell(profile.lat, profile.lon)].add(profile.id)
 
-    def remove_facility(self, facility_id: str) -> None:
-        old = self.facilities.pop(facility_id, None)
-        if old is None:
-            return
-        for key in _closure(old.processes):
-            _discard(self._answering, key, facility_id)
-        if old.lat is not None and old.lon is not None:
-            _discard(self._cells, _cell(old.lat, old.lon), facility_id)
+    def remove_facility(self, facility_id: str, version: int | None = None) -> None:
+        old = self.facilities.get(facility_id)
+        if old is not None:
+            self.facilities.remove(facility_id, facility_keys(old))
+            if old.lat is not None and old.lon is not None:
+                cell = self._cells.get(_cell(old.lat, old.lon))
+                if cell is not None:
+                    cell.discard(facility_id)
+                    if not cell:
+                        del self._cells[_cell(old.lat, old.lon)]
+        if version is not None:
+            self.facilities.deleted[facility_id] = version
 
-    # candidates
+    def load(self, designs: Iterable[DesignProfile],
+             facilities: Iterable[FacilityProfile]) -> None:
+        """Index many profiles at once (start-up): much faster than one put each."""
+        self.designs.load(designs, design_keys)
+        facilities = list(facilities)
+        self.facilities.load(facilities, facility_keys)
+        for f in facilities:
+            if f.lat is not None and f.lon is not None:
+                self._cells[_cell(f.lat, f.lon)].add(f.id)
 
-    def facility_candidates(self, design: DesignProfile, *, slack: int = 0) -> set[str]:
-        """Facilities answering every known process need (all but `slack` of them)."""
-        needs = [n.id for n in design.processes if n.known]
-        if not needs or not can_design_match(design):
-            return set()
-        empty: set[str] = set()
-        sets = [self._answering.get(p, empty) for p in needs]
-        if slack == 0:
-            sets.sort(key=len)
-            found = set(sets[0])
-            for s in sets[1:]:
-                found &= s
-                if not found:
-                    break
-            return found
-        counts: dict[str, int] = defaultdict(int)
+    # matches, as bitsets over the other side's slots
+
+    def facilities_for(self, design: DesignProfile) -> int:
+        """The facilities that can make the design (it need not be indexed)."""
+        if not can_design_match(design):
+            return 0
+        f = self.facilities.postings
+        found = f.get(("active",))
+        for need in design.known_processes:
+            found &= f.get(("p", need))
+            if not found:
+                return 0
+        nomat = f.get(("nomat",))
+        for need in design.materials:
+            if need.known:
+                found &= f.get(("m", need.id)) | nomat
+        for part in design.parts:
+            measured = found & f.union(("meas", q) for q in part.processes)
+            if not measured:
+                continue
+            up, down = part_rungs(part)
+            boxes = [key for q in part.processes for key in f.group(("box", q))]
+            surely = f.union(key for key in boxes if takes(key[2][0], up))
+            maybe = f.union(key for key in boxes if takes(key[2][1], down))
+            found &= ~(measured & ~maybe)
+            for facility in self.facilities.profiles(measured & maybe & ~surely):
+                if not fits_some_machine(part, facility):
+                    found &= ~(1 << self.facilities.slots.slot_of[facility.id])
+        return found
+
+    def designs_for(self, facility: FacilityProfile) -> int:
+        """The designs the facility can make (it need not be indexed)."""
+        if not facility.active:
+            return 0
+        d = self.designs.postings
+        found = d.get(("any",))
+        processes = _closure("process", facility.processes)
+        for key in d.group(("p",)):
+            if key[1] not in processes:
+                found &= ~d.bits[key]
+        if facility.materials:
+            materials = _closure("material", facility.materials)
+            for key in d.group(("m",)):
+                if key[1] not in materials:
+                    found &= ~d.bits[key]
+        excluded, unsure = self._size_filter(machine_boxes(facility))
+        found &= ~excluded
+        for design in self.designs.profiles(found & unsure):
+            if not can_make(design, facility):
+                found &= ~(1 << self.designs.slots.slot_of[design.id])
+        return found
+
+    def _size_filter(self, machines: dict[str, set[tuple[Rungs, Rungs]]]) -> tuple[int, int]:
+        """(designs a part of which surely fits none of these machines, designs the exact
+        rule must decide). Remembered for the last machines while no design changes: a
+        facility change asks it for the old and the new state, mostly with the same
+        machines."""
+        memo_key = (self.designs.generation, repr(sorted((q, sorted(b))
+                                                         for q, b in machines.items())))
+        if self._size_memo[0] == memo_key:
+            return self._size_memo[1]
+        d = self.designs.postings
+        excluded, unsure = [], []
+        for group in d.groups:
+            if group[:1] != ("part",):
+                continue
+            boxes = set().union(*(machines.get(q, ()) for q in group[1]))
+            if not boxes:
+                continue  # no machine of these processes states its size: unknown
+            for key in d.group(group):
+                up, down = key[2]
+                if any(takes(surely, up) for surely, _ in boxes):
+                    continue
+                if any(takes(maybe, down) for _, maybe in boxes):
+                    unsure.append(d.bits[key])
+                else:
+                    excluded.append(d.bits[key])
+        result = (_union(excluded), _union(unsure))
+        self._size_memo = (memo_key, result)
+        return result
+
+    def matches_of_design(self, design: DesignProfile) -> set[str]:
+        return set(self.facilities.slots.members(self.facilities_for(design)))
+
+    def matches_of_facility(self, facility: FacilityProfile) -> set[str]:
+        return set(self.designs.slots.members(self.designs_for(facility)))
+
+    def near_miss_candidates(self, design: DesignProfile) -> Iterator[FacilityProfile]:
+        """Facilities answering every process need but at most one, whatever their status:
+        the only ones that can miss at most one requirement."""
+        f = self.facilities.postings
+        sets = [f.get(("p", need)) for need in design.known_processes]
+        if not sets:
+            return iter(())
+        # at least n-1 of n: for each i, everything but the i-th, from prefix and suffix
+        prefix, suffix = [-1], [-1]
         for s in sets:
-            for fid in s:
-                counts[fid] += 1
-        return {fid for fid, c in counts.items() if c >= len(sets) - slack}
-
-    def design_candidates(self, facility: FacilityProfile) -> set[str]:
-        """Designs one of whose process needs this facility answers."""
-        return self.designs_answered_by(facility.processes)
-
-    def designs_answered_by(self, processes: Iterable[str]) -> set[str]:
-        out: set[str] = set()
-        for q in processes:
-            out |= self._answered.get(q, set())
-        return out
+            prefix.append(prefix[-1] & s)
+        for s in reversed(sets):
+            suffix.append(suffix[-1] & s)
+        anyone = f.union(("p", need) for need in design.known_processes)
+        out = 0
+        for i in range(len(sets)):
+            out |= prefix[i] & suffix[len(sets) - 1 - i]
+        return self.facilities.profiles(out & anyone)
 
     def near(self, lat: float, lon: float, radius_km: float) -> Iterator[tuple[str, float]]:
         """(facility id, distance) within the radius, from the grid cells it can reach."""
@@ -125,48 +366,29 @@ class CapabilityIndex:
                 if d <= radius_km:
                     yield fid, d
 
-    # matches
-
-    def matches_of_design(self, design: DesignProfile) -> set[str]:
-        facilities = self.facilities
-        return {fid for fid in self.facility_candidates(design)
-                if can_make(design, facilities[fid])}
-
-    def matches_of_facility(self, facility: FacilityProfile) -> set[str]:
-        if not facility.active:
-            return set()
-        designs = self.designs
-        return {did for did in self.design_candidates(facility)
-                if can_make(designs[did], facility)}
-
-    def explained_matches_of_facility(self, facility: FacilityProfile) -> dict[str, Evaluation]:
-        return {did: evaluate(self.designs[did], facility)
-                for did in self.matches_of_facility(facility)}
-
     def sizes(self) -> dict[str, int]:
         return {"designs": len(self.designs), "facilities": len(self.facilities),
-                "process_postings": sum(len(s) for s in self._answering.values())
-                + sum(len(s) for s in self._answered.values())}
+                "process_postings": self.designs.postings.size()
+                + self.facilities.postings.size()}
 
 
-def _closure(processes: Iterable[str]) -> set[str]:
-    """Every process related to one of these (same, more specific, more generic)."""
+def _closure(kind: str, terms: Iterable[str]) -> set[str]:
+    """Every need these terms answer (the same, a more specific or a more generic term)."""
     out: set[str] = set()
-    for p in processes:
-        out |= answering("process", p)
+    for t in terms:
+        out |= answering(kind, t)
+    return out
+
+
+def _union(bitsets: list[int]) -> int:
+    out = 0
+    for bits in bitsets:
+        out |= bits
     return out
 
 
 def _cell(lat: float, lon: float) -> tuple[int, int]:
     return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
-
-
-def _discard(postings: dict, key: object, value: str) -> None:
-    members = postings.get(key)
-    if members is not None:
-        members.discard(value)
-        if not members:
-            del postings[key]
 
 
 def all_pairs(designs: Iterable[DesignProfile],

@@ -18,6 +18,8 @@ class MatcherMetrics:
                                  "matches.withdrawn events published", registry=registry)
         self.errors = Counter(f"{p}_batch_failures_total", "Batches that failed and were "
                               "redelivered", registry=registry)
+        self.unreadable = Counter(f"{p}_unreadable_events_total", "REGISTRY messages that "
+                                  "could not be read and were skipped", registry=registry)
         self.change_seconds = Histogram(
             f"{p}_change_duration_seconds", "Time to apply one change to the index and compute "
             "its match difference", registry=registry,

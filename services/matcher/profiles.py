@@ -4,11 +4,15 @@ for 100,000s of entities and to checkpoint. Pure."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from contracts import vocabulary
-from contracts.models import Box, Design, Facility, FacilityStatus
+from contracts.models import Design, Facility, FacilityStatus
 
 ACTIVE = FacilityStatus.active.value
 Size = tuple[float, ...]  # sorted ascending; 2 sides for a bed, 3 for a volume
@@ -43,7 +47,7 @@ class DesignProfile:
     def __post_init__(self) -> None:
         # asked for every candidate pair: computed once
         object.__setattr__(self, "known_processes",
-                           tuple(n.id for n in self.processes if n.known))
+                           shared(tuple(n.id for n in self.processes if n.known)))
 
     def same_needs(self, other: DesignProfile | None) -> bool:
         return other is not None and (self.processes, self.materials, self.parts) == (
@@ -84,50 +88,84 @@ class FacilityProfile:
                                                          other.materials, other.machines)
 
 
-def sorted_size(box: Box | None) -> Size | None:
-    if box is None:
+def sorted_size(box: Mapping[str, Any] | None) -> Size | None:
+    if not box:
         return None
-    sides = [s for s in (box.x_mm, box.y_mm, box.z_mm) if s is not None]
+    sides = [float(s) for s in (box.get("x_mm"), box.get("y_mm"), box.get("z_mm"))
+             if s is not None]
     return tuple(sorted(sides)) if len(sides) >= 2 else None
+
+
+T = TypeVar("T")
+_SHARED: dict[Any, Any] = {}
+_SHARED_MAX = 500_000
+
+
+def shared(value: T) -> T:
+    """One object for equal values: 100,000s of profiles hold the same few process sets,
+    material sets and machines, and each copy would cost hundreds of bytes. Bounded: past
+    the limit it starts again (sharing is an optimisation, never a meaning)."""
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(value, value)
 
 
 def _terms(ids: Any) -> tuple[str, ...]:
     # Vocabulary ids repeat across 100,000s of profiles: one string object each.
-    return tuple(sys.intern(i) for i in ids)
+    return shared(tuple(sys.intern(i) for i in ids))
 
 
-def design_profile(design: Design, version: int) -> DesignProfile:
+@cache
+def need(id_: str, known: bool = True, inferred: bool = False) -> Need:
+    """One Need object per distinct need: 100,000s of designs share a few hundred."""
+    return Need(sys.intern(id_), known, inferred)
+
+
+def _as_dict(entity: BaseModel | Mapping[str, Any]) -> Mapping[str, Any]:
+    return entity.model_dump() if isinstance(entity, BaseModel) else entity
+
+
+def design_profile(design: Design | Mapping[str, Any], version: int) -> DesignProfile:
+    """From a Design, or its JSON form as REGISTRY carries it (already validated by the
+    registry: reading it as a dict is five times faster than validating it again)."""
+    d = _as_dict(design)
     vocab = vocabulary.processes()
     needs = []
-    for term in design.processes:
-        entry = vocab.entries.get(term.id)
+    for term in d.get("processes") or ():
+        entry = vocab.entries.get(term["id"])
         if entry is not None and not entry.requirement:
             continue  # bought, not made
-        needs.append(Need(sys.intern(term.id), term.known, term.inferred))
+        needs.append(need(term["id"], term.get("known", True), term.get("inferred", False)))
     parts = []
-    for part in design.parts:
-        size = sorted_size(part.outer_dimensions)
-        processes = _terms(t.id for t in part.processes if t.known)
+    for part in d.get("parts") or ():
+        size = sorted_size(part.get("outer_dimensions"))
+        processes = _terms(t["id"] for t in part.get("processes") or () if t.get("known", True))
         if size and processes:
-            parts.append(PartNeed(part.name, processes, size))
+            parts.append(PartNeed(sys.intern(part["name"]), processes, size))
     return DesignProfile(
-        id=design.id, version=version, processes=tuple(needs),
-        materials=tuple(Need(sys.intern(t.id), t.known, t.inferred) for t in design.materials),
+        id=d["id"], version=version, processes=shared(tuple(needs)),
+        materials=shared(tuple(need(t["id"], t.get("known", True), t.get("inferred", False))
+                               for t in d.get("materials") or ())),
         parts=tuple(parts))
 
 
-def facility_profile(facility: Facility, version: int) -> FacilityProfile:
-    machines = tuple(
-        Machine(label=" ".join(x for x in (e.make, e.model) if x) or e.equipment_type
-                or "equipment", processes=_terms(t.id for t in e.processes),
-                materials=_terms(t.id for t in e.materials), size=sorted_size(e.working_volume))
-        for e in facility.equipment)
-    materials = {t.id for t in facility.materials} | {m for x in machines for m in x.materials}
+def facility_profile(facility: Facility | Mapping[str, Any], version: int) -> FacilityProfile:
+    f = _as_dict(facility)
+    machines = shared(tuple(
+        shared(Machine(label=" ".join(x for x in (e.get("make"), e.get("model")) if x)
+                       or e.get("equipment_type") or "equipment",
+                       processes=_terms(t["id"] for t in e.get("processes") or ()),
+                       materials=_terms(t["id"] for t in e.get("materials") or ()),
+                       size=sorted_size(e.get("working_volume"))))
+        for e in f.get("equipment") or ()))
+    materials = {t["id"] for t in f.get("materials") or ()} | {
+        m for x in machines for m in x.materials}
+    location = f.get("location") or {}
     return FacilityProfile(
-        id=facility.id, version=version, status=sys.intern(facility.status.value),
-        lat=facility.location.lat, lon=facility.location.lon,
-        processes=frozenset(_terms(t.id for t in facility.processes)),
-        materials=frozenset(_terms(materials)),
+        id=f["id"], version=version, status=sys.intern(str(f.get("status") or ACTIVE)),
+        lat=location.get("lat"), lon=location.get("lon"),
+        processes=shared(frozenset(_terms(t["id"] for t in f.get("processes") or ()))),
+        materials=shared(frozenset(_terms(materials))),
         machines=machines)
 
 
@@ -150,12 +188,12 @@ def load_profile(data: list[Any]) -> DesignProfile | FacilityProfile:
     if data[0] == "d":
         _, id_, version, processes, materials, parts = data
         return DesignProfile(
-            id_, version, tuple(Need(sys.intern(i), k, f) for i, k, f in processes),
-            tuple(Need(sys.intern(i), k, f) for i, k, f in materials),
-            tuple(PartNeed(n, _terms(p), tuple(s)) for n, p, s in parts))
+            id_, version, shared(tuple(need(i, k, f) for i, k, f in processes)),
+            shared(tuple(need(i, k, f) for i, k, f in materials)),
+            tuple(PartNeed(sys.intern(n), _terms(p), tuple(s)) for n, p, s in parts))
     _, id_, version, status, lat, lon, processes, materials, machines = data
     return FacilityProfile(
-        id_, version, sys.intern(status), lat, lon, frozenset(_terms(processes)),
-        frozenset(_terms(materials)),
-        tuple(Machine(label, _terms(p), _terms(m), tuple(s) if s else None)
-              for label, p, m, s in machines))
+        id_, version, sys.intern(status), lat, lon, shared(frozenset(_terms(processes))),
+        shared(frozenset(_terms(materials))),
+        shared(tuple(shared(Machine(label, _terms(p), _terms(m), tuple(s) if s else None))
+                     for label, p, m, s in machines)))

@@ -12,6 +12,7 @@ Unknowns lower the score instead of rejecting."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
@@ -105,9 +106,15 @@ def can_make(design: DesignProfile, facility: FacilityProfile) -> bool:
                 return False
     if design.parts and facility.machines:
         for part in design.parts:
-            if _part_fits(part, facility) is False:
+            if not fits_some_machine(part, facility):
                 return False
     return True
+
+
+def fits_some_machine(part: PartNeed, facility: FacilityProfile) -> bool:
+    """Whether the size rule lets the part through: it fits a machine of its process, or
+    no such machine states its size."""
+    return _part_fits(part, facility) is not False
 
 
 def _part_fits(part: PartNeed, facility: FacilityProfile) -> bool | None:
@@ -130,6 +137,12 @@ def answering_strictly(process: str) -> frozenset[str]:
     return vocabulary.processes().with_descendants(process)
 
 
+@cache
+def generic_or_same(process: str) -> frozenset[str]:
+    """The needs a machine of this process fully meets."""
+    return vocabulary.processes().ancestors(process) | {process}
+
+
 def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:
     requirements: list[Reason] = [_status(facility)]
     score = 1.0 if facility.active else 0.0
@@ -150,6 +163,23 @@ def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:
                                         note="the design names no process to make it by"))
         score = 0.0
     return Evaluation(tuple(requirements), round(score, 4))
+
+
+def explainer() -> Callable[[DesignProfile, FacilityProfile], Evaluation]:
+    """evaluate, remembered for one fan-out by the identity of what it reads: thousands of
+    facilities share a few (shared, see profiles.shared) capability sets and machines, and
+    so do their explanations. Only for the span in which those objects stay alive."""
+    memo: dict[tuple[object, ...], Evaluation] = {}
+
+    def explain(d: DesignProfile, f: FacilityProfile) -> Evaluation:
+        key = (id(d.processes), id(d.materials), id(d.parts), f.status, id(f.processes),
+               id(f.materials), id(f.machines))
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = evaluate(d, f)
+        return found
+
+    return explain
 
 
 def _status(facility: FacilityProfile) -> Reason:

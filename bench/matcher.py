@@ -38,7 +38,7 @@ from contracts.events import (
 from makelocal.embedded import NatsServer, free_port
 from services.common import nats as nats_util
 from services.matcher.checkpoint import Change
-from services.matcher.consumer import MatcherWorker, match_messages
+from services.matcher.consumer import MatcherWorker, gc_paused, match_messages
 from services.matcher.diff import apply_design, apply_facility
 from services.matcher.index import CapabilityIndex
 from services.matcher.metrics import MatcherMetrics
@@ -103,8 +103,9 @@ def in_process(args: argparse.Namespace) -> CapabilityIndex:
     gc.collect()
     started = time.perf_counter()
     index = CapabilityIndex()
-    index.load([design_profile(d, 1) for d in design_data],
-               [facility_profile(f, 1) for f in facility_data])
+    with gc_paused():  # as the matcher's start-up does
+        index.load([design_profile(d, 1) for d in design_data],
+                   [facility_profile(f, 1) for f in facility_data])
     build = time.perf_counter() - started
     # memory: the same build again under tracemalloc, which counts what stays allocated
     # (RSS would count the garbage of building too)
@@ -112,8 +113,9 @@ def in_process(args: argparse.Namespace) -> CapabilityIndex:
     gc.collect()
     tracemalloc.start()
     index = CapabilityIndex()
-    index.load([design_profile(d, 1) for d in design_data],
-               [facility_profile(f, 1) for f in facility_data])
+    with gc_paused():
+        index.load([design_profile(d, 1) for d in design_data],
+                   [facility_profile(f, 1) for f in facility_data])
     gc.collect()
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()

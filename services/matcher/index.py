@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -116,8 +116,6 @@ class Side(Mapping[str, P], Generic[P]):
 
 
 Rungs = tuple[int, int, int]
-Box = tuple[Rungs, Rungs]  # a machine's sides as rungs: rounded down, rounded up
-SIZE_CACHE = 512  # (part processes, machine sizes) classifications kept
 TOP = len(LADDER) + 1  # a bed's third side: any thickness
 
 
@@ -139,10 +137,10 @@ def facility_keys(f: FacilityProfile) -> list[Key]:
     return keys
 
 
-def machine_boxes(f: FacilityProfile) -> dict[str, set[Box]]:
+def machine_boxes(f: FacilityProfile) -> dict[str, set[tuple[Rungs, Rungs]]]:
     """For each process q a sized machine fully answers: its sorted sides as ladder rungs,
     rounded down (what it surely takes) and up (what it might take)."""
-    out: dict[str, set[Box]] = {}
+    out: dict[str, set[tuple[Rungs, Rungs]]] = {}
     for machine in f.machines:
         size = machine.size
         if size is None:
@@ -195,9 +193,7 @@ class CapabilityIndex:
         self.designs: Side[DesignProfile] = Side()
         self.facilities: Side[FacilityProfile] = Side()
         self._cells: dict[tuple[int, int], set[str]] = defaultdict(set)
-        # (("part", processes), machine boxes) -> [unsure designs, excluded designs]
-        self._size_cache: OrderedDict[tuple[Key, frozenset[Box]], list[int]] = OrderedDict()
-        self._size_groups: dict[Key, set[frozenset[Box]]] = {}
+        self._size_memo: tuple[object, tuple[int, int]] = (None, (0, 0))
 
     # upkeep
 
@@ -207,15 +203,11 @@ class CapabilityIndex:
 
     def put_design(self, profile: DesignProfile) -> None:
         self.remove_design(profile.id)
-        keys = design_keys(profile)
-        self.designs.put(profile, keys)
-        if keys:
-            self._update_size_cache(profile, self.designs.slots.slot_of[profile.id], True)
+        self.designs.put(profile, design_keys(profile))
 
     def remove_design(self, design_id: str, version: int | None = None) -> None:
         old = self.designs.get(design_id)
         if old is not None:
-            self._update_size_cache(old, self.designs.slots.slot_of[design_id], False)
             self.designs.remove(design_id, design_keys(old))
         if version is not None:
             self.designs.deleted[design_id] = version
@@ -242,8 +234,6 @@ class CapabilityIndex:
     def load(self, designs: Iterable[DesignProfile],
              facilities: Iterable[FacilityProfile]) -> None:
         """Index many profiles at once (start-up): much faster than one put each."""
-        self._size_cache.clear()
-        self._size_groups.clear()
         self.designs.load(designs, design_keys)
         facilities = list(facilities)
         self.facilities.load(facilities, facility_keys)
@@ -303,55 +293,34 @@ class CapabilityIndex:
                 found &= ~(1 << self.designs.slots.slot_of[design.id])
         return found
 
-    def _size_filter(self, machines: dict[str, set[Box]]) -> tuple[int, int]:
+    def _size_filter(self, machines: dict[str, set[tuple[Rungs, Rungs]]]) -> tuple[int, int]:
         """(designs a part of which surely fits none of these machines, designs the exact
-        rule must decide), per group of part processes from a cache kept up to date as
-        designs come and go: facilities share a few machine sizes, so most changes find
-        their answer there instead of walking every part size of every design."""
-        excluded = unsure = 0
-        cache = self._size_cache
-        for group in self.designs.postings.groups:
+        rule must decide). Remembered for the last machines while no design changes: a
+        facility change asks it for the old and the new state, mostly with the same
+        machines."""
+        memo_key = (self.designs.generation, repr(sorted((q, sorted(b))
+                                                         for q, b in machines.items())))
+        if self._size_memo[0] == memo_key:
+            return self._size_memo[1]
+        d = self.designs.postings
+        excluded, unsure = [], []
+        for group in d.groups:
             if group[:1] != ("part",):
                 continue
-            boxes = frozenset().union(*(machines.get(q, ()) for q in group[1]))
+            boxes = set().union(*(machines.get(q, ()) for q in group[1]))
             if not boxes:
                 continue  # no machine of these processes states its size: unknown
-            entry = cache.get((group, boxes))
-            if entry is None:
-                entry = self._classify(group, boxes)
-            else:
-                cache.move_to_end((group, boxes))
-            excluded |= entry[1]
-            unsure |= entry[0]
-        return excluded, unsure
-
-    def _classify(self, group: Key, boxes: frozenset[Box]) -> list[int]:
-        d = self.designs.postings
-        found: list[list[int]] = [[], [], []]
-        for key in d.group(group):
-            found[_size_class(key[2], boxes)].append(d.bits[key])
-        entry = [_union(found[1]), _union(found[2])]  # unsure, excluded
-        cache = self._size_cache
-        cache[(group, boxes)] = entry
-        self._size_groups.setdefault(group, set()).add(boxes)
-        if len(cache) > SIZE_CACHE:
-            (old_group, old_boxes), _ = cache.popitem(last=False)
-            self._size_groups[old_group].discard(old_boxes)
-        return entry
-
-    def _update_size_cache(self, design: DesignProfile, slot: int, added: bool) -> None:
-        bit = 1 << slot
-        for part in design.parts:
-            group = ("part", part.processes)
-            for boxes in self._size_groups.get(group, ()):
-                entry = self._size_cache[(group, boxes)]
-                if not added:
-                    entry[0] &= ~bit
-                    entry[1] &= ~bit
+            for key in d.group(group):
+                up, down = key[2]
+                if any(takes(surely, up) for surely, _ in boxes):
                     continue
-                kind = _size_class(part_rungs(part), boxes)
-                if kind:
-                    entry[kind - 1] |= bit
+                if any(takes(maybe, down) for _, maybe in boxes):
+                    unsure.append(d.bits[key])
+                else:
+                    excluded.append(d.bits[key])
+        result = (_union(excluded), _union(unsure))
+        self._size_memo = (memo_key, result)
+        return result
 
     def matches_of_design(self, design: DesignProfile) -> set[str]:
         return set(self.facilities.slots.members(self.facilities_for(design)))
@@ -409,14 +378,6 @@ def _closure(kind: str, terms: Iterable[str]) -> set[str]:
     for t in terms:
         out |= answering(kind, t)
     return out
-
-
-def _size_class(rungs: tuple[Rungs, Rungs], boxes: frozenset[Box]) -> int:
-    """0: some machine surely takes the part; 1: the exact rule must say; 2: none can."""
-    up, down = rungs
-    if any(takes(surely, up) for surely, _ in boxes):
-        return 0
-    return 1 if any(takes(maybe, down) for _, maybe in boxes) else 2
 
 
 def _union(bitsets: list[int]) -> int:

@@ -95,8 +95,6 @@ class Postings:
             out |= bits.get(key, 0)
         return out
 
-    def size(self) -> int:
-        return sum(b.bit_count() for b in self.bits.values())
 
 
 class SlotTable:
@@ -132,9 +130,6 @@ class SlotTable:
             self.ids[slot] = None
             self.free.append(slot)
         return slot
-
-    def members(self, bits: int) -> Iterator[str]:
-        return present(self.ids, bits)
 
 
 def present(by_slot: list[T | None], bits: int) -> Iterator[T]:

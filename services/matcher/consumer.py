@@ -14,7 +14,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
@@ -143,12 +143,11 @@ class MatcherWorker:
                     msg = await sub.next_msg(timeout=10)
                     seq = msg.metadata.sequence.stream
                     if self._wanted(msg.subject):
-                        read = self._read(msg.data)
+                        read = self._read(msg.data, lambda k, i, v: v > latest.get(
+                            (k, i), ("", "", 0))[2])
                         if read is not None:
                             kind, entity_id, version, profile, _, _ = read
-                            known = latest.get((kind, entity_id))
-                            if known is None or known[2] < version:
-                                latest[(kind, entity_id)] = (kind, entity_id, version, profile)
+                            latest[(kind, entity_id)] = (kind, entity_id, version, profile)
                     if seq >= last:
                         break
             finally:
@@ -158,22 +157,24 @@ class MatcherWorker:
         await self.checkpoint.reset(last, self.entities())
         log.info("index built from REGISTRY", extra={"count": len(latest)})
 
-    def _read(self, data: bytes) -> tuple[str, str, int, Any, str | None, str | None] | None:
+    def _read(self, data: bytes, is_new: Callable[[str, str, int], bool],
+              ) -> tuple[str, str, int, Any, str | None, str | None] | None:
         """(kind, id, version, profile or None, event id, occurred at) of a REGISTRY
-        message; None for one that cannot be read (logged and counted: skipping it is the
-        only way past it, and the registry never writes one)."""
+        message whose version `is_new`; None for an old one, whose profile is not built,
+        and for one that cannot be read (logged and counted: skipping it is the only way
+        past it, and the registry never writes one)."""
         try:
             event = orjson.loads(data)
             kind = event["type"].split(".", 1)[0]
-            version = int(event["version"])
-            body = event.get("data")
-            if kind == "design":
-                profile: Any = None if body is None else design_profile(body, version)
-            elif kind == "facility":
-                profile = None if body is None else facility_profile(body, version)
-            else:
+            if kind not in ("design", "facility"):
                 raise ValueError(f"unknown event type {event['type']!r}")
-            return (kind, str(event["entity_id"]), version, profile, event.get("event_id"),
+            entity_id, version = str(event["entity_id"]), int(event["version"])
+            if not is_new(kind, entity_id, version):
+                return None
+            body = event.get("data")
+            profile = None if body is None else (
+                design_profile if kind == "design" else facility_profile)(body, version)
+            return (kind, entity_id, version, profile, event.get("event_id"),
                     event.get("occurred_at"))
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             self.metrics.unreadable.inc()
@@ -238,20 +239,18 @@ class MatcherWorker:
                 in_batch: dict[tuple[str, str], tuple[Any, int]]) -> Change | None:
         """The change a REGISTRY message makes, or None when it is already applied.
         `in_batch` holds the state earlier changes of the same batch leave an entity in."""
-        read = self._read(data)
+        def applied(kind: str, entity_id: str) -> tuple[Any, int]:
+            if (kind, entity_id) in in_batch:
+                return in_batch[(kind, entity_id)]
+            side = self.index.designs if kind == "design" else self.index.facilities
+            return side.get(entity_id), self.index.version(kind, entity_id)
+
+        read = self._read(data, lambda k, i, v: v > applied(k, i)[1])
         if read is None:
             return None
         kind, entity_id, version, new, event_id, occurred_at = read
-        key = (kind, entity_id)
-        if key in in_batch:
-            old, applied = in_batch[key]
-        else:
-            old = (self.index.designs if kind == "design" else self.index.facilities).get(
-                entity_id)
-            applied = self.index.version(kind, entity_id)
-        if applied >= version:
-            return None
-        in_batch[key] = (new, version)
+        old = applied(kind, entity_id)[0]
+        in_batch[(kind, entity_id)] = (new, version)
         return Change(seq, kind, entity_id, version, old, new, event_id, occurred_at)
 
     async def _apply_and_publish(self, changes: list[Change]) -> None:

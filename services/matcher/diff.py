@@ -8,8 +8,9 @@ only for publishing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from contracts.matches import MatchKind
 from services.matcher.index import CapabilityIndex
@@ -66,31 +67,31 @@ class Diff:
 def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | None,
                  version: int) -> Diff:
     """Apply a design upsert (new) or deletion (None at `version`) and say what changed."""
-    old = index.designs.get(design_id)
-    if new is not None and new.same_needs(old):
-        index.put_design(new)  # a new description or licence: no match can change
-        return Diff("design", new, version)
-    before = index.facilities_for(old) if old else 0
-    if new is None:
-        index.remove_design(design_id, version)
-        after = 0
-    else:
-        index.put_design(new)
-        after = index.facilities_for(new)
-    return Diff("design", new or old, version, after & ~before, before & ~after)
+    return _apply("design", index.designs.get(design_id), new, version,
+                  unchanged=DesignProfile.same_needs, put=index.put_design,
+                  remove=lambda: index.remove_design(design_id, version),
+                  matches=index.facilities_for)
 
 
 def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfile | None,
                    version: int) -> Diff:
-    old = index.facilities.get(facility_id)
-    if new is not None and new.same_capabilities(old):
-        index.put_facility(new)  # a new name or place: no match can change
-        return Diff("facility", new, version)
-    before = index.designs_for(old) if old else 0
+    return _apply("facility", index.facilities.get(facility_id), new, version,
+                  unchanged=FacilityProfile.same_capabilities, put=index.put_facility,
+                  remove=lambda: index.remove_facility(facility_id, version),
+                  matches=index.designs_for)
+
+
+def _apply(kind: str, old: Any, new: Any, version: int, *, unchanged: Callable[[Any, Any], bool],
+           put: Callable[[Any], None], remove: Callable[[], None],
+           matches: Callable[[Any], int]) -> Diff:
+    if new is not None and unchanged(new, old):
+        put(new)  # a new description, name or place: no match can change
+        return Diff(kind, new, version)
+    before = matches(old) if old else 0
     if new is None:
-        index.remove_facility(facility_id, version)
+        remove()
         after = 0
     else:
-        index.put_facility(new)
-        after = index.designs_for(new)
-    return Diff("facility", new or old, version, after & ~before, before & ~after)
+        put(new)
+        after = matches(new)
+    return Diff(kind, new or old, version, after & ~before, before & ~after)

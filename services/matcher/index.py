@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
-from services.matcher.bitset import Key, Postings, SlotTable, positions, present
+from services.matcher.bitset import Key, Postings, SlotTable, present
 from services.matcher.profiles import DesignProfile, FacilityProfile, PartNeed
 from services.matcher.rules import (
     answering,
@@ -100,15 +100,15 @@ class Side(Mapping[str, P], Generic[P]):
             self.by_slot[slot] = None
 
     def load(self, profiles: Iterable[P], keys_of: object) -> None:
-        """Many profiles at once: each posting list built in one pass."""
+        """Many profiles at once into an empty side: each posting list built in one pass."""
+        if self.slots:
+            raise RuntimeError("load() fills an empty side; use put() on a live one")
         self.generation += 1
         keyed: dict[Key, list[int]] = defaultdict(list)
         for profile in profiles:
             slot = self._place(profile)
             for key in keys_of(profile):  # type: ignore[operator]
                 keyed[key].append(slot)
-        for key, bits in self.postings.bits.items():
-            keyed[key].extend(positions(bits))
         self.postings.load(keyed)
 
     def profiles(self, bits: int) -> Iterator[P]:
@@ -322,12 +322,6 @@ class CapabilityIndex:
         self._size_memo = (memo_key, result)
         return result
 
-    def matches_of_design(self, design: DesignProfile) -> set[str]:
-        return set(self.facilities.slots.members(self.facilities_for(design)))
-
-    def matches_of_facility(self, facility: FacilityProfile) -> set[str]:
-        return set(self.designs.slots.members(self.designs_for(facility)))
-
     def near_miss_candidates(self, design: DesignProfile) -> Iterator[FacilityProfile]:
         """Facilities answering every process need but at most one, whatever their status:
         the only ones that can miss at most one requirement."""
@@ -365,11 +359,6 @@ class CapabilityIndex:
                 d = haversine_km(lat, lon, f.lat, f.lon)  # type: ignore[arg-type]
                 if d <= radius_km:
                     yield fid, d
-
-    def sizes(self) -> dict[str, int]:
-        return {"designs": len(self.designs), "facilities": len(self.facilities),
-                "process_postings": self.designs.postings.size()
-                + self.facilities.postings.size()}
 
 
 def _closure(kind: str, terms: Iterable[str]) -> set[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -115,10 +114,9 @@ def _terms(ids: Any) -> tuple[str, ...]:
     return shared(tuple(sys.intern(i) for i in ids))
 
 
-@cache
 def need(id_: str, known: bool = True, inferred: bool = False) -> Need:
     """One Need object per distinct need: 100,000s of designs share a few hundred."""
-    return Need(sys.intern(id_), known, inferred)
+    return shared(Need(sys.intern(id_), known, inferred))
 
 
 def _as_dict(entity: BaseModel | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry import keys
+from services.common import keys
 from services.registry.writes import Current, WriteMode, WriteRefused, decide
 
 

@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import InvalidInput
+from services.common import keys
 
 log = logging.getLogger(__name__)
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 class ApiError(Exception):
@@ -188,3 +190,17 @@ def parse_near(near: str | None, radius_km: float | None) -> tuple[float, float,
         raise ApiError(422, "range", "latitude must be in [-90, 90], longitude in [-180, 180]",
                        "near")
     return lat, lon, radius_km
+
+
+def required_key(request: Request) -> tuple[str, str]:
+    """A well-formed API key (key id, secret), or 401 before the body is read; the caller's
+    store checks it against its hash."""
+    auth, other = request.headers.get("authorization"), request.headers.get("x-api-key")
+    if not auth and not other:
+        raise ApiError(401, "unauthorized", "an API key is required", "Authorization",
+                       CHALLENGE)
+    parsed = keys.from_headers(auth, other)
+    if parsed is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
+                       CHALLENGE)
+    return parsed

@@ -14,8 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
-from services.common.http import ApiError, parse_near
-from services.registry import keys
+from services.common.http import CHALLENGE, ApiError, parse_near, required_key
 from services.registry.entities import expand, prepare
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
@@ -29,7 +28,6 @@ MANIFEST_BODY = {
     },
 }
 _ID = re.compile(ID_PATTERN)
-CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
 
@@ -39,15 +37,7 @@ def router(kind: EntityKind, store: Store) -> APIRouter:
 
     def key_of(request: Request) -> tuple[str, str]:
         """A well-formed key, or 401 before the body is read; the store checks it."""
-        token = _token(request)
-        if token is None:
-            raise ApiError(401, "unauthorized", "an API key is required for writes",
-                           "Authorization", CHALLENGE)
-        parsed = keys.parse(token)
-        if parsed is None:
-            raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
-                           CHALLENGE)
-        return parsed
+        return required_key(request)
 
     async def body_of(request: Request, entity_id: str | None) -> Any:
         raw = await request.body()
@@ -159,12 +149,6 @@ def _near(near: str | None, radius_km: float | None, kind: EntityKind) -> dict[s
         raise ApiError(422, "invalid", "near= filters facilities only", "near")
     return {"near": origin[:2], "radius_km": origin[2]}
 
-
-def _token(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth and auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or None
 
 
 def _check_id(entity_id: str) -> None:

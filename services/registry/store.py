@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from contracts.events import EntityKind, new_event
-from services.registry import keys
+from services.common import keys
 from services.registry.entities import Prepared
 from services.registry.writes import Current, Decision, WriteMode, WriteRefused, decide
 

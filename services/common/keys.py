@@ -1,5 +1,6 @@
-"""API keys: made, parsed and checked. Pure. A key is `mlk_<key id>_<secret>`; the key id
-finds the row, only a hash of the secret is stored, and comparison takes constant time."""
+"""API keys: made, parsed and checked, for every service that takes writes. Pure.
+A key is `mlk_<key id>_<secret>`; the key id finds the row, only a hash of the secret is
+stored, and comparison takes constant time."""
 
 from __future__ import annotations
 
@@ -38,3 +39,12 @@ def hash_secret(secret: str) -> bytes:
 
 def verify(secret: str, stored_hash: bytes) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def from_headers(authorization: str | None, x_api_key: str | None) -> tuple[str, str] | None:
+    """(key id, secret) from `Authorization: Bearer <key>` or `X-API-Key`, else None."""
+    token = None
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip() or None
+    token = token or x_api_key or None
+    return parse(token) if token else None

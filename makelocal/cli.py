@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from pathlib import Path
 
 from makelocal.embedded import PortInUse
 from makelocal.stack import Ports, default_data_dir, running_stack, up
+
+SERVICES = {
+    "registry": ("services.registry.app:main", "the registry service"),
+    "registry-relay": ("services.registry.app:main_relay", "only the registry's outbox relay"),
+    "matcher": ("services.matcher.app:main", "the matcher service"),
+    "notifier": ("services.notifier.app:main", "the notifier service"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--data-dir", type=Path, default=None,
                       help="where data lives across restarts (default: %(default)s)")
     defaults = Ports()
-    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher"):
+    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp"):
         attr = name.replace("-", "_")
         p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
 
-    sub.add_parser("registry", help="run the registry service alone (settings from MAKELOCAL_*)")
-    sub.add_parser("registry-relay", help="run only the registry's outbox relay")
-    sub.add_parser("matcher", help="run the matcher service alone (settings from MAKELOCAL_*)")
+    for name, (_, what) in SERVICES.items():
+        sub.add_parser(name, help=f"run {what} alone (settings from MAKELOCAL_*)")
+    p_sink = sub.add_parser("mail-sink", help="a local SMTP server keeping mail as .eml files")
+    p_sink.add_argument("--dir", type=Path, required=True)
+    p_sink.add_argument("--host", default="127.0.0.1")
+    p_sink.add_argument("--port", type=int, default=8025)
 
     p_org = sub.add_parser("org", help="organizations and their API keys")
     org_sub = p_org.add_subparsers(dest="org_command", required=True)
@@ -48,26 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "up":
         ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
-                      args.registry_port, args.matcher_port)
+                      args.registry_port, args.matcher_port, args.notifier_port, args.smtp_port)
         try:
             return up(args.data_dir or default_data_dir(), ports)
         except PortInUse as exc:
             print(f"makelocal: {exc}", file=sys.stderr)
             return 2
-    if args.command == "registry":
-        from services.registry.app import main as registry_main
-
-        registry_main()
+    if args.command in SERVICES:
+        module, _, function = SERVICES[args.command][0].partition(":")
+        getattr(importlib.import_module(module), function)()
         return 0
-    if args.command == "matcher":
-        from services.matcher.app import main as matcher_main
+    if args.command == "mail-sink":
+        from makelocal.mailsink import serve
 
-        matcher_main()
-        return 0
-    if args.command == "registry-relay":
-        from services.registry.app import main_relay
-
-        main_relay()
+        serve(args.dir, args.host, args.port)
         return 0
     if args.command == "org":
         return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))

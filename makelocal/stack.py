@@ -31,6 +31,8 @@ class Ports:
     postgres: int = 5544
     registry: int = 8001
     matcher: int = 8002
+    notifier: int = 8003
+    smtp: int = 8025
 
 
 def default_data_dir() -> Path:
@@ -42,7 +44,8 @@ def check_ports(ports: Ports) -> None:
     for port, option in ((ports.nats, "--nats-port"), (ports.nats_monitor, "--nats-monitor-port"),
                          (ports.postgres, "--postgres-port"),
                          (ports.registry, "--registry-port"),
-                         (ports.matcher, "--matcher-port")):
+                         (ports.matcher, "--matcher-port"),
+                         (ports.notifier, "--notifier-port"), (ports.smtp, "--smtp-port")):
         if not port_is_free(port):
             raise PortInUse(port, option)
 
@@ -52,6 +55,11 @@ def service_env(nats_url: str, database_url: str, ports: Ports) -> dict[str, str
         "MAKELOCAL_NATS_URL": nats_url, "MAKELOCAL_DATABASE_URL": database_url,
         "MAKELOCAL_REGISTRY_PORT": str(ports.registry),
         "MAKELOCAL_MATCHER_PORT": str(ports.matcher),
+        "MAKELOCAL_NOTIFIER_PORT": str(ports.notifier),
+        "MAKELOCAL_NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports.notifier}",
+        # local receivers must work on one machine; production allows none by default
+        "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
+        "MAKELOCAL_SMTP_HOST": "127.0.0.1", "MAKELOCAL_SMTP_PORT": str(ports.smtp),
     }
 
 
@@ -79,17 +87,26 @@ def up(data_dir: Path, ports: Ports, say=print) -> int:
         env = service_env(nats.url, postgres.url, ports)
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        for name, port in (("registry", ports.registry), ("matcher", ports.matcher)):
-            proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name], env=env,
-                                    stdout=open(logs / f"{name}.log", "ab"),
+        mail = data_dir / "mail"
+        for name, port, args in (
+                ("mail-sink", ports.smtp, ["--dir", str(mail), "--port", str(ports.smtp)]),
+                ("registry", ports.registry, []), ("matcher", ports.matcher, []),
+                ("notifier", ports.notifier, [])):
+            proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name, *args],
+                                    env=env, stdout=open(logs / f"{name}.log", "ab"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
             services.append((name, proc))
             wait_for_port(port, 60, proc)
-            say(f"{name:<15} http://127.0.0.1:{port}  (API docs /docs, metrics /metrics)")
+            if name == "mail-sink":
+                say(f"SMTP sink       127.0.0.1:{port}  (every email kept as .eml in {mail})")
+            else:
+                say(f"{name:<15} http://127.0.0.1:{port}  (API docs /docs, metrics /metrics)")
         (data_dir / STATE_FILE).write_text(json.dumps({
             "nats_url": nats.url, "database_url": postgres.url,
             "registry_url": f"http://127.0.0.1:{ports.registry}",
-            "matcher_url": f"http://127.0.0.1:{ports.matcher}", "pid": os.getpid(),
+            "matcher_url": f"http://127.0.0.1:{ports.matcher}",
+            "notifier_url": f"http://127.0.0.1:{ports.notifier}", "mail_dir": str(mail),
+            "pid": os.getpid(),
         }))
         say(f"data            {data_dir}  (logs in {logs})")
         say("ready; Ctrl-C stops everything")

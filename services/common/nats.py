@@ -7,6 +7,13 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import NotFoundError
 
+from contracts.matches import (
+    MATCHES_DUPLICATE_WINDOW_S,
+    MATCHES_MAX_AGE_S,
+    MATCHES_STREAM,
+    MATCHES_SUBJECTS,
+)
+
 
 async def connect(url: str, name: str, **options: object) -> Client:
     """A connection that keeps reconnecting: a NATS restart must not need ours."""
@@ -37,3 +44,10 @@ def compacted_stream(name: str, subjects: list[str], duplicate_window_s: float,
         subject_transform=SubjectTransform(src=transform[0], dest=transform[1])
         if transform else None,
     )
+
+
+def matches_stream(replicas: int) -> StreamConfig:
+    """Match events, kept for a month: the matcher publishes, the notifier consumes."""
+    return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
+                        storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
+                        max_age=MATCHES_MAX_AGE_S, num_replicas=replicas)

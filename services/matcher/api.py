@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from contracts.geo import haversine_km
 from contracts.models import ID_PATTERN
 from services.common.http import ApiError, parse_near
-from services.matcher.index import CapabilityIndex, haversine_km
+from services.matcher.index import CapabilityIndex
 from services.matcher.rules import Evaluation, evaluate
 
 Id = Annotated[str, Query(pattern=ID_PATTERN)]

@@ -20,15 +20,11 @@ from typing import Any, NamedTuple
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS
 from contracts.matches import (
-    MATCHES_DUPLICATE_WINDOW_S,
-    MATCHES_MAX_AGE_S,
-    MATCHES_STREAM,
-    MATCHES_SUBJECTS,
     match_event_id,
     match_subject,
 )
@@ -45,10 +41,6 @@ log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 2000  # match events in flight before waiting for their acks
 
 
-def matches_stream(replicas: int) -> StreamConfig:
-    return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
-                        storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
-                        max_age=MATCHES_MAX_AGE_S, num_replicas=replicas)
 
 
 class MatcherWorker:
@@ -67,7 +59,7 @@ class MatcherWorker:
 
     async def start(self) -> None:
         started = time.perf_counter()
-        await nats_util.ensure_stream(self.nc, matches_stream(self.replicas))
+        await nats_util.ensure_stream(self.nc, nats_util.matches_stream(self.replicas))
         await self.checkpoint.open()
         with gc_paused():
             loaded = await self.checkpoint.load()

@@ -10,12 +10,12 @@ bitsets cannot; all_pairs, the brute-force reference, is what the tests compare 
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from contracts.geo import cell, haversine_km, reach
 from services.matcher.bitset import Key, Postings, SlotTable, present
 from services.matcher.profiles import DesignProfile, FacilityProfile, PartNeed
 from services.matcher.rules import (
@@ -27,8 +27,6 @@ from services.matcher.rules import (
     generic_or_same,
 )
 
-EARTH_RADIUS_KM = 6371.0088
-CELL_DEG = 1.0
 # Side lengths (mm): a machine whose sorted sides are at least rungs (i, j, k) surely takes
 # a part whose sorted sides are at most those rungs. Between rungs, the exact rule decides.
 # Common machine sizes are rungs, so that for most machines the two roundings agree and
@@ -38,12 +36,6 @@ LADDER = (10, 25, 50, 75, 100, 150, 180, 200, 210, 220, 250, 300, 350, 400, 500,
 
 P = TypeVar("P", DesignProfile, FacilityProfile)
 
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 class Side(Mapping[str, P], Generic[P]):
@@ -216,18 +208,19 @@ class CapabilityIndex:
         self.remove_facility(profile.id)
         self.facilities.put(profile, facility_keys(profile))
         if profile.lat is not None and profile.lon is not None:
-            self._cells[_cell(profile.lat, profile.lon)].add(profile.id)
+            self._cells[cell(profile.lat, profile.lon)].add(profile.id)
 
     def remove_facility(self, facility_id: str, version: int | None = None) -> None:
         old = self.facilities.get(facility_id)
         if old is not None:
             self.facilities.remove(facility_id, facility_keys(old))
             if old.lat is not None and old.lon is not None:
-                cell = self._cells.get(_cell(old.lat, old.lon))
-                if cell is not None:
-                    cell.discard(facility_id)
-                    if not cell:
-                        del self._cells[_cell(old.lat, old.lon)]
+                where = cell(old.lat, old.lon)
+                ids = self._cells.get(where)
+                if ids is not None:
+                    ids.discard(facility_id)
+                    if not ids:
+                        del self._cells[where]
         if version is not None:
             self.facilities.deleted[facility_id] = version
 
@@ -239,7 +232,7 @@ class CapabilityIndex:
         self.facilities.load(facilities, facility_keys)
         for f in facilities:
             if f.lat is not None and f.lon is not None:
-                self._cells[_cell(f.lat, f.lon)].add(f.id)
+                self._cells[cell(f.lat, f.lon)].add(f.id)
 
     # matches, as bitsets over the other side's slots
 
@@ -343,16 +336,9 @@ class CapabilityIndex:
 
     def near(self, lat: float, lon: float, radius_km: float) -> Iterator[tuple[str, float]]:
         """(facility id, distance) within the radius, from the grid cells it can reach."""
-        dlat = radius_km / 111.0
-        coslat = max(math.cos(math.radians(lat)), 0.01)
-        dlon = min(180.0, radius_km / (111.0 * coslat))
-        lat_cells = range(math.floor((lat - dlat) / CELL_DEG), math.floor((lat + dlat) / CELL_DEG)
-                          + 1)
-        lon_cells = range(math.floor((lon - dlon) / CELL_DEG),
-                          math.floor((lon + dlon) / CELL_DEG) + 1)
-        seen_lon = {((c + 180) % 360) - 180 for c in lon_cells} if dlon < 180 else None
-        for cell, ids in self._cells.items():
-            if cell[0] not in lat_cells or (seen_lon is not None and cell[1] not in seen_lon):
+        rows, columns = reach(lat, lon, radius_km)
+        for (row, column), ids in self._cells.items():
+            if row not in rows or (columns is not None and column not in columns):
                 continue
             for fid in ids:
                 f = self.facilities[fid]
@@ -375,9 +361,6 @@ def _union(bitsets: list[int]) -> int:
         out |= bits
     return out
 
-
-def _cell(lat: float, lon: float) -> tuple[int, int]:
-    return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
 
 
 def all_pairs(designs: Iterable[DesignProfile],

@@ -1,0 +1,241 @@
+"""HTTP routes of the notifier: subscriptions, their deliveries, and the email links."""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from services.common.http import CHALLENGE, ApiError, required_key
+from services.notifier import messages, signing
+from services.notifier.addresses import Refused
+from services.notifier.guard import Guard
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import Store
+from services.notifier.subscriptions import (
+    EmailSubscriptionIn,
+    SubscriptionPatch,
+    WebhookSubscriptionIn,
+)
+
+_SUB_ID = re.compile(r"^sub_[0-9a-f]{16}$")
+NewSubscription = Annotated[WebhookSubscriptionIn | EmailSubscriptionIn,
+                            Body(discriminator="channel")]
+
+
+def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
+    out = {k: row[k] for k in ("id", "channel", "filter", "enabled", "disabled_reason",
+                               "created_at", "updated_at", "last_success_at", "failing_since")}
+    if row["channel"] == "webhook":
+        out |= {"url": row["url"], "contact_email": row["contact_email"],
+                "previous_secret_valid_until": row["previous_until"]}
+    else:
+        out |= {"address": row["address"], "digest": row["digest"],
+                "verified": row["verified"]}
+    return out | extra
+
+
+def router(store: Store, guard: Guard, settings: NotifierSettings) -> APIRouter:
+    api = APIRouter(tags=["subscriptions"])
+
+    async def owner(request: Request) -> str:
+        found = await store.owner_of(required_key(request))
+        if found is None:
+            raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
+                           CHALLENGE)
+        return found
+
+    async def checked_url(url: str) -> None:
+        try:
+            await guard.address(url)
+        except Refused as exc:
+            raise ApiError(422, "url_refused", str(exc), "url") from None
+
+    async def mine(request: Request, subscription_id: str) -> tuple[str, asyncpg.Record]:
+        who = await owner(request)
+        row = await store.subscription(subscription_id, who) if _SUB_ID.match(
+            subscription_id) else None
+        if row is None:
+            raise ApiError(404, "not_found", "no such subscription", "id")
+        return who, row
+
+    @api.post("/v1/subscriptions", status_code=201)
+    async def create(request: Request, new: NewSubscription) -> JSONResponse:
+        who = await owner(request)
+        subscription_id = f"sub_{secrets.token_hex(8)}"
+        values: dict[str, Any] = {
+            "id": subscription_id, "owner": who, "channel": new.channel,
+            "filter": new.filter.model_dump_json(), "unsubscribe_token":
+                secrets.token_urlsafe(24)}
+        secret = None
+        first = None
+        if isinstance(new, WebhookSubscriptionIn):
+            await checked_url(new.url)
+            secret = signing.new_secret()
+            values |= {"url": new.url, "secret": secret, "contact_email": new.contact_email}
+        else:
+            token = secrets.token_urlsafe(24)
+            values |= {"address": new.address.lower(), "digest": new.digest,
+                       "verify_token": token}
+            first = messages.verify_body(
+                f"{settings.notifier_public_url}/v1/email/verify?token={token}")
+        row = await store.create_subscription(values, first)
+        extra = {"secret": secret} if secret else {}
+        return _json(represent(row, **extra), 201,
+                     {"Location": f"/v1/subscriptions/{subscription_id}"})
+
+    @api.get("/v1/subscriptions")
+    async def list_(request: Request, after: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
+        rows = await store.subscriptions(await owner(request), after, limit)
+        return _json({"items": [represent(r) for r in rows],
+                      "next": rows[-1]["id"] if len(rows) == limit else None})
+
+    @api.get("/v1/subscriptions/{subscription_id}")
+    async def get(request: Request, subscription_id: str) -> JSONResponse:
+        return _json(represent((await mine(request, subscription_id))[1]))
+
+    @api.patch("/v1/subscriptions/{subscription_id}")
+    async def patch(request: Request, subscription_id: str,
+                    change: SubscriptionPatch) -> JSONResponse:
+        who, row = await mine(request, subscription_id)
+        values: dict[str, Any] = {}
+        fields = change.model_dump(exclude_unset=True)
+        if "filter" in fields and change.filter is not None:
+            values["filter"] = change.filter.model_dump_json()
+        if change.url is not None:
+            if row["channel"] != "webhook":
+                raise ApiError(422, "invalid", "an email subscription has no URL", "url")
+            await checked_url(change.url)
+            values["url"] = change.url
+        if change.digest is not None:
+            if row["channel"] != "email":
+                raise ApiError(422, "invalid", "a webhook subscription has no digest", "digest")
+            values["digest"] = change.digest
+        if "contact_email" in fields:
+            values["contact_email"] = change.contact_email
+        if change.enabled is not None:
+            values["enabled"] = change.enabled
+            if change.enabled:
+                values |= {"disabled_reason": None, "failing_since": None}
+            else:
+                values["disabled_reason"] = "disabled by its owner"
+        updated = await store.update_subscription(subscription_id, who, values)
+        if updated is None:
+            raise ApiError(404, "not_found", "no such subscription", "id")
+        return _json(represent(updated))
+
+    @api.delete("/v1/subscriptions/{subscription_id}", status_code=204)
+    async def delete(request: Request, subscription_id: str) -> Response:
+        who, _ = await mine(request, subscription_id)
+        await store.delete_subscription(subscription_id, who)
+        return Response(status_code=204)
+
+    @api.post("/v1/subscriptions/{subscription_id}/test", status_code=202)
+    async def test(request: Request, subscription_id: str) -> JSONResponse:
+        _, row = await mine(request, subscription_id)
+        if not row["enabled"]:
+            raise ApiError(409, "disabled", "the subscription is disabled", "enabled")
+        if row["channel"] == "email" and not row["verified"]:
+            raise ApiError(409, "unverified", "the address is not verified yet", "address")
+        delivery = await store.add_delivery(subscription_id, "test",
+                                            messages.test_body(subscription_id))
+        return _json({"delivery_id": str(delivery)}, 202)
+
+    @api.post("/v1/subscriptions/{subscription_id}/rotate-secret")
+    async def rotate(request: Request, subscription_id: str) -> JSONResponse:
+        who, row = await mine(request, subscription_id)
+        if row["channel"] != "webhook":
+            raise ApiError(409, "invalid", "only webhook subscriptions have a secret", "id")
+        secret = signing.new_secret()
+        updated = await store.rotate_secret(subscription_id, who, secret,
+                                            settings.notifier_rotation_overlap_s)
+        if updated is None:
+            raise ApiError(404, "not_found", "no such subscription", "id")
+        return _json(represent(updated, secret=secret))
+
+    @api.get("/v1/subscriptions/{subscription_id}/deliveries")
+    async def deliveries(request: Request, subscription_id: str, status: Annotated[
+            str | None, Query(pattern="^(pending|delivered|failed|cancelled)$")] = None,
+            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
+        who, _ = await mine(request, subscription_id)
+        rows = await store.deliveries(subscription_id, who, status, limit)
+        return _json({"items": [_delivery(r) for r in rows]})
+
+    @api.post("/v1/subscriptions/{subscription_id}/recover", status_code=202)
+    async def recover(request: Request, subscription_id: str, since: datetime) -> JSONResponse:
+        who, _ = await mine(request, subscription_id)
+        if since.tzinfo is None:
+            raise ApiError(422, "invalid", "since needs a time zone (e.g. Z)", "since")
+        rows = await store.recover(subscription_id, who, since)
+        return _json({"requeued": [str(r["id"]) for r in rows]}, 202)
+
+    @api.post("/v1/deliveries/{delivery_id}/retry", status_code=202)
+    async def retry(request: Request, delivery_id: str) -> JSONResponse:
+        who = await owner(request)
+        try:
+            parsed = uuid.UUID(delivery_id)
+        except ValueError:
+            raise ApiError(404, "not_found", "no such delivery", "id") from None
+        row = await store.retry(parsed, who)
+        if row is None:
+            raise ApiError(404, "not_found", "no failed delivery with this id", "id")
+        return _json({"delivery_id": str(row["id"]), "status": row["status"]}, 202)
+
+    # email links: no login, the token is the authority
+
+    @api.get("/v1/email/verify", response_class=HTMLResponse, tags=["email"])
+    async def verify(token: Annotated[str, Query(max_length=100)]) -> HTMLResponse:
+        ok = await store.verify_email(token)
+        return _page("Address confirmed" if ok else "Link not valid",
+                     "Match alerts will come to this address." if ok else
+                     "This link was used already or is not valid.", 200 if ok else 404)
+
+    @api.get("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"])
+    async def unsubscribe_page(token: Annotated[str, Query(max_length=100)]) -> HTMLResponse:
+        address = await store.unsubscribe_target(token)
+        if address is None:
+            return _page("Link not valid", "This unsubscribe link is not valid.", 404)
+        form = (f'<form method="post" action="?token={html.escape(token)}">'
+                '<button type="submit">Unsubscribe</button></form>')
+        return _page("Unsubscribe", f"Stop match alerts to {html.escape(address)}?", 200,
+                     form)
+
+    @api.post("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"])
+    async def unsubscribe(token: Annotated[str, Query(max_length=100)]) -> HTMLResponse:
+        if await store.unsubscribe_target(token) is None:
+            return _page("Link not valid", "This unsubscribe link is not valid.", 404)
+        await store.unsubscribe(token)
+        return _page("Unsubscribed", "No more alerts will be sent to this address.", 200)
+
+    return api
+
+
+def _delivery(row: asyncpg.Record) -> dict[str, Any]:
+    out = {k: row[k] for k in ("kind", "status", "item_count", "attempts", "created_at",
+                               "finished_at", "last_status", "last_error")}
+    out["id"] = str(row["id"])
+    out["webhook_id"] = f"msg_{row['id'].hex}"
+    out["next_attempt_at"] = row["next_attempt_at"] if row["status"] == "pending" else None
+    log = row["attempt_log"]
+    out["attempts_log"] = orjson.loads(log) if isinstance(log, str | bytes) else log
+    return out
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(orjson.loads(orjson.dumps(body, default=str)), status_code=status,
+                        headers=headers)
+
+
+def _page(title: str, text: str, status: int, extra: str = "") -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><html><head><title>{html.escape(title)}</title>"
+                        f"</head><body><h1>{html.escape(title)}</h1><p>{text}</p>{extra}"
+                        "</body></html>", status_code=status)

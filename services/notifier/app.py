@@ -1,0 +1,120 @@
+"""Wiring: settings -> database pool, store, MATCHES consumer, dispatcher, HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.common import db, logs
+from services.common import nats as nats_util
+from services.common.http import (
+    BodyLimit,
+    HttpMetrics,
+    install_error_handlers,
+    install_operational_routes,
+)
+from services.notifier import api
+from services.notifier.consumer import MatchConsumer
+from services.notifier.dispatch import Dispatcher
+from services.notifier.guard import Guard, Resolver, system_resolver
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: NotifierSettings | None = None,
+               resolver: Resolver = system_resolver) -> FastAPI:
+    settings = settings or NotifierSettings()
+    registry = CollectorRegistry()
+    metrics = NotifierMetrics(registry)
+    guard = Guard(settings.allowed_networks, resolver, metrics.ssrf_blocked.inc)
+    store = Store(pool=None, keys_schema=settings.notifier_keys_schema)  # type: ignore[arg-type]
+    state: dict[str, MatchConsumer | None] = {"consumer": None}
+
+    async def consume() -> None:
+        """Run the consumer; after any failure, reconnect and go on (unacked events are
+        redelivered)."""
+        while True:
+            nc = None
+            try:
+                nc = await nats_util.connect(settings.nats_url, "notifier")
+                consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
+                                         replicas=settings.notifier_stream_replicas)
+                await consumer.start()
+                state["consumer"] = consumer
+                await consumer.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer restarting", extra={"error": repr(exc)})
+                state["consumer"] = None
+                await asyncio.sleep(1)
+            finally:
+                if nc is not None:
+                    await nc.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.migrate(settings.database_url, settings.notifier_db_schema, "services.notifier")
+        store.pool = await db.create_pool(settings.database_url, settings.notifier_db_schema,
+                                          max_size=20)
+        dispatcher = Dispatcher(store, settings, guard, metrics)
+        tasks = [asyncio.create_task(consume()), asyncio.create_task(dispatcher.run()),
+                 asyncio.create_task(_watch(store, metrics))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await store.pool.close()
+
+    app = FastAPI(title="makelocal notifier", version="1", lifespan=lifespan,
+                  description="Match alerts by signed webhook (Standard Webhooks) and email.")
+
+    async def database_ready() -> None:
+        await store.pool.fetchval("SELECT 1")
+
+    async def consuming() -> None:
+        consumer = state["consumer"]
+        if consumer is None or not consumer.ready.is_set() or not consumer.nc.is_connected:
+            raise ConnectionError("not consuming MATCHES")
+
+    checks: dict[str, Callable[[], Awaitable[None]]] = {"database": database_ready,
+                                                        "nats": consuming}
+    app.include_router(api.router(store, guard, settings))
+    install_error_handlers(app)
+    install_operational_routes(app, registry, checks)
+    app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_notifier")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.state.store = store
+    return app
+
+
+async def _watch(store: Store, metrics: NotifierMetrics) -> None:
+    while True:
+        try:
+            pending, oldest, dead, disabled = await store.backlog()
+            metrics.pending.set(pending)
+            metrics.oldest_pending.set(oldest)
+            metrics.dead.set(dead)
+            metrics.disabled.set(disabled)
+        except Exception as exc:
+            log.debug("backlog query failed", extra={"error": repr(exc)})
+        await asyncio.sleep(2.0)
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = NotifierSettings()
+    logs.configure("notifier", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.notifier_port,
+                log_config=None, access_log=False)

@@ -1,0 +1,203 @@
+"""Deliveries out: gather waiting items into batches, claim due deliveries, attempt them,
+record each attempt and what follows from it.
+
+What a crash at each step leaves: items not yet gathered wait for the next process;
+a gathered delivery is recorded with its body before any attempt; a claimed delivery whose
+process dies mid-attempt becomes due again when its lease (its pushed next attempt time)
+passes, and goes out with the same webhook-id. So every delivery is sent at least once,
+and a receiver that deduplicates by webhook-id sees it once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+from services.common import db
+from services.common.faults import crash_point
+from services.notifier import messages, schedule, signing
+from services.notifier.guard import Guard
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import Batching, Store
+from services.notifier.transport import Result, SmtpServer, post, send_mail
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, settings: NotifierSettings, guard: Guard,
+                 metrics: NotifierMetrics, rng: random.Random | None = None) -> None:
+        self.store, self.settings, self.guard, self.metrics = store, settings, guard, metrics
+        self.rng = rng or random.Random()
+        s = settings
+        self.batching = Batching(s.notifier_batch_max, s.notifier_batch_linger_s,
+                                 s.notifier_batch_max_wait_s, s.notifier_email_linger_s,
+                                 s.notifier_email_max_wait_s)
+        self.smtp = SmtpServer(s.smtp_host, s.smtp_port, s.smtp_starttls, s.smtp_username,
+                               s.smtp_password.get_secret_value() if s.smtp_password else None,
+                               s.smtp_timeout_s)
+        # past the longest an attempt can take: only then may another process retry it
+        self.lease_s = max(s.notifier_timeout_s, s.smtp_timeout_s) + 10
+        self.slots = asyncio.Semaphore(s.notifier_concurrency)
+        self.in_flight: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._hot_until = 0.0
+        self.client = httpx.AsyncClient(
+            follow_redirects=False, trust_env=False,
+            limits=httpx.Limits(max_connections=s.notifier_concurrency,
+                                max_keepalive_connections=s.notifier_concurrency))
+
+    async def run(self) -> None:
+        """Forever; after an error (database gone), start over."""
+        try:
+            while True:
+                try:
+                    await self._run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("dispatcher restarting after error", extra={"error": repr(exc)})
+                    await asyncio.sleep(self.settings.notifier_sweep_s)
+        finally:
+            for task in self.in_flight:
+                task.cancel()
+            await self.client.aclose()
+
+    async def _run_once(self) -> None:
+        conn = await db.connect(self.settings.database_url, self.settings.notifier_db_schema)
+        try:
+            await conn.add_listener(f"{self.settings.notifier_db_schema}_work", self._notified)
+            while True:
+                await self.store.assemble(self.batching, self._render)
+                free = self.settings.notifier_concurrency - len(self.in_flight)
+                claimed = await self.store.claim(free, self.lease_s) if free > 0 else []
+                for delivery in claimed:
+                    task = asyncio.create_task(self._attempt(delivery))
+                    self.in_flight.add(task)
+                    task.add_done_callback(self._done)
+                if claimed and len(claimed) == free:
+                    await self._wait(0.01)
+                elif not claimed:
+                    hot = time.monotonic() < self._hot_until
+                    await self._wait(self.batching.linger_s if hot else
+                                     self.settings.notifier_sweep_s)
+        finally:
+            await conn.close()
+
+    def _notified(self, *_: object) -> None:
+        # Items just arrived: look again every linger interval until their batch is due.
+        self._hot_until = time.monotonic() + max(self.batching.max_wait_s,
+                                                 self.batching.email_linger_s) + 0.1
+        self._wake.set()
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.in_flight.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery attempt failed to record", exc_info=task.exception())
+
+    async def _wait(self, timeout: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _render(self, subscription: asyncpg.Record, events: list[Any], total: int) -> bytes:
+        return messages.matches_body(subscription["id"], events, total)
+
+    # one attempt
+
+    async def _attempt(self, d: asyncpg.Record) -> None:
+        async with self.slots:
+            channel = "email" if d["channel"] == "email" or d["kind"] == "notice" else "webhook"
+            cancel = self._cancel_reason(d)
+            if cancel is not None:
+                await self._finish(d, channel, Result(0, 0.0, cancel), "cancelled")
+                return
+            crash_point("notifier.before_attempt")
+            if channel == "webhook":
+                await self._webhook(d)
+            else:
+                await self._email(d)
+
+    def _cancel_reason(self, d: asyncpg.Record) -> str | None:
+        if d["kind"] in ("verify", "notice"):
+            return None
+        if not d["enabled"]:
+            return "subscription disabled"
+        if d["channel"] == "email" and not d["verified"]:
+            return "address not verified"
+        return None
+
+    async def _webhook(self, d: asyncpg.Record) -> None:
+        body = bytes(d["body"])
+        secrets = [d["secret"]] + ([d["previous_secret"]] if d["previous_secret"] else [])
+        headers = signing.headers(secrets, f"msg_{d['id'].hex}", int(time.time()), body)
+        result = await post(self.client, self.guard, d["url"], headers, body,
+                            self.settings.notifier_timeout_s)
+        crash_point("notifier.after_send")
+        outcome = schedule.classify(result.status, d["attempts"], self.settings.schedule,
+                                    result.retry_after, self.rng)
+        if outcome.delivered:
+            await self._finish(d, "webhook", result, "delivered")
+        elif outcome.disable:
+            await self._finish(d, "webhook", result, "failed",
+                               disable_reason="the endpoint answered 410 Gone")
+        elif outcome.delay is None:
+            await self._finish(d, "webhook", result, "failed")
+        else:
+            await self._finish(d, "webhook", result, "retry", delay=outcome.delay)
+
+    async def _email(self, d: asyncpg.Record) -> None:
+        to = d["contact_email"] if d["kind"] == "notice" else d["address"]
+        if not to:
+            await self._finish(d, "email", Result(0, 0.0, "no address to tell"), "cancelled")
+            return
+        if await self.store.suppressed(to):
+            await self._finish(d, "email", Result(0, 0.0, "address suppressed"), "cancelled")
+            return
+        unsubscribe = (f"{self.settings.notifier_public_url}/v1/email/unsubscribe"
+                       f"?token={d['unsubscribe_token']}" if d["channel"] == "email" else None)
+        message = messages.email(d["id"], d["kind"], orjson.loads(bytes(d["body"])),
+                                 sender=self.settings.smtp_from, to=to, unsubscribe=unsubscribe)
+        result = await send_mail(self.smtp, message)
+        if result.status == 250:
+            await self._finish(d, "email", result, "delivered")
+        elif 500 <= result.status < 600:
+            await self.store.suppress(to, result.error or f"SMTP {result.status}")
+            await self._finish(d, "email", result, "failed")
+        else:
+            delay = schedule.next_delay(d["attempts"], self.settings.schedule, rng=self.rng)
+            await self._finish(d, "email", result, "retry" if delay is not None else "failed",
+                               delay=delay)
+
+    async def _finish(self, d: asyncpg.Record, channel: str, result: Result, outcome: str, *,
+                      delay: float | None = None, disable_reason: str | None = None) -> None:
+        disabled = await self.store.finish(
+            d["id"], d["subscription_id"], status=result.status, duration_ms=result.duration_ms,
+            error=result.error, response=result.response, outcome=outcome, delay=delay,
+            disable_reason=disable_reason,
+            disable_after_s=self.settings.notifier_disable_after_s)
+        self.metrics.deliveries.labels(channel, outcome).inc()
+        if outcome != "cancelled":
+            self.metrics.attempt_seconds.labels(channel).observe(result.duration_ms / 1000)
+        if outcome == "delivered" and d["oldest_change_at"] is not None:
+            age = (datetime.now(UTC) - d["oldest_change_at"]).total_seconds()
+            self.metrics.end_to_end.labels(channel).observe(max(age, 0.0))
+        if disabled:
+            log.warning("subscription disabled", extra={"entity_id": d["subscription_id"],
+                                                        "error": disable_reason or "failing"})
+            if d["contact_email"] and d["channel"] == "webhook":
+                await self.store.add_delivery(
+                    d["subscription_id"], "notice",
+                    messages.notice_body(d["subscription_id"], disable_reason
+                                         or "it failed for too long without a success"))

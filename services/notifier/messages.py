@@ -1,0 +1,89 @@
+"""What is sent: webhook bodies and emails, rendered from stored events. Pure.
+
+A delivery's body is rendered once, when the delivery is recorded, and stored: every
+retry and replay sends the same bytes under the same webhook-id (and the same
+Message-ID for email), so receivers can deduplicate."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+
+def body(kind: str, data: Mapping[str, Any]) -> bytes:
+    """The Standard Webhooks payload shape: type, timestamp, data."""
+    return orjson.dumps({"type": kind, "timestamp": datetime.now(UTC).isoformat(),
+                         "data": data})
+
+
+def matches_body(subscription_id: str, events: Sequence[Mapping[str, Any]],
+                 total: int) -> bytes:
+    return body("matches", {"subscription_id": subscription_id, "count": total,
+                            "events": list(events)})
+
+
+def test_body(subscription_id: str) -> bytes:
+    return body("test", {"subscription_id": subscription_id,
+                         "message": "a test event from makelocal; no match is implied"})
+
+
+def verify_body(link: str) -> bytes:
+    return body("verify", {"link": link})
+
+
+def notice_body(subscription_id: str, reason: str) -> bytes:
+    return body("notice", {"subscription_id": subscription_id, "reason": reason})
+
+
+def _describe(event: Mapping[str, Any]) -> str:
+    verb = "can now make" if event.get("type") == "matches.found" else "can no longer make"
+    score = event.get("score")
+    tail = f" (score {score:.2f})" if isinstance(score, int | float) else ""
+    return f"Facility {event.get('facility_id')} {verb} design {event.get('design_id')}{tail}"
+
+
+def email(delivery_id: UUID, kind: str, payload: Mapping[str, Any], *, sender: str, to: str,
+          unsubscribe: str | None) -> EmailMessage:
+    """The email for a stored delivery body: plain text and HTML, and for alerts the
+    one-click unsubscribe headers (RFC 8058)."""
+    data = payload.get("data") or {}
+    if kind == "verify":
+        subject = "Confirm your makelocal alerts"
+        lines = ["Someone (we hope you) asked makelocal to email match alerts to this address.",
+                 "Nothing will be sent until you confirm:", "", str(data.get("link")), "",
+                 "If it was not you, ignore this message."]
+    elif kind == "notice":
+        subject = "A makelocal subscription was disabled"
+        lines = [f"Subscription {data.get('subscription_id')} was disabled: "
+                 f"{data.get('reason')}.", "Re-enable it with PATCH {\"enabled\": true}."]
+    elif kind == "test":
+        subject = "makelocal test alert"
+        lines = [str(data.get("message"))]
+    else:
+        events = data.get("events") or []
+        total = int(data.get("count") or len(events))
+        subject = (f"makelocal: {total} match change{'s' if total != 1 else ''}")
+        lines = [_describe(e) for e in events]
+        if total > len(events):
+            lines.append(f"... and {total - len(events)} more; the API lists them all.")
+    if unsubscribe:
+        lines += ["", f"Unsubscribe: {unsubscribe}"]
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = sender, to, subject
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = f"<{delivery_id}@makelocal>"
+    if unsubscribe and kind != "verify":
+        message["List-Unsubscribe"] = f"<{unsubscribe}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    text = "\n".join(lines) + "\n"
+    message.set_content(text)
+    items = "".join(f"<p>{html.escape(line)}</p>" for line in lines if line)
+    message.add_alternative(f"<html><body>{items}</body></html>", subtype="html")
+    return message

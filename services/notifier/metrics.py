@@ -1,0 +1,38 @@
+"""The notifier's Prometheus metrics. No label names a subscription, endpoint or address:
+those are unbounded."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class NotifierMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "makelocal_notifier"
+        self.events = Counter(f"{p}_events_consumed_total", "Match events consumed",
+                              registry=registry)
+        self.items = Counter(f"{p}_items_routed_total",
+                             "(subscription, match event) pairs recorded", registry=registry)
+        self.deliveries = Counter(f"{p}_deliveries_total", "Delivery attempts by outcome",
+                                  ["channel", "result"], registry=registry)
+        self.attempt_seconds = Histogram(f"{p}_attempt_duration_seconds",
+                                         "Duration of one delivery attempt", ["channel"],
+                                         registry=registry, buckets=LATENCY_BUCKETS)
+        self.end_to_end = Histogram(f"{p}_end_to_end_seconds",
+                                    "From the registry change to a successful delivery",
+                                    ["channel"], registry=registry, buckets=LATENCY_BUCKETS)
+        self.ssrf_blocked = Counter(f"{p}_ssrf_blocked_total",
+                                    "Webhook destinations refused as non-public",
+                                    registry=registry)
+        self.pending = Gauge(f"{p}_deliveries_pending", "Deliveries not yet delivered or failed",
+                             registry=registry)
+        self.oldest_pending = Gauge(f"{p}_oldest_pending_age_seconds",
+                                    "Age of the oldest pending delivery", registry=registry)
+        self.dead = Gauge(f"{p}_deliveries_dead", "Deliveries failed after every attempt",
+                          registry=registry)
+        self.disabled = Gauge(f"{p}_subscriptions_disabled", "Disabled subscriptions",
+                              registry=registry)
+        self.consumer_pending = Gauge(f"{p}_consumer_pending",
+                                      "MATCHES messages not yet consumed", registry=registry)

@@ -1,0 +1,78 @@
+"""When to try a failed delivery again. Pure.
+
+The schedule (seconds after each failed attempt) follows Svix's: 5 s, 5 min, 30 min, 2 h,
+5 h, 10 h, 10 h, each with +-20 % jitter so that an endpoint that failed for everyone is
+not hit by every retry at the same moment. A receiver's Retry-After is honoured within
+[scheduled delay, 2 x scheduled delay]: it may slow us down, not hold a delivery forever
+or make us retry faster than the schedule."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+JITTER = 0.2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt means: delivered, try again after `delay`, or give up."""
+
+    delivered: bool = False
+    delay: float | None = None  # seconds until the next attempt; None: no more attempts
+    disable: bool = False  # the receiver said the endpoint is gone (410)
+
+
+def next_delay(failed_attempts: int, schedule: tuple[float, ...],
+               retry_after: float | None = None, rng: random.Random | None = None
+               ) -> float | None:
+    """Seconds until the next attempt after `failed_attempts` failures (>= 1), or None
+    when the schedule is exhausted."""
+    if failed_attempts > len(schedule):
+        return None
+    base = schedule[failed_attempts - 1]
+    delay = base * (1 + (rng or random).uniform(-JITTER, JITTER))
+    if retry_after is not None:
+        delay = min(max(retry_after, base), 2 * base)
+    return delay
+
+
+def classify(status: int, failed_attempts: int, schedule: tuple[float, ...],
+             retry_after: str | None = None, rng: random.Random | None = None) -> Outcome:
+    """The outcome of an attempt answered with `status` (0: no answer: network error or
+    timeout). 2xx delivers; 410 disables the subscription; 3xx is not followed and counts
+    as a failure like any other."""
+    if 200 <= status < 300:
+        return Outcome(delivered=True)
+    if status == 410:
+        return Outcome(disable=True)
+    after = parse_retry_after(retry_after) if status in (429, 503) else None
+    return Outcome(delay=next_delay(failed_attempts, schedule, after, rng))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """`5,300,1800` (seconds) -> (5.0, 300.0, 1800.0); at least one positive step."""
+    steps = tuple(float(s) for s in text.replace(" ", "").split(",") if s)
+    if not steps or any(s <= 0 for s in steps):
+        raise ValueError("a retry schedule is one or more positive numbers of seconds")
+    return steps

@@ -1,0 +1,51 @@
+"""Notifier settings (MAKELOCAL_ environment variables)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import SecretStr
+
+from services.common.settings import CommonSettings
+from services.notifier.addresses import Network, parse_networks
+from services.notifier.schedule import DEFAULT_SCHEDULE, parse_schedule
+
+
+class NotifierSettings(CommonSettings):
+    notifier_port: int = 8003
+    notifier_db_schema: str = "notifier"
+    # API keys are the registry's: the notifier reads its key table, nothing else of it.
+    notifier_keys_schema: str = "registry"
+    notifier_public_url: str = "http://127.0.0.1:8003"  # where links in emails point
+    notifier_durable: str = "notifier"
+    notifier_stream_replicas: int = 1
+    # seconds after each failed attempt, comma-separated (Svix's schedule by default)
+    notifier_retry_schedule: str = ",".join(f"{s:g}" for s in DEFAULT_SCHEDULE)
+    notifier_timeout_s: float = 15.0
+    notifier_batch_max: int = 100
+    # a partial webhook batch leaves once no new match came for `linger`, or at `max_wait`
+    notifier_batch_linger_s: float = 0.02
+    notifier_batch_max_wait_s: float = 1.0
+    notifier_email_linger_s: float = 5.0
+    notifier_email_max_wait_s: float = 60.0
+    notifier_concurrency: int = 64
+    notifier_disable_after_s: float = 5 * 24 * 3600
+    notifier_rotation_overlap_s: float = 24 * 3600
+    # CIDRs webhooks may reach although they are not public (the local stack: loopback)
+    notifier_allow_cidrs: str = ""
+    notifier_sweep_s: float = 0.5
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "makelocal <alerts@makelocal.localhost>"
+    smtp_timeout_s: float = 15.0
+
+    @cached_property
+    def schedule(self) -> tuple[float, ...]:
+        return parse_schedule(self.notifier_retry_schedule)
+
+    @cached_property
+    def allowed_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.notifier_allow_cidrs)

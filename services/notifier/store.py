@@ -1,0 +1,350 @@
+"""The notifier's SQL: subscriptions, the items waiting to be sent, deliveries and their
+attempts. Every state change of a delivery is one transaction, so a crash leaves it either
+before or after, never between."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.common import keys
+from services.common.db import checked_schema
+
+SUBSCRIPTION_FIELDS = (
+    "id, owner, channel, url, address, filter, digest, verified, enabled, disabled_reason, "
+    "contact_email, failing_since, last_success_at, created_at, updated_at, "
+    "previous_until")
+EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
+
+
+@dataclass(frozen=True)
+class Batching:
+    """When waiting items become a delivery (see settings)."""
+
+    max_items: int
+    linger_s: float
+    max_wait_s: float
+    email_linger_s: float
+    email_max_wait_s: float
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool, keys_schema: str) -> None:
+        self.pool = pool
+        self.keys_table = f'"{checked_schema(keys_schema)}".api_keys'
+
+    # keys
+
+    async def owner_of(self, key: tuple[str, str]) -> str | None:
+        """The organization a valid, unrevoked key belongs to."""
+        key_id, secret = key
+        row = await self.pool.fetchrow(
+            f"SELECT org_id, secret_hash FROM {self.keys_table}"
+            " WHERE key_id = $1 AND revoked_at IS NULL", key_id)
+        if row is None or not keys.verify(secret, bytes(row["secret_hash"])):
+            return None
+        return str(row["org_id"])
+
+    # subscriptions
+
+    async def create_subscription(self, values: dict[str, Any],
+                                  first_delivery: bytes | None = None) -> asyncpg.Record:
+        """Insert it, and in the same transaction the email verification it must send."""
+        columns = ", ".join(values)
+        params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO subscriptions ({columns}) VALUES ({params})"
+                f" RETURNING {SUBSCRIPTION_FIELDS}", *values.values())
+            if first_delivery is not None:
+                await _insert_delivery(conn, row["id"], "verify", first_delivery)
+            await conn.execute("SELECT nextval('subscription_changes')")
+        return row
+
+    async def subscription(self, subscription_id: str, owner: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            f"SELECT {SUBSCRIPTION_FIELDS} FROM subscriptions WHERE id = $1 AND owner = $2",
+            subscription_id, owner)
+
+    async def subscriptions(self, owner: str, after: str | None,
+                            limit: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {SUBSCRIPTION_FIELDS} FROM subscriptions WHERE owner = $1"
+            " AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3", owner, after, limit)
+
+    async def update_subscription(self, subscription_id: str, owner: str,
+                                  values: dict[str, Any]) -> asyncpg.Record | None:
+        sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=3))
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE subscriptions SET {sets}{', ' if sets else ''}updated_at = now()"
+                f" WHERE id = $1 AND owner = $2 RETURNING {SUBSCRIPTION_FIELDS}",
+                subscription_id, owner, *values.values())
+            await conn.execute("SELECT nextval('subscription_changes')")
+        return row
+
+    async def delete_subscription(self, subscription_id: str, owner: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            result = await conn.execute(
+                "DELETE FROM subscriptions WHERE id = $1 AND owner = $2", subscription_id, owner)
+            await conn.execute("SELECT nextval('subscription_changes')")
+        return result.endswith(" 1")
+
+    async def rotate_secret(self, subscription_id: str, owner: str, secret: str,
+                            overlap_s: float) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "UPDATE subscriptions SET previous_secret = secret, secret = $3,"
+            " previous_until = now() + $4 * interval '1 second', updated_at = now()"
+            " WHERE id = $1 AND owner = $2 AND channel = 'webhook'"
+            f" RETURNING {SUBSCRIPTION_FIELDS}", subscription_id, owner, secret, overlap_s)
+
+    async def verify_email(self, token: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            result = await conn.execute(
+                "UPDATE subscriptions SET verified = true, verify_token = NULL,"
+                " updated_at = now() WHERE verify_token = $1", token)
+            await conn.execute("SELECT nextval('subscription_changes')")
+        return result.endswith(" 1")
+
+    async def unsubscribe(self, token: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            result = await conn.execute(
+                "UPDATE subscriptions SET enabled = false, disabled_reason = 'unsubscribed',"
+                " updated_at = now() WHERE unsubscribe_token = $1 AND enabled", token)
+            await conn.execute("SELECT nextval('subscription_changes')")
+        return result.endswith(" 1")
+
+    async def unsubscribe_target(self, token: str) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT address FROM subscriptions WHERE unsubscribe_token = $1", token)
+
+    # routing
+
+    async def changes(self) -> int:
+        return int(await self.pool.fetchval("SELECT last_value FROM subscription_changes"))
+
+    async def routable(self) -> list[asyncpg.Record]:
+        """Subscriptions that take alerts now: enabled, and verified if by email."""
+        return await self.pool.fetch(
+            "SELECT id, filter FROM subscriptions WHERE enabled"
+            " AND (channel = 'webhook' OR verified)")
+
+    async def add_items(self, rows: Iterable[tuple[str, str, str, datetime | None]]) -> int:
+        """(subscription, event id, payload JSON, time of the change); a pair already
+        present (a redelivered or replayed event) is skipped."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        result = await self.pool.fetchval(
+            "WITH added AS (INSERT INTO items (subscription_id, event_id, payload, occurred_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])"
+            " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM added",
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+            [r[3] for r in rows])
+        return int(result)
+
+    # deliveries
+
+    async def assemble(self, batching: Batching, body_of: Any) -> int:
+        """Gather waiting items into deliveries for every subscription whose batch is
+        ready; returns the number of deliveries made. `body_of(subscription, events, total)`
+        renders a delivery's body."""
+        b = batching
+        ready = await self.pool.fetch(
+            "SELECT i.subscription_id FROM items i JOIN subscriptions s"
+            " ON s.id = i.subscription_id WHERE i.delivery_id IS NULL AND s.enabled"
+            " GROUP BY i.subscription_id, s.channel, s.digest HAVING"
+            " (s.channel = 'webhook' AND (count(*) >= $1"
+            "   OR max(i.created_at) <= now() - make_interval(secs => $2)"
+            "   OR min(i.created_at) <= now() - make_interval(secs => $3)))"
+            " OR (s.channel = 'email' AND ("
+            "   (s.digest = 'immediate' AND (max(i.created_at) <= now() - make_interval(secs => $4)"
+            "     OR min(i.created_at) <= now() - make_interval(secs => $5)))"
+            "   OR (s.digest = 'hourly' AND min(i.created_at) <= now() - interval '1 hour')"
+            "   OR (s.digest = 'daily' AND min(i.created_at) <= now() - interval '1 day')))"
+            " LIMIT 200", b.max_items, b.linger_s, b.max_wait_s, b.email_linger_s,
+            b.email_max_wait_s)
+        made = 0
+        for row in ready:
+            made += await self._assemble_one(row["subscription_id"], b.max_items, body_of)
+        return made
+
+    async def _assemble_one(self, subscription_id: str, max_items: int, body_of: Any) -> int:
+        made = 0
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # One process assembles a subscription at a time; the others skip it.
+                sub = await conn.fetchrow(
+                    "SELECT id, channel FROM subscriptions WHERE id = $1 AND enabled"
+                    " FOR UPDATE SKIP LOCKED", subscription_id)
+                if sub is None:
+                    return made
+                webhook = sub["channel"] == "webhook"
+                items = await conn.fetch(
+                    "SELECT event_id, payload, occurred_at FROM items WHERE subscription_id = $1"
+                    " AND delivery_id IS NULL ORDER BY created_at, event_id LIMIT $2",
+                    subscription_id, max_items if webhook else 1_000_000)
+                if not items:
+                    return made
+                delivery_id = uuid.uuid4()
+                shown = items if webhook else items[:EMAIL_SAMPLE]
+                body = body_of(sub, [r["payload"] for r in shown], len(items))
+                oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
+                await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
+                                       item_count=len(items), oldest=oldest)
+                await conn.execute(
+                    "UPDATE items SET delivery_id = $1 WHERE subscription_id = $2"
+                    " AND event_id = ANY($3::text[])",
+                    delivery_id, subscription_id, [r["event_id"] for r in items])
+                made += 1
+                if not webhook or len(items) < max_items:
+                    return made
+
+    async def add_delivery(self, subscription_id: str, kind: str, body: bytes) -> uuid.UUID:
+        async with self.pool.acquire() as conn:
+            return await _insert_delivery(conn, subscription_id, kind, body)
+
+    async def claim(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
+        """Due deliveries, each taken by one process: its next attempt time moves past the
+        lease, so if this process dies mid-attempt the delivery is due again after it."""
+        return await self.pool.fetch(
+            "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
+            "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
+            "  FOR UPDATE SKIP LOCKED)"
+            " UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2),"
+            "  attempts = d.attempts + 1"
+            " FROM due, subscriptions s WHERE d.id = due.id AND s.id = d.subscription_id"
+            " RETURNING d.id, d.kind, d.body, d.attempts, d.item_count, d.oldest_change_at,"
+            "  s.id AS subscription_id, s.channel, s.url, s.address, s.contact_email,"
+            "  s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
+            "  CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret",
+            limit, lease_s)
+
+    async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
+                     duration_ms: float, error: str | None, response: str | None,
+                     outcome: str, delay: float | None = None, disable_reason: str | None = None,
+                     disable_after_s: float | None = None) -> bool:
+        """Record an attempt and its consequence: outcome 'delivered', 'retry' (after
+        `delay` s), 'failed' or 'cancelled'. Returns True when this attempt disabled the
+        subscription (the caller tells its owner)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO attempts (delivery_id, status_code, duration_ms, error,"
+                " response_body) VALUES ($1, $2, $3, $4, $5)",
+                delivery_id, status, duration_ms, error, response)
+            if outcome == "delivered":
+                await conn.execute(
+                    "UPDATE deliveries SET status = 'delivered', finished_at = now(),"
+                    " last_status = $2, last_error = NULL WHERE id = $1", delivery_id, status)
+                await conn.execute(
+                    "UPDATE subscriptions SET last_success_at = now(), failing_since = NULL"
+                    " WHERE id = $1", subscription_id)
+                return False
+            if outcome == "retry":
+                await conn.execute(
+                    "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2),"
+                    " last_status = $3, last_error = $4 WHERE id = $1",
+                    delivery_id, delay, status, error)
+            else:
+                await conn.execute(
+                    "UPDATE deliveries SET status = $2, finished_at = now(), last_status = $3,"
+                    " last_error = $4 WHERE id = $1", delivery_id, outcome, status, error)
+            if outcome == "cancelled":
+                return False
+            failing_since = await conn.fetchval(
+                "UPDATE subscriptions SET failing_since = coalesce(failing_since, now())"
+                " WHERE id = $1 RETURNING failing_since", subscription_id)
+            if disable_reason is None and disable_after_s is not None and failing_since:
+                too_long = await conn.fetchval(
+                    "SELECT $1 <= now() - make_interval(secs => $2)", failing_since,
+                    disable_after_s)
+                if too_long:
+                    disable_reason = "failing without a success since " + failing_since.isoformat()
+            if disable_reason is None:
+                return False
+            result = await conn.execute(
+                "UPDATE subscriptions SET enabled = false, disabled_reason = $2,"
+                " updated_at = now() WHERE id = $1 AND enabled", subscription_id, disable_reason)
+            await conn.execute("SELECT nextval('subscription_changes')")
+            return result.endswith(" 1")
+
+    async def deliveries(self, subscription_id: str, owner: str, status: str | None,
+                         limit: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT d.id, d.kind, d.status, d.item_count, d.attempts, d.created_at,"
+            " d.finished_at, d.next_attempt_at, d.last_status, d.last_error,"
+            " coalesce((SELECT json_agg(json_build_object('at', a.attempted_at,"
+            "   'status_code', a.status_code, 'duration_ms', a.duration_ms, 'error', a.error,"
+            "   'response_body', a.response_body) ORDER BY a.id)"
+            "   FROM attempts a WHERE a.delivery_id = d.id), '[]') AS attempt_log"
+            " FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
+            " WHERE d.subscription_id = $1 AND s.owner = $2 AND ($3::text IS NULL"
+            " OR d.status = $3) ORDER BY d.created_at DESC, d.id LIMIT $4",
+            subscription_id, owner, status, limit)
+
+    async def retry(self, delivery_id: uuid.UUID, owner: str) -> asyncpg.Record | None:
+        """A finished delivery back to pending, due now, with the same id (webhook-id)."""
+        return await self._replay(
+            "d.id = $1 AND s.owner = $2 AND d.status IN ('failed', 'cancelled')",
+            delivery_id, owner)
+
+    async def recover(self, subscription_id: str, owner: str,
+                      since: datetime) -> list[asyncpg.Record]:
+        return await self._replay_all(
+            "d.subscription_id = $1 AND s.owner = $2 AND d.status IN ('failed', 'cancelled')"
+            " AND d.kind = 'matches' AND d.created_at >= $3", subscription_id, owner, since)
+
+    async def _replay(self, where: str, *args: Any) -> asyncpg.Record | None:
+        rows = await self._replay_all(where, *args)
+        return rows[0] if rows else None
+
+    async def _replay_all(self, where: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "UPDATE deliveries d SET status = 'pending', next_attempt_at = now(),"
+                " attempts = 0, finished_at = NULL FROM subscriptions s"
+                f" WHERE s.id = d.subscription_id AND {where} RETURNING d.id, d.status",
+                *args)
+            await conn.execute("SELECT pg_notify(current_schema() || '_work', '')")
+        return rows
+
+    # email addresses
+
+    async def suppress(self, address: str, reason: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO suppressed_addresses (address, reason) VALUES (lower($1), $2)"
+            " ON CONFLICT (address) DO NOTHING", address, reason)
+
+    async def suppressed(self, address: str) -> bool:
+        return bool(await self.pool.fetchval(
+            "SELECT true FROM suppressed_addresses WHERE address = lower($1)", address))
+
+    # operations
+
+    async def backlog(self) -> tuple[int, float, int, int]:
+        """(pending deliveries, age of the oldest in s, failed deliveries, disabled
+        subscriptions)."""
+        row = await self.pool.fetchrow(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending') AS pending,"
+            " (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+            "   FROM deliveries WHERE status = 'pending') AS oldest,"
+            " (SELECT count(*) FROM deliveries WHERE status = 'failed') AS failed,"
+            " (SELECT count(*) FROM subscriptions WHERE NOT enabled) AS disabled")
+        return row["pending"], float(row["oldest"]), row["failed"], row["disabled"]
+
+
+async def _insert_delivery(conn: asyncpg.Connection, subscription_id: str, kind: str,
+                           body: bytes, delivery_id: uuid.UUID | None = None, *,
+                           item_count: int = 0, oldest: datetime | None = None) -> uuid.UUID:
+    delivery_id = delivery_id or uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO deliveries (id, subscription_id, kind, body, item_count, oldest_change_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        delivery_id, subscription_id, kind, body, item_count, oldest)
+    return delivery_id
+

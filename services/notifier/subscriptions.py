@@ -1,0 +1,185 @@
+"""What a subscription asks for, and which subscriptions an event concerns. Pure.
+
+The routing index answers "who wants this event?" from a few dictionary lookups (by
+facility id, design id, process, region cell), then checks only those candidates'
+whole filters: the number of subscriptions does not enter the cost of an event."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from contracts import vocabulary
+from contracts.geo import cell, haversine_km, reach
+from contracts.models import EntityId
+
+EventType = Literal["matches.found", "matches.withdrawn"]
+EVENT_TYPES: tuple[EventType, ...] = ("matches.found", "matches.withdrawn")
+Digest = Literal["immediate", "hourly", "daily"]
+MAX_REGION_CELLS = 400  # wider regions are checked on every event instead of by cell
+
+
+class Region(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_km: float = Field(gt=0, le=20_100)
+
+
+class Filter(BaseModel):
+    """Every stated field must hold (and); within a list, any member (or). Processes
+    include their more specific kinds: "3d-printing" takes designs needing FDM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    facility_ids: list[EntityId] = Field(default_factory=list, max_length=1000)
+    design_ids: list[EntityId] = Field(default_factory=list, max_length=1000)
+    processes: list[str] = Field(default_factory=list, max_length=100)
+    region: Region | None = None
+    event_types: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES),
+                                         min_length=1, max_length=2)
+
+    @field_validator("processes")
+    @classmethod
+    def _known_processes(cls, value: list[str]) -> list[str]:
+        vocab = vocabulary.processes()
+        out = []
+        for name in value:
+            entry = vocab.resolve(name)
+            if entry is None:
+                raise ValueError(f"unknown process {name!r}")
+            out.append(entry.id)
+        return sorted(set(out))
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filter: Filter = Field(default_factory=Filter)
+
+
+class WebhookSubscriptionIn(_Common):
+    channel: Literal["webhook"]
+    url: str = Field(min_length=1, max_length=2048)
+    contact_email: EmailStr | None = Field(
+        None, description="told when the subscription is disabled for failing")
+
+
+class EmailSubscriptionIn(_Common):
+    channel: Literal["email"]
+    address: EmailStr
+    digest: Digest = "immediate"
+
+
+class SubscriptionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filter: Filter | None = None
+    url: str | None = Field(None, min_length=1, max_length=2048)
+    digest: Digest | None = None
+    enabled: bool | None = Field(None, description="true re-enables a disabled subscription")
+    contact_email: EmailStr | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """What routing keeps of a subscription: its id and its filter, pre-expanded."""
+
+    id: str
+    facility_ids: frozenset[str]
+    design_ids: frozenset[str]
+    processes: frozenset[str]  # with their more specific kinds
+    region: Region | None
+    event_types: frozenset[str]
+
+    @classmethod
+    def of(cls, subscription_id: str, f: Filter | Mapping[str, Any]) -> Route:
+        f = f if isinstance(f, Filter) else Filter.model_validate(f)
+        vocab = vocabulary.processes()
+        processes: set[str] = set()
+        for p in f.processes:
+            processes |= vocab.with_descendants(p)
+        return cls(subscription_id, frozenset(f.facility_ids), frozenset(f.design_ids),
+                   frozenset(processes), f.region, frozenset(f.event_types))
+
+    def wants(self, event: Mapping[str, Any]) -> bool:
+        if event["type"] not in self.event_types:
+            return False
+        if self.facility_ids and event["facility_id"] not in self.facility_ids:
+            return False
+        if self.design_ids and event["design_id"] not in self.design_ids:
+            return False
+        if self.processes and self.processes.isdisjoint(event.get("design_processes") or ()):
+            return False
+        if self.region is not None:
+            lat, lon = event.get("facility_lat"), event.get("facility_lon")
+            if lat is None or lon is None:
+                return False
+            r = self.region
+            return haversine_km(r.lat, r.lon, lat, lon) <= r.radius_km
+        return True
+
+
+class RoutingIndex:
+    """Subscriptions by the most selective thing their filter names."""
+
+    def __init__(self, routes: Iterable[Route] = ()) -> None:
+        self._by: dict[tuple[str, Any], set[str]] = defaultdict(set)
+        self._routes: dict[str, Route] = {}
+        for route in routes:
+            self.add(route)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def add(self, route: Route) -> None:
+        self.discard(route.id)
+        self._routes[route.id] = route
+        for key in _anchors(route):
+            self._by[key].add(route.id)
+
+    def discard(self, subscription_id: str) -> None:
+        route = self._routes.pop(subscription_id, None)
+        if route is None:
+            return
+        for key in _anchors(route):
+            ids = self._by.get(key)
+            if ids is not None:
+                ids.discard(subscription_id)
+                if not ids:
+                    del self._by[key]
+
+    def route(self, event: Mapping[str, Any]) -> list[str]:
+        """The subscriptions that want this event."""
+        keys = [("all", None), ("facility", event["facility_id"]),
+                ("design", event["design_id"])]
+        keys.extend(("process", p) for p in event.get("design_processes") or ())
+        lat, lon = event.get("facility_lat"), event.get("facility_lon")
+        if lat is not None and lon is not None:
+            keys.append(("cell", cell(lat, lon)))
+        candidates: set[str] = set()
+        for key in keys:
+            candidates |= self._by.get(key, set())
+        return sorted(s for s in candidates if self._routes[s].wants(event))
+
+
+def _anchors(route: Route) -> list[tuple[str, Any]]:
+    """Where the index files a route: under one field its filter requires, the most
+    selective stated; a subscription with no filter hears everything."""
+    if route.facility_ids:
+        return [("facility", f) for f in route.facility_ids]
+    if route.design_ids:
+        return [("design", d) for d in route.design_ids]
+    if route.region is not None:
+        rows, columns = reach(route.region.lat, route.region.lon, route.region.radius_km)
+        if columns is not None and len(rows) * len(columns) <= MAX_REGION_CELLS:
+            return [("cell", (r, c)) for r in rows for c in columns]
+    if route.processes:
+        return [("process", p) for p in route.processes]
+    return [("all", None)]
+

@@ -1,0 +1,108 @@
+"""One attempt over the network: a signed webhook POST to the address the guard checked,
+or one email over SMTP. Each returns what happened; neither raises for the peer's faults."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosmtplib
+import httpx
+
+from services.notifier.addresses import Refused
+from services.notifier.guard import Guard
+
+RESPONSE_KEEP = 4096  # bytes of a response body kept in the attempt log
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int  # HTTP status, SMTP reply code, or 0 when there was no answer
+    duration_ms: float
+    error: str | None = None
+    response: str | None = None
+    retry_after: str | None = None
+    refused: bool = False  # the guard refused the destination
+
+
+async def post(client: httpx.AsyncClient, guard: Guard, url: str, headers: dict[str, str],
+               body: bytes, timeout: float) -> Result:
+    """POST without following redirects, to the checked address, the whole exchange
+    bounded by `timeout` (a peer that trickles bytes cannot hold it longer); only the
+    first 4 KB of the answer are read."""
+    started = time.perf_counter()
+
+    def done(status: int, error: str | None = None, response: str | None = None,
+             retry_after: str | None = None, refused: bool = False) -> Result:
+        return Result(status, (time.perf_counter() - started) * 1000, error, response,
+                      retry_after, refused)
+
+    try:
+        scheme, host, port, ip = await guard.address(url)
+    except Refused as exc:
+        return done(0, f"refused: {exc}", refused=True)
+    parts = urlsplit(url)
+    literal = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    default = 443 if scheme == "https" else 80
+    target = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    host_header = host if port == default else f"{host}:{port}"
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    try:
+        async with asyncio.timeout(timeout):
+            request = client.build_request("POST", target, content=body,
+                                           headers=headers | {"host": host_header},
+                                           extensions=extensions)
+            response = await client.send(request, stream=True, follow_redirects=False)
+            try:
+                kept = bytearray()
+                async for chunk in response.aiter_raw():
+                    kept += chunk
+                    if len(kept) >= RESPONSE_KEEP:
+                        break
+            finally:
+                await response.aclose()
+    except TimeoutError:
+        return done(0, f"timed out after {timeout:g} s")
+    except (httpx.HTTPError, OSError) as exc:
+        # The URL may carry the receiver's token in its query: never in the attempt log.
+        said = str(exc).replace(target, "<url>").replace(url, "<url>")
+        return done(0, f"{type(exc).__name__}: {said}"[:300])
+    text = bytes(kept[:RESPONSE_KEEP]).decode("utf-8", "replace")
+    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+    return done(response.status_code, error, text, response.headers.get("retry-after"))
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    host: str
+    port: int
+    starttls: bool
+    username: str | None
+    password: str | None
+    timeout: float
+
+
+async def send_mail(server: SmtpServer, message: EmailMessage) -> Result:
+    """One message; the reply code is the status (250 delivered, 4xx try again, 5xx
+    permanent)."""
+    started = time.perf_counter()
+
+    def done(status: int, error: str | None = None) -> Result:
+        return Result(status, (time.perf_counter() - started) * 1000, error)
+
+    try:
+        await aiosmtplib.send(message, hostname=server.host, port=server.port,
+                              start_tls=server.starttls, username=server.username,
+                              password=server.password, timeout=server.timeout)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        first = exc.recipients[0] if exc.recipients else None
+        return done(first.code if first else 550, f"recipient refused: {first}"[:300])
+    except aiosmtplib.SMTPResponseException as exc:
+        return done(exc.code, f"SMTP {exc.code}: {exc.message}"[:300])
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return done(0, f"{type(exc).__name__}: {exc}"[:300])
+    return done(250)

@@ -18,9 +18,11 @@ from contracts.matches import MATCHES_STREAM
 from makelocal.embedded import NatsServer, PostgresServer, free_port
 from services.common import db
 from services.matcher.settings import MatcherSettings
+from services.notifier.settings import NotifierSettings
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
 from tests.helpers import InProcess, InProcessRegistry
+from tests.receivers import MailServer, Receiver
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +122,49 @@ def data_dir() -> Path:
     from tests.helpers import DATA
 
     return DATA
+
+
+@pytest.fixture
+def mail_server() -> Iterator[MailServer]:
+    with MailServer() as server:
+        yield server
+
+
+@pytest.fixture
+def notifier_settings(settings: RegistrySettings, mail_server: MailServer) -> NotifierSettings:
+    """A compressed retry schedule, a short timeout, loopback receivers allowed."""
+    return NotifierSettings(
+        nats_url=settings.nats_url, database_url=settings.database_url,
+        notifier_db_schema=f"n_{uuid.uuid4().hex[:12]}",
+        notifier_keys_schema=settings.registry_db_schema,
+        notifier_durable=f"notifier-{uuid.uuid4().hex[:8]}",
+        notifier_retry_schedule="0.3,0.6,0.9", notifier_timeout_s=1.0,
+        notifier_allow_cidrs="127.0.0.0/8,::1/128", notifier_sweep_s=0.1,
+        notifier_email_linger_s=0.2, notifier_email_max_wait_s=1.0,
+        smtp_port=mail_server.port, smtp_timeout_s=5.0)
+
+
+@pytest.fixture
+def notifier_env(notifier_settings: NotifierSettings) -> dict[str, str]:
+    s = notifier_settings
+    return {f"MAKELOCAL_{name.upper()}": str(getattr(s, name)) for name in (
+        "nats_url", "database_url", "notifier_db_schema", "notifier_keys_schema",
+        "notifier_durable", "notifier_retry_schedule", "notifier_timeout_s",
+        "notifier_allow_cidrs", "notifier_sweep_s", "smtp_port")}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    """(the receiver, its base URL): a real HTTP server on loopback."""
+    app = Receiver()
+    async with InProcess(app, None) as running:
+        yield app, running.url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def notifier(notifier_settings: NotifierSettings, store: Store,
+                   org: tuple[str, str]) -> AsyncIterator[InProcess]:
+    from services.notifier.app import create_app
+
+    async with InProcess(create_app(notifier_settings), notifier_settings) as running:
+        yield running

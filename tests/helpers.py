@@ -157,7 +157,8 @@ async def _done(proc: subprocess.Popen) -> bool:
 class ServiceProcess:
     """A service (`makelocal <command>`) as a real child process, to be killed for real."""
 
-    PORT_VARIABLE = {"registry": "MAKELOCAL_REGISTRY_PORT", "matcher": "MAKELOCAL_MATCHER_PORT"}
+    PORT_VARIABLE = {"registry": "MAKELOCAL_REGISTRY_PORT", "matcher": "MAKELOCAL_MATCHER_PORT",
+                     "notifier": "MAKELOCAL_NOTIFIER_PORT"}
 
     def __init__(self, env: dict[str, str], log: Path, command: str = "registry") -> None:
         self.command = command
@@ -196,3 +197,34 @@ class ServiceProcess:
             stop_process(self.proc)
 
 
+
+
+async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
+                          kind: str = "found", msg_id: bool = True, **fields: Any) -> list[str]:
+    """Match events as the matcher publishes them (pipelined); returns their ids. Without
+    `msg_id`, JetStream cannot drop a repeat: as a replay after its duplicate window."""
+    from datetime import UTC, datetime
+
+    from contracts.matches import MatchEvent, match_event_id, match_subject
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        ids, futures = [], []
+        for design_id, facility_id in pairs:
+            event_id = match_event_id(kind, design_id, 1, facility_id, 1)  # type: ignore[arg-type]
+            event = MatchEvent(
+                event_id=event_id, type=f"matches.{kind}", design_id=design_id,  # type: ignore[arg-type]
+                design_version=1, facility_id=facility_id, facility_version=1, score=0.9,
+                explanation=[], cause={"entity": "design", "entity_id": design_id,
+                                       "version": 1, "occurred_at": datetime.now(UTC)},
+                **fields)
+            futures.append(await js.publish_async(
+                match_subject(kind, design_id, facility_id),  # type: ignore[arg-type]
+                event.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": event_id} if msg_id else None))
+            ids.append(event_id)
+        await asyncio.gather(*futures)
+        return ids
+    finally:
+        await nc.close()

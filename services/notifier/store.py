@@ -126,7 +126,8 @@ class Store:
     # routing
 
     async def changes(self) -> int:
-        return int(await self.pool.fetchval("SELECT last_value FROM subscription_changes"))
+        return int(await self.pool.fetchval(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM subscription_changes"))
 
     async def routable(self) -> list[asyncpg.Record]:
         """Subscriptions that take alerts now: enabled, and verified if by email."""

@@ -1,0 +1,122 @@
+"""Real peers for the notifier's tests: an HTTP receiver on loopback whose behaviour is
+chosen by the path, and SMTP servers (aiosmtpd) that accept, refuse or defer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+import orjson
+from aiosmtpd.controller import Controller
+
+from makelocal.embedded import free_port
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers["webhook-id"]
+
+
+@dataclass
+class Receiver:
+    """ASGI app. Paths: /ok; /flaky/N (500 for the first N calls); /slow (answers after
+    5 s); /gone (410); /limited/S (429 with Retry-After: S once, then 200); /redirect
+    (302 to /ok); /down (always 503)."""
+
+    requests: list[Received] = field(default_factory=list)
+    calls: Counter = field(default_factory=Counter)
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.requests.append(Received(path, headers, body, time.monotonic()))
+        self.calls[path] += 1
+        status, extra = self._answer(path, self.calls[path])
+        if path == "/slow":
+            await asyncio.sleep(5)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in extra.items()]})
+        await send({"type": "http.response.body", "body": b'{"received": true}'})
+
+    def _answer(self, path: str, n: int) -> tuple[int, dict[str, str]]:
+        parts = path.strip("/").split("/")
+        if parts[0] == "flaky" and n <= int(parts[1]):
+            return 500, {}
+        if parts[0] == "gone":
+            return 410, {}
+        if parts[0] == "limited" and n == 1:
+            return 429, {"retry-after": parts[1]}
+        if parts[0] == "redirect":
+            return 302, {"location": "/ok"}
+        if parts[0] == "down":
+            return 503, {}
+        return 200, {}
+
+
+class MailServer:
+    """aiosmtpd on a free loopback port. Recipients starting with `bounce` get 550,
+    with `later` 451 on their first message; everyone else is accepted and kept."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.messages: list[Message] = []
+        self.tries: Counter = Counter()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list) -> str:
+        self.tries[address] += 1
+        if address.startswith("bounce"):
+            return "550 5.1.1 no such user"
+        if address.startswith("later") and self.tries[address] == 1:
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
+        return "250 OK"
+
+    def to(self, address: str) -> list[Message]:
+        return [m for m in self.messages if m["To"] == address]
+
+    def __enter__(self) -> MailServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+
+def text_of(message: Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            return part.get_payload(decode=True).decode()
+    return ""

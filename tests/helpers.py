@@ -228,3 +228,16 @@ async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
         return ids
     finally:
         await nc.close()
+
+
+async def metric(http: Any, name: str) -> float:
+    """A metric's value (without labels) from a service's /metrics; 0 when absent."""
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def consumed(http: Any, n: int) -> bool:
+    """Whether the notifier has consumed at least n match events."""
+    return await metric(http, "makelocal_notifier_events_consumed_total") >= n

@@ -9,7 +9,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from tests.conftest import auth
-from tests.helpers import InProcess, eventually, publish_matches, wait_ready
+from tests.helpers import InProcess, consumed, eventually, publish_matches, wait_ready
 from tests.receivers import Receiver
 
 
@@ -63,15 +63,9 @@ async def test_signed_batched_delivery(notifier: InProcess, org: tuple[str, str]
         assert all(d["attempts_log"][0]["status_code"] == 200 for d in logged)
         # a replayed event (same id) is not delivered again
         await publish_matches(notifier.settings.nats_url, pairs[:5], msg_id=False)
-        await eventually(lambda: _consumed(http, len(pairs) + 5))
+        await eventually(lambda: consumed(http, len(pairs) + 5))
         assert sum(d["item_count"] for d in await deliveries(http, org[1], sub["id"])) == 250
 
-
-async def _consumed(http: httpx.AsyncClient, n: int) -> bool:
-    metrics = (await http.get("/metrics")).text
-    line = next(x for x in metrics.splitlines()
-                if x.startswith("makelocal_notifier_events_consumed_total "))
-    return float(line.split()[1]) >= n
 
 
 async def _count_events(app: Receiver, path: str, n: int) -> bool:

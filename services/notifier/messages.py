@@ -9,12 +9,16 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
+
+
+_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 def body(kind: str, data: Mapping[str, Any]) -> bytes:
@@ -75,7 +79,9 @@ def email(delivery_id: UUID, kind: str, payload: Mapping[str, Any], *, sender: s
             lines.append(f"... and {total - len(events)} more; the API lists them all.")
     if unsubscribe:
         lines += ["", f"Unsubscribe: {unsubscribe}"]
-    message = EmailMessage()
+    # Long header lines stay whole: a folded List-Unsubscribe URL gets RFC 2047-encoded,
+    # and mail clients then cannot follow it.
+    message = EmailMessage(policy=_POLICY)
     message["From"], message["To"], message["Subject"] = sender, to, subject
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = f"<{delivery_id}@makelocal>"

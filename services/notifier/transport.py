@@ -8,6 +8,7 @@ import ipaddress
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import parseaddr
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosmtplib
@@ -95,7 +96,11 @@ async def send_mail(server: SmtpServer, message: EmailMessage) -> Result:
         return Result(status, (time.perf_counter() - started) * 1000, error)
 
     try:
-        await aiosmtplib.send(message, hostname=server.host, port=server.port,
+        # Flattened here, with the message's own policy: aiosmtplib's would fold long
+        # header lines (the unsubscribe URL) into encoded words.
+        await aiosmtplib.send(message.as_bytes(), sender=parseaddr(message["From"])[1],
+                              recipients=[parseaddr(message["To"])[1]],
+                              hostname=server.host, port=server.port,
                               start_tls=server.starttls, username=server.username,
                               password=server.password, timeout=server.timeout)
     except aiosmtplib.SMTPRecipientsRefused as exc:

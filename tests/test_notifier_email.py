@@ -1,0 +1,95 @@
+"""Email alerts through a real SMTP server (aiosmtpd): verification first, digests,
+one-click unsubscribe, 5xx suppresses the address, 4xx is retried."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+from tests.conftest import auth
+from tests.helpers import InProcess, consumed, eventually, publish_matches, wait_ready
+from tests.receivers import MailServer, text_of
+
+
+async def email_subscription(http: httpx.AsyncClient, key: str, address: str,
+                             **filter_: Any) -> dict[str, Any]:
+    response = await http.post("/v1/subscriptions", headers=auth(key), json={
+        "channel": "email", "address": address, "filter": filter_})
+    assert response.status_code == 201, response.text
+    assert "secret" not in response.json() and response.json()["verified"] is False
+    return response.json()
+
+
+async def confirm(http: httpx.AsyncClient, mail: MailServer, address: str) -> None:
+    await eventually(lambda: _has_mail(mail, address, 1))
+    link = re.search(r"(http://\S+/v1/email/verify\?token=\S+)", text_of(mail.to(address)[0]))
+    assert link is not None
+    page = await http.get(link.group(1).replace("http://127.0.0.1:8003", str(http.base_url)))
+    assert page.status_code == 200 and "confirmed" in page.text
+
+
+async def _has_mail(mail: MailServer, address: str, n: int) -> bool:
+    return len(mail.to(address)) >= n
+
+
+async def test_verified_digest_with_one_click_unsubscribe(
+        notifier: InProcess, org: tuple[str, str], mail_server: MailServer) -> None:
+    await wait_ready(notifier.url)
+    nats_url = notifier.settings.nats_url
+    async with httpx.AsyncClient(base_url=notifier.url, timeout=10) as http:
+        sub = await email_subscription(http, org[1], "maker@example.org", facility_ids=["f1"])
+        await eventually(lambda: _has_mail(mail_server, "maker@example.org", 1))
+        # before confirmation: nothing but the verification message
+        await publish_matches(nats_url, [("early", "f1")])
+        test = await http.post(f"/v1/subscriptions/{sub['id']}/test", headers=auth(org[1]))
+        assert test.status_code == 409
+        await confirm(http, mail_server, "maker@example.org")
+        # 300 matches close together: one digest email
+        await publish_matches(nats_url, [(f"d{i}", "f1") for i in range(300)])
+        await eventually(lambda: _has_mail(mail_server, "maker@example.org", 2), timeout=20)
+        digest = mail_server.to("maker@example.org")[1]
+        assert digest["Subject"] == "makelocal: 300 match changes"
+        assert "early" not in text_of(digest)
+        assert digest["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert {p.get_content_type() for p in digest.walk()} >= {"text/plain", "text/html"}
+        unsubscribe = digest["List-Unsubscribe"].strip("<>").replace(
+            "http://127.0.0.1:8003", str(http.base_url))
+        page = await http.get(unsubscribe)
+        assert page.status_code == 200 and "<form" in page.text
+        assert (await http.get(f"/v1/subscriptions/{sub['id']}", headers=auth(org[1]))
+                ).json()["enabled"] is True  # a GET (a link scanner) changes nothing
+        done = await http.post(unsubscribe, content=b"List-Unsubscribe=One-Click")
+        assert done.status_code == 200
+        after = (await http.get(f"/v1/subscriptions/{sub['id']}", headers=auth(org[1]))).json()
+        assert after["enabled"] is False and after["disabled_reason"] == "unsubscribed"
+        await publish_matches(nats_url, [("late", "f1")])
+        await eventually(lambda: consumed(http, 302))
+        assert len(mail_server.to("maker@example.org")) == 2
+
+
+
+async def test_hard_bounce_suppresses_and_soft_bounce_retries(
+        notifier: InProcess, org: tuple[str, str], mail_server: MailServer) -> None:
+    await wait_ready(notifier.url)
+    async with httpx.AsyncClient(base_url=notifier.url, timeout=10) as http:
+        bounce = await email_subscription(http, org[1], "bounce@example.org")
+        later = await email_subscription(http, org[1], "later@example.org")
+
+        async def statuses(sub_id: str) -> list[str]:
+            response = await http.get(f"/v1/subscriptions/{sub_id}/deliveries",
+                                      headers=auth(org[1]))
+            return [d["status"] for d in response.json()["items"]]
+
+        # the verification mail to the 550 address fails for good, at the first attempt
+        assert await eventually(lambda: _is(statuses(bounce["id"]), ["failed"]))
+        assert mail_server.tries["bounce@example.org"] == 1
+        # the 451 address gets it on the second attempt
+        assert await eventually(lambda: _is(statuses(later["id"]), ["delivered"]))
+        assert mail_server.tries["later@example.org"] == 2
+        assert len(mail_server.to("later@example.org")) == 1
+
+
+async def _is(awaitable: Any, expected: list[str]) -> bool:
+    return await awaitable == expected

@@ -141,7 +141,7 @@ def notifier_settings(settings: RegistrySettings, mail_server: MailServer) -> No
         notifier_retry_schedule="0.3,0.6,0.9", notifier_timeout_s=1.0,
         notifier_allow_cidrs="127.0.0.0/8,::1/128", notifier_sweep_s=0.1,
         notifier_email_linger_s=0.2, notifier_email_max_wait_s=1.0,
-        smtp_port=mail_server.port, smtp_timeout_s=5.0)
+        smtp_port=mail_server.port, smtp_timeout_s=2.0, notifier_lease_margin_s=1.0)
 
 
 @pytest.fixture
@@ -150,7 +150,8 @@ def notifier_env(notifier_settings: NotifierSettings) -> dict[str, str]:
     return {f"MAKELOCAL_{name.upper()}": str(getattr(s, name)) for name in (
         "nats_url", "database_url", "notifier_db_schema", "notifier_keys_schema",
         "notifier_durable", "notifier_retry_schedule", "notifier_timeout_s",
-        "notifier_allow_cidrs", "notifier_sweep_s", "smtp_port")}
+        "notifier_allow_cidrs", "notifier_sweep_s", "smtp_port", "smtp_timeout_s",
+        "notifier_lease_margin_s")}
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -172,13 +172,29 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, **extra_env: str) -> ServiceProcess:
+    def start(self, wait: bool = True, **extra_env: str) -> ServiceProcess:
+        """Start it; with `wait`, block until it listens (only where nothing in this event
+        loop must answer meanwhile: else use `wait=False` and `await listening()`)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "makelocal.cli", self.command], env=self.env | extra_env,
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        if self.command in self.PORT_VARIABLE:
+        if wait and self.command in self.PORT_VARIABLE:
             wait_for_port(self.port, 30, self.proc)
         return self
+
+    async def listening(self, timeout: float = 30) -> None:
+        async def open_() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.command} exited with {self.proc.returncode}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await eventually(open_, timeout=timeout)
 
     async def wait_dead(self, timeout: float = 20) -> int:
         """The exit status, waiting without blocking the loop (in-process services run)."""

@@ -45,7 +45,7 @@ class Dispatcher:
                                s.smtp_password.get_secret_value() if s.smtp_password else None,
                                s.smtp_timeout_s)
         # past the longest an attempt can take: only then may another process retry it
-        self.lease_s = max(s.notifier_timeout_s, s.smtp_timeout_s) + 10
+        self.lease_s = max(s.notifier_timeout_s, s.smtp_timeout_s) + s.notifier_lease_margin_s
         self.slots = asyncio.Semaphore(s.notifier_concurrency)
         self.in_flight: set[asyncio.Task] = set()
         self._wake = asyncio.Event()

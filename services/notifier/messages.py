@@ -17,7 +17,6 @@ from uuid import UUID
 
 import orjson
 
-
 _POLICY = policy.SMTP.clone(max_line_length=998)
 
 

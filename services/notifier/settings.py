@@ -34,6 +34,8 @@ class NotifierSettings(CommonSettings):
     # CIDRs webhooks may reach although they are not public (the local stack: loopback)
     notifier_allow_cidrs: str = ""
     notifier_sweep_s: float = 0.5
+    # how long past an attempt's timeout a claimed delivery stays with its process
+    notifier_lease_margin_s: float = 10.0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_starttls: bool = False

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from services.matcher.settings import MatcherSettings
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
 
+JSON = {"Content-Type": "application/json"}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.exists():  # CI lays shared/ beside the clone
     DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -257,3 +259,18 @@ async def metric(http: Any, name: str) -> float:
 async def consumed(http: Any, n: int) -> bool:
     """Whether the notifier has consumed at least n match events."""
     return await metric(http, "makelocal_notifier_events_consumed_total") >= n
+
+
+def lab(name: str, processes: list[str], *, status: str = "Active", lat: float = 48.85,
+        lon: float = 2.35, materials: Sequence[str] = ()) -> bytes:
+    return json.dumps({"name": name, "facility_status": status,
+                       "manufacturing_processes": processes,
+                       "typical_materials": list(materials),
+                       "location": {"gps_coordinates": f"{lat}, {lon}"}}).encode()
+
+
+def okh(name: str, tsdc: list[str], material: str | None = None) -> bytes:
+    doc: dict = {"okhv": "OKH-LOSHv1.0", "name": name, "tsdc": tsdc}
+    if material:
+        doc["material"] = material
+    return json.dumps(doc).encode()

@@ -4,7 +4,6 @@ final registry state) through SIGKILL mid-fan-out and changes made while it was 
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -15,33 +14,21 @@ from contracts.matches import MatchEvent
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
 from tests.helpers import (
+    JSON,
     InProcess,
     InProcessMatcher,
     ServiceProcess,
     eventually,
     expected_matches,
+    lab,
+    okh,
     reduce_matches,
     stream_messages,
     wait_ready,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-JSON = {"Content-Type": "application/json"}
 
-
-def lab(name: str, processes: list[str], *, status: str = "Active", lat: float = 48.85,
-        lon: float = 2.35, materials: list[str] = ()) -> bytes:
-    return json.dumps({"name": name, "facility_status": status,
-                       "manufacturing_processes": processes,
-                       "typical_materials": list(materials),
-                       "location": {"gps_coordinates": f"{lat}, {lon}"}}).encode()
-
-
-def okh(name: str, tsdc: list[str], material: str | None = None) -> bytes:
-    doc: dict = {"okhv": "OKH-LOSHv1.0", "name": name, "tsdc": tsdc}
-    if material:
-        doc["material"] = material
-    return json.dumps(doc).encode()
 
 
 async def settled(registry: InProcess, timeout: float = 30,

@@ -98,6 +98,9 @@ async def test_retries_timeouts_gone_redirects_and_retry_after(
             return True
 
         await eventually(settled, timeout=30, interval=0.2)
+        for name, sub in subs.items():  # every attempt of every delivery is signed
+            sent = [r for r in app.requests if r.path == sub["url"].removeprefix(base)]
+            assert sent and len(verified_events(sub["secret"], sent)) == len(sent), name
         # flaky: two 500s then 200, one webhook-id throughout
         flaky = app.at("/flaky/2")
         assert len(flaky) == 3 and len({r.webhook_id for r in flaky}) == 1

@@ -44,21 +44,25 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str
 
 def test_up_runs_the_stack_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     ports = {"nats": free_port(), "nats-monitor": free_port(), "postgres": free_port(),
-             "registry": free_port(), "matcher": free_port()}
+             "registry": free_port(), "matcher": free_port(), "notifier": free_port(),
+             "smtp": free_port()}
     proc = _up(tmp_path / "data", ports)
     try:
         printed = _read_until(proc, "ready")
         assert f"http://127.0.0.1:{ports['registry']}" in printed
         assert f"nats://127.0.0.1:{ports['nats']}" in printed
         assert str(tmp_path / "data") in printed
-        for service in ("registry", "matcher"):
+        assert f"127.0.0.1:{ports['smtp']}" in printed and str(tmp_path / "data" / "mail") \
+            in printed
+        for service in ("registry", "matcher", "notifier"):
             url = f"http://127.0.0.1:{ports[service]}/readyz"
             deadline = time.monotonic() + 30
             while (ready := httpx.get(url, timeout=10)).status_code != 200:
                 assert time.monotonic() < deadline, ready.text
                 time.sleep(0.2)
+        _email_reaches_the_mail_sink(tmp_path / "data", ports["notifier"])
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 4
+        assert len(children) >= 6
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -68,6 +72,25 @@ def test_up_runs_the_stack_and_sigterm_leaves_no_process(tmp_path: Path) -> None
     for port in ports.values():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _email_reaches_the_mail_sink(data_dir: Path, notifier_port: int) -> None:
+    """An organization made with `makelocal org create`, an email subscription, and its
+    verification message kept as an .eml file by the stack's SMTP sink."""
+    made = subprocess.run([sys.executable, "-m", "makelocal.cli", "org", "create", "Lab",
+                           "--data-dir", str(data_dir)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    key = made.stdout.split("API key (shown once, store it now): ")[1].strip()
+    response = httpx.post(f"http://127.0.0.1:{notifier_port}/v1/subscriptions", timeout=10,
+                          headers={"Authorization": f"Bearer {key}"},
+                          json={"channel": "email", "address": "maker@example.org"})
+    assert response.status_code == 201, response.text
+    deadline = time.monotonic() + 30
+    while not list((data_dir / "mail").glob("*.eml")):
+        assert time.monotonic() < deadline, "no .eml in the mail sink's folder"
+        time.sleep(0.2)
+    mail = next((data_dir / "mail").glob("*.eml")).read_text()
+    assert "To: maker@example.org" in mail and "/v1/email/verify?token=" in mail
 
 
 def test_a_port_in_use_is_a_one_line_error_naming_the_option(tmp_path: Path) -> None:

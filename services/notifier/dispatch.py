@@ -13,17 +13,18 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
-import httpx
 import orjson
 
 from services.common import db
 from services.common.faults import crash_point
 from services.notifier import messages, schedule, signing
 from services.notifier.guard import Guard
+from services.notifier.http1 import Http1Pool
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Batching, Store
@@ -48,12 +49,11 @@ class Dispatcher:
         self.lease_s = max(s.notifier_timeout_s, s.smtp_timeout_s) + s.notifier_lease_margin_s
         self.slots = asyncio.Semaphore(s.notifier_concurrency)
         self.in_flight: set[asyncio.Task] = set()
-        self._wake = asyncio.Event()
+        self._items = asyncio.Event()  # items arrived: batches may be due
+        self._deliveries = asyncio.Event()  # deliveries made or slots freed: claim
         self._hot_until = 0.0
-        self.client = httpx.AsyncClient(
-            follow_redirects=False, trust_env=False,
-            limits=httpx.Limits(max_connections=s.notifier_concurrency,
-                                max_keepalive_connections=s.notifier_concurrency))
+        self.successes = Batcher(store.delivered)
+        self.http = Http1Pool()
 
     async def run(self) -> None:
         """Forever; after an error (database gone), start over."""
@@ -69,47 +69,55 @@ class Dispatcher:
         finally:
             for task in self.in_flight:
                 task.cancel()
-            await self.client.aclose()
 
     async def _run_once(self) -> None:
         conn = await db.connect(self.settings.database_url, self.settings.notifier_db_schema)
         try:
             await conn.add_listener(f"{self.settings.notifier_db_schema}_work", self._notified)
-            while True:
-                await self.store.assemble(self.batching, self._render)
-                free = self.settings.notifier_concurrency - len(self.in_flight)
-                claimed = await self.store.claim(free, self.lease_s) if free > 0 else []
-                for delivery in claimed:
-                    task = asyncio.create_task(self._attempt(delivery))
-                    self.in_flight.add(task)
-                    task.add_done_callback(self._done)
-                if claimed and len(claimed) == free:
-                    await self._wait(0.01)
-                elif not claimed:
-                    hot = time.monotonic() < self._hot_until
-                    await self._wait(self.batching.linger_s if hot else
-                                     self.settings.notifier_sweep_s)
+            await asyncio.gather(self._assemble_loop(), self._claim_loop())
         finally:
             await conn.close()
 
-    def _notified(self, *_: object) -> None:
-        # Items just arrived: look again every linger interval until their batch is due.
-        self._hot_until = time.monotonic() + max(self.batching.max_wait_s,
-                                                 self.batching.email_linger_s) + 0.1
-        self._wake.set()
+    async def _assemble_loop(self) -> None:
+        """Waiting items into deliveries: right after items arrive, then every linger
+        interval while a batch may be filling, else every sweep."""
+        while True:
+            if await self.store.assemble(self.batching, self._render):
+                self._deliveries.set()
+            hot = time.monotonic() < self._hot_until
+            await _wait(self._items, self.batching.linger_s if hot else
+                        self.settings.notifier_sweep_s)
+
+    async def _claim_loop(self) -> None:
+        """Due deliveries into attempts, as many as there are free slots. Slots freed one
+        by one are gathered for a moment, so that a claim takes many at once."""
+        limit = self.settings.notifier_concurrency
+        while True:
+            free = limit - len(self.in_flight)
+            claimed = await self.store.claim(free, self.lease_s) if free > 0 else []
+            for delivery in claimed:
+                task = asyncio.create_task(self._attempt(delivery))
+                self.in_flight.add(task)
+                task.add_done_callback(self._done)
+            if not claimed or len(claimed) == free:
+                await _wait(self._deliveries, self.settings.notifier_sweep_s)
+                if self.in_flight:
+                    await asyncio.sleep(0.002)
+
+    def _notified(self, _conn: object, _pid: object, _channel: object, table: object) -> None:
+        if table == "items":
+            # a batch may be filling: look again every linger interval until it is due
+            self._hot_until = time.monotonic() + max(self.batching.max_wait_s,
+                                                     self.batching.email_linger_s) + 0.1
+            self._items.set()
+        else:
+            self._deliveries.set()
 
     def _done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
-        self._wake.set()
+        self._deliveries.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery attempt failed to record", exc_info=task.exception())
-
-    async def _wait(self, timeout: float) -> None:
-        self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def _render(self, subscription: asyncpg.Record, events: list[Any], total: int) -> bytes:
         return messages.matches_body(subscription["id"], events, total)
@@ -142,7 +150,7 @@ class Dispatcher:
         body = bytes(d["body"])
         secrets = [d["secret"]] + ([d["previous_secret"]] if d["previous_secret"] else [])
         headers = signing.headers(secrets, f"msg_{d['id'].hex}", int(time.time()), body)
-        result = await post(self.client, self.guard, d["url"], headers, body,
+        result = await post(self.http, self.guard, d["url"], headers, body,
                             self.settings.notifier_timeout_s)
         crash_point("notifier.after_send")
         outcome = schedule.classify(result.status, d["attempts"], self.settings.schedule,
@@ -182,11 +190,16 @@ class Dispatcher:
 
     async def _finish(self, d: asyncpg.Record, channel: str, result: Result, outcome: str, *,
                       delay: float | None = None, disable_reason: str | None = None) -> None:
-        disabled = await self.store.finish(
-            d["id"], d["subscription_id"], status=result.status, duration_ms=result.duration_ms,
-            error=result.error, response=result.response, outcome=outcome, delay=delay,
-            disable_reason=disable_reason,
-            disable_after_s=self.settings.notifier_disable_after_s)
+        disabled = False
+        if outcome == "delivered":
+            await self.successes.add((d["id"], d["subscription_id"], result.status,
+                                      result.duration_ms, result.response))
+        else:
+            disabled = await self.store.finish(
+                d["id"], d["subscription_id"], status=result.status,
+                duration_ms=result.duration_ms, error=result.error, response=result.response,
+                outcome=outcome, delay=delay, disable_reason=disable_reason,
+                disable_after_s=self.settings.notifier_disable_after_s)
         self.metrics.deliveries.labels(channel, outcome).inc()
         if outcome != "cancelled":
             self.metrics.attempt_seconds.labels(channel).observe(result.duration_ms / 1000)
@@ -201,3 +214,46 @@ class Dispatcher:
                     d["subscription_id"], "notice",
                     messages.notice_body(d["subscription_id"], disable_reason
                                          or "it failed for too long without a success"))
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+    event.clear()
+
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """Gathers what concurrent callers add for a moment and writes it with one call;
+    each caller returns once its item is written (or raises what the write raised)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]],
+                 gather_s: float = 0.002) -> None:
+        self.write, self.gather_s = write, gather_s
+        self.waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self.flushing: asyncio.Task | None = None
+
+    async def add(self, item: T) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, done))
+        if self.flushing is None:
+            self.flushing = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.gather_s)
+        batch, self.waiting, self.flushing = self.waiting, [], None
+        try:
+            await self.write([item for item, _ in batch])
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)

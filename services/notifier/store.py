@@ -153,58 +153,100 @@ class Store:
 
     async def assemble(self, batching: Batching, body_of: Any) -> int:
         """Gather waiting items into deliveries for every subscription whose batch is
-        ready; returns the number of deliveries made. `body_of(subscription, events, total)`
-        renders a delivery's body."""
+        ready; returns the number of deliveries made. Webhook batches are made in one
+        statement for all subscriptions; email digests (few, large) one by one, each
+        rendered by `body_of(subscription, events, total)`."""
+        made = await self._assemble_webhooks(batching)
         b = batching
         ready = await self.pool.fetch(
             "SELECT i.subscription_id FROM items i JOIN subscriptions s"
             " ON s.id = i.subscription_id WHERE i.delivery_id IS NULL AND s.enabled"
-            " GROUP BY i.subscription_id, s.channel, s.digest HAVING"
-            " (s.channel = 'webhook' AND (count(*) >= $1"
-            "   OR max(i.created_at) <= now() - make_interval(secs => $2)"
-            "   OR min(i.created_at) <= now() - make_interval(secs => $3)))"
-            " OR (s.channel = 'email' AND ("
-            "   (s.digest = 'immediate' AND (max(i.created_at) <= now() - make_interval(secs => $4)"
-            "     OR min(i.created_at) <= now() - make_interval(secs => $5)))"
-            "   OR (s.digest = 'hourly' AND min(i.created_at) <= now() - interval '1 hour')"
-            "   OR (s.digest = 'daily' AND min(i.created_at) <= now() - interval '1 day')))"
-            " LIMIT 200", b.max_items, b.linger_s, b.max_wait_s, b.email_linger_s,
-            b.email_max_wait_s)
-        made = 0
+            " AND s.channel = 'email' GROUP BY i.subscription_id, s.digest HAVING"
+            " (s.digest = 'immediate' AND (max(i.created_at) <= now() - make_interval(secs => $1)"
+            "   OR min(i.created_at) <= now() - make_interval(secs => $2)))"
+            " OR (s.digest = 'hourly' AND min(i.created_at) <= now() - interval '1 hour')"
+            " OR (s.digest = 'daily' AND min(i.created_at) <= now() - interval '1 day')"
+            " LIMIT 200", b.email_linger_s, b.email_max_wait_s)
         for row in ready:
-            made += await self._assemble_one(row["subscription_id"], b.max_items, body_of)
+            made += await self._assemble_email(row["subscription_id"], body_of)
         return made
 
-    async def _assemble_one(self, subscription_id: str, max_items: int, body_of: Any) -> int:
-        made = 0
-        while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                # One process assembles a subscription at a time; the others skip it.
-                sub = await conn.fetchrow(
-                    "SELECT id, channel FROM subscriptions WHERE id = $1 AND enabled"
-                    " FOR UPDATE SKIP LOCKED", subscription_id)
-                if sub is None:
-                    return made
-                webhook = sub["channel"] == "webhook"
-                items = await conn.fetch(
-                    "SELECT event_id, payload, occurred_at FROM items WHERE subscription_id = $1"
-                    " AND delivery_id IS NULL ORDER BY created_at, event_id LIMIT $2",
-                    subscription_id, max_items if webhook else 1_000_000)
-                if not items:
-                    return made
-                delivery_id = uuid.uuid4()
-                shown = items if webhook else items[:EMAIL_SAMPLE]
-                body = body_of(sub, [r["payload"] for r in shown], len(items))
-                oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
-                await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
-                                       item_count=len(items), oldest=oldest)
-                await conn.execute(
-                    "UPDATE items SET delivery_id = $1 WHERE subscription_id = $2"
-                    " AND event_id = ANY($3::text[])",
-                    delivery_id, subscription_id, [r["event_id"] for r in items])
-                made += 1
-                if not webhook or len(items) < max_items:
-                    return made
+    async def _assemble_webhooks(self, b: Batching) -> int:
+        """Every ready subscription's full batches of `max_items`, and its last partial
+        batch once no item came for `linger_s` or the oldest waited `max_wait_s`. The
+        body is built here, in SQL, in the same shape as messages.matches_body. A
+        subscription another process is assembling (row locked) is skipped."""
+        return int(await self.pool.fetchval(
+            """
+            WITH ready AS (
+                SELECT i.subscription_id, count(*) AS n,
+                       (max(i.created_at) <= now() - make_interval(secs => $2)
+                        OR min(i.created_at) <= now() - make_interval(secs => $3)) AS flush
+                FROM items i JOIN subscriptions s ON s.id = i.subscription_id
+                WHERE i.delivery_id IS NULL AND s.enabled AND s.channel = 'webhook'
+                GROUP BY i.subscription_id
+                HAVING count(*) >= $1
+                    OR max(i.created_at) <= now() - make_interval(secs => $2)
+                    OR min(i.created_at) <= now() - make_interval(secs => $3)
+                LIMIT 2000),
+            locked AS (
+                SELECT s.id FROM subscriptions s JOIN ready r ON r.subscription_id = s.id
+                FOR UPDATE OF s SKIP LOCKED),
+            numbered AS (
+                SELECT i.subscription_id, i.event_id, i.payload, i.occurred_at, r.n, r.flush,
+                       row_number() OVER (PARTITION BY i.subscription_id
+                                          ORDER BY i.created_at, i.event_id) - 1 AS rn
+                FROM items i JOIN locked l ON l.id = i.subscription_id
+                JOIN ready r ON r.subscription_id = i.subscription_id
+                WHERE i.delivery_id IS NULL),
+            chunks AS MATERIALIZED (
+                SELECT subscription_id, chunk, gen_random_uuid() AS id, count(*) AS k,
+                       min(occurred_at) AS oldest, array_agg(event_id ORDER BY rn) AS event_ids,
+                       jsonb_agg(payload ORDER BY rn) AS events
+                FROM (SELECT *, rn / $1 AS chunk FROM numbered) x
+                WHERE chunk < n / $1 OR flush
+                GROUP BY subscription_id, chunk),
+            made AS (
+                INSERT INTO deliveries (id, subscription_id, kind, body, item_count,
+                                        oldest_change_at)
+                SELECT id, subscription_id, 'matches', convert_to(jsonb_build_object(
+                    'type', 'matches', 'timestamp', now(),
+                    'data', jsonb_build_object('subscription_id', subscription_id,
+                                               'count', k, 'events', events))::text, 'UTF8'),
+                       k, oldest
+                FROM chunks RETURNING 1),
+            assigned AS (
+                UPDATE items i SET delivery_id = c.id
+                FROM (SELECT id, subscription_id, unnest(event_ids) AS event_id FROM chunks) c
+                WHERE i.subscription_id = c.subscription_id AND i.event_id = c.event_id
+                RETURNING 1)
+            SELECT (SELECT count(*) FROM made) + 0 * (SELECT count(*) FROM assigned)
+            """, b.max_items, b.linger_s, b.max_wait_s))
+
+    async def _assemble_email(self, subscription_id: str, body_of: Any) -> int:
+        """All of one subscription's waiting items as one digest."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One process assembles a subscription at a time; the others skip it.
+            sub = await conn.fetchrow(
+                "SELECT id, channel FROM subscriptions WHERE id = $1 AND enabled"
+                " FOR UPDATE SKIP LOCKED", subscription_id)
+            if sub is None:
+                return 0
+            items = await conn.fetch(
+                "SELECT event_id, payload, occurred_at FROM items WHERE subscription_id = $1"
+                " AND delivery_id IS NULL ORDER BY created_at, event_id", subscription_id)
+            if not items:
+                return 0
+            delivery_id = uuid.uuid4()
+            body = body_of(sub, [r["payload"] for r in items[:EMAIL_SAMPLE]], len(items))
+            oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
+            await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
+                                   item_count=len(items), oldest=oldest)
+            await conn.execute(
+                "UPDATE items SET delivery_id = $1 WHERE subscription_id = $2"
+                " AND event_id = ANY($3::text[])",
+                delivery_id, subscription_id, [r["event_id"] for r in items])
+            return 1
 
     async def add_delivery(self, subscription_id: str, kind: str, body: bytes) -> uuid.UUID:
         async with self.pool.acquire() as conn:
@@ -230,22 +272,14 @@ class Store:
                      duration_ms: float, error: str | None, response: str | None,
                      outcome: str, delay: float | None = None, disable_reason: str | None = None,
                      disable_after_s: float | None = None) -> bool:
-        """Record an attempt and its consequence: outcome 'delivered', 'retry' (after
-        `delay` s), 'failed' or 'cancelled'. Returns True when this attempt disabled the
-        subscription (the caller tells its owner)."""
+        """Record a failed attempt and its consequence: outcome 'retry' (after `delay` s),
+        'failed' or 'cancelled'. Returns True when this attempt disabled the subscription
+        (the caller tells its owner). Successes go through `delivered`, many at once."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO attempts (delivery_id, status_code, duration_ms, error,"
                 " response_body) VALUES ($1, $2, $3, $4, $5)",
                 delivery_id, status, duration_ms, error, response)
-            if outcome == "delivered":
-                await conn.execute(
-                    "UPDATE deliveries SET status = 'delivered', finished_at = now(),"
-                    " last_status = $2, last_error = NULL WHERE id = $1", delivery_id, status)
-                await conn.execute(
-                    "UPDATE subscriptions SET last_success_at = now(), failing_since = NULL"
-                    " WHERE id = $1", subscription_id)
-                return False
             if outcome == "retry":
                 await conn.execute(
                     "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2),"
@@ -273,6 +307,28 @@ class Store:
                 " updated_at = now() WHERE id = $1 AND enabled", subscription_id, disable_reason)
             await conn.execute("SELECT nextval('subscription_changes')")
             return result.endswith(" 1")
+
+    async def delivered(self, rows: list[tuple[uuid.UUID, str, int, float, str | None]]) -> None:
+        """Successful attempts (delivery, subscription, status, duration ms, response), in
+        one transaction: under load, one round of statements for a few hundred."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO attempts (delivery_id, status_code, duration_ms, response_body)"
+                " SELECT * FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])",
+                [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                [r[4] for r in rows])
+            await conn.execute(
+                "UPDATE deliveries d SET status = 'delivered', finished_at = now(),"
+                " last_status = u.status, last_error = NULL"
+                " FROM unnest($1::uuid[], $2::int[]) AS u(id, status) WHERE d.id = u.id",
+                [r[0] for r in rows], [r[2] for r in rows])
+            # A subscription's row is written only when there is news: most successes
+            # follow others a moment ago.
+            await conn.execute(
+                "UPDATE subscriptions SET last_success_at = now(), failing_since = NULL"
+                " WHERE id = ANY($1::text[]) AND (failing_since IS NOT NULL"
+                " OR last_success_at IS NULL OR last_success_at < now() - interval '1 minute')",
+                sorted({r[1] for r in rows}))
 
     async def deliveries(self, subscription_id: str, owner: str, status: str | None,
                          limit: int) -> list[asyncpg.Record]:
@@ -311,7 +367,7 @@ class Store:
                 " attempts = 0, finished_at = NULL FROM subscriptions s"
                 f" WHERE s.id = d.subscription_id AND {where} RETURNING d.id, d.status",
                 *args)
-            await conn.execute("SELECT pg_notify(current_schema() || '_work', '')")
+            await conn.execute("SELECT pg_notify(current_schema() || '_work', 'deliveries')")
         return rows
 
     # email addresses

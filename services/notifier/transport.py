@@ -4,18 +4,17 @@ or one email over SMTP. Each returns what happened; neither raises for the peer'
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import parseaddr
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiosmtplib
-import httpx
 
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
+from services.notifier.http1 import Http1Pool
 
 RESPONSE_KEEP = 4096  # bytes of a response body kept in the attempt log
 
@@ -30,7 +29,7 @@ class Result:
     refused: bool = False  # the guard refused the destination
 
 
-async def post(client: httpx.AsyncClient, guard: Guard, url: str, headers: dict[str, str],
+async def post(pool: Http1Pool, guard: Guard, url: str, headers: dict[str, str],
                body: bytes, timeout: float) -> Result:
     """POST without following redirects, to the checked address, the whole exchange
     bounded by `timeout` (a peer that trickles bytes cannot hold it longer); only the
@@ -47,34 +46,24 @@ async def post(client: httpx.AsyncClient, guard: Guard, url: str, headers: dict[
     except Refused as exc:
         return done(0, f"refused: {exc}", refused=True)
     parts = urlsplit(url)
-    literal = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default = 443 if scheme == "https" else 80
-    target = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
-    host_header = host if port == default else f"{host}:{port}"
-    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 literal
+    host_header = shown if port == default else f"{shown}:{port}"
     try:
         async with asyncio.timeout(timeout):
-            request = client.build_request("POST", target, content=body,
-                                           headers=headers | {"host": host_header},
-                                           extensions=extensions)
-            response = await client.send(request, stream=True, follow_redirects=False)
-            try:
-                kept = bytearray()
-                async for chunk in response.aiter_raw():
-                    kept += chunk
-                    if len(kept) >= RESPONSE_KEEP:
-                        break
-            finally:
-                await response.aclose()
+            response = await pool.post(scheme, str(ip), port, host, target,
+                                       headers | {"host": host_header}, body, RESPONSE_KEEP)
     except TimeoutError:
         return done(0, f"timed out after {timeout:g} s")
-    except (httpx.HTTPError, OSError) as exc:
-        # The URL may carry the receiver's token in its query: never in the attempt log.
-        said = str(exc).replace(target, "<url>").replace(url, "<url>")
-        return done(0, f"{type(exc).__name__}: {said}"[:300])
-    text = bytes(kept[:RESPONSE_KEEP]).decode("utf-8", "replace")
-    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-    return done(response.status_code, error, text, response.headers.get("retry-after"))
+    except (OSError, EOFError, ValueError, asyncio.LimitOverrunError,
+            asyncio.IncompleteReadError) as exc:
+        # Our own words: the URL may carry the receiver's token in its query.
+        return done(0, f"{type(exc).__name__}: connection failed or answer unreadable")
+    text = response.body.decode("utf-8", "replace")
+    ok = 200 <= response.status < 300
+    return done(response.status, None if ok else f"HTTP {response.status}", text,
+                response.headers.get("retry-after"))
 
 
 @dataclass(frozen=True)

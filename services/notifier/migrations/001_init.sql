@@ -90,7 +90,7 @@ CREATE TABLE suppressed_addresses (
 
 CREATE FUNCTION work_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '_work', '');
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '_work', TG_TABLE_NAME);
     RETURN NULL;
 END $$;
 CREATE TRIGGER items_inserted AFTER INSERT ON items

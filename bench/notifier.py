@@ -1,0 +1,209 @@
+"""Notifier benchmark, with real NATS, PostgreSQL and service processes.
+
+1. Deliveries/s: S webhook subscriptions, waves of one match event per subscription
+   published straight to MATCHES; webhook calls and match events per second at a local
+   receiver.
+2. Through the whole stack (registry, matcher, notifier as processes): new designs posted at
+   a fixed rate, latency from the registry's HTTP response to the webhook that carries the
+   design's match; then higher rates, to find the highest one the stack sustains.
+
+    python -m bench.notifier [--subscriptions 1000] [--waves 5] [--rates 200,400,800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.registry import RawHttpClient
+from makelocal.embedded import NatsServer, PostgresServer, free_port, stop_process, wait_for_port
+from services.common import db
+from services.registry.store import Store
+from tests.helpers import lab, publish_matches
+
+
+class Receiver:
+    """A minimal keep-alive HTTP/1.1 server on loopback: costs little CPU, notes when each
+    design's match arrived."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.events = 0
+        self.first: float | None = None
+        self.last = 0.0
+        self.arrived: dict[str, float] = {}
+
+    async def start(self) -> int:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                now = time.perf_counter()
+                self.first = self.first or now
+                self.last = now
+                self.calls += 1
+                for event in orjson.loads(body)["data"]["events"]:
+                    self.events += 1
+                    self.arrived.setdefault(event["design_id"], now)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def start(command: str, env: dict[str, str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", command], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, 60, proc)
+    return proc
+
+
+async def wait_until(check, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
+
+
+async def deliveries_per_second(nats_url: str, notifier: RawHttpClient, key: str,
+                                receiver: Receiver, url: str, subscriptions: int,
+                                waves: int) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for i in range(subscriptions):
+        status, body = await notifier.post("/v1/subscriptions", json.dumps({
+            "channel": "webhook", "url": url, "filter": {"facility_ids": [f"bf{i}"]}}).encode(),
+            headers)
+        assert status == 201, body
+    await asyncio.sleep(1.5)  # the consumer reloads its routes
+    for wave in range(waves):
+        await publish_matches(nats_url, [(f"w{wave}-d{i}", f"bf{i}")
+                                         for i in range(subscriptions)])
+    total = subscriptions * waves
+    await wait_until(lambda: receiver.events >= total, 300)
+    span = receiver.last - (receiver.first or receiver.last)
+    print(f"deliveries: {receiver.calls} webhook calls carrying {receiver.events} match events "
+          f"in {span:.2f} s: {receiver.calls / span:.0f} calls/s, "
+          f"{receiver.events / span:.0f} events/s (target >= 1,000 deliveries/s)")
+
+
+async def stack_rate(registry: RawHttpClient, key: str, receiver: Receiver, rate: float,
+                     seconds: float, tag: str) -> tuple[list[float], int, int]:
+    """Post new designs at `rate`/s for `seconds`; (latencies s, sent, missing)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    answered: dict[str, float] = {}
+    n = int(rate * seconds)
+    started = time.perf_counter()
+    clients = [RawHttpClient(registry.port) for _ in range(32)]
+    pending: set[asyncio.Task] = set()
+
+    async def post(i: int, client: RawHttpClient) -> None:
+        design = f"{tag}-{i}"
+        doc = {"okhv": "OKH-LOSHv1.0", "name": f"Bench {design}", "tsdc": ["3DP"]}
+        status, body = await client.post(f"/v1/designs?id={design}",
+                                         json.dumps(doc).encode(), headers)
+        assert status == 201, body
+        answered[design] = time.perf_counter()
+
+    free = list(clients)
+    for i in range(n):
+        due = started + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        while not free:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        client = free.pop()
+        task = asyncio.create_task(post(i, client))
+        pending.add(task)
+        task.add_done_callback(lambda t, c=client: (pending.discard(t), free.append(c)))
+    await asyncio.gather(*pending)
+    await wait_until(lambda: all(d in receiver.arrived for d in answered), 30)
+    for c in clients:
+        c.close()
+    latencies = [receiver.arrived[d] - t for d, t in answered.items() if d in receiver.arrived]
+    return latencies, n, n - len(latencies)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--waves", type=int, default=5)
+    parser.add_argument("--rates", default="200,400,800")
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-notifier-"))
+    nats_server = NatsServer(work / "nats", free_port()).start()
+    postgres = PostgresServer(work / "pg", free_port()).start()
+    ports = {name: free_port() for name in ("registry", "matcher", "notifier")}
+    env = os.environ | {
+        "MAKELOCAL_NATS_URL": nats_server.url, "MAKELOCAL_DATABASE_URL": postgres.url,
+        "MAKELOCAL_LOG_LEVEL": "WARNING", "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8",
+        **{f"MAKELOCAL_{k.upper()}_PORT": str(v) for k, v in ports.items()}}
+    procs = []
+    receiver = Receiver()
+    try:
+        await db.migrate(postgres.url, "registry", "services.registry")
+        pool = await db.create_pool(postgres.url, "registry", min_size=1, max_size=1)
+        _, key = await Store(pool).create_organization("bench")
+        await pool.close()
+        procs = [start(name, env, port) for name, port in ports.items()]
+        url = f"http://127.0.0.1:{await receiver.start()}/hook"
+        notifier = RawHttpClient(ports["notifier"])
+        registry = RawHttpClient(ports["registry"])
+        print(f"machine: {os.cpu_count()} cores")
+        await deliveries_per_second(nats_server.url, notifier, key, receiver, url,
+                                    args.subscriptions, args.waves)
+
+        # the whole stack: 20 facilities that 3D print, one subscription to all matches
+        # (fresh connections: the servers close idle keep-alive ones after 5 s)
+        notifier.close()
+        notifier, registry = RawHttpClient(ports["notifier"]), RawHttpClient(ports["registry"])
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        for i in range(20):
+            status, body = await registry.post(f"/v1/facilities?id=lab{i}", lab(
+                f"Lab {i}", ["3D printing"], lat=48 + i / 10, lon=2 + i / 10), headers)
+            assert status == 201, body
+        status, body = await notifier.post("/v1/subscriptions", json.dumps({
+            "channel": "webhook", "url": url, "filter": {"facility_ids": ["lab0"]}}).encode(),
+            headers)
+        assert status == 201, body
+        await asyncio.sleep(2)
+        await stack_rate(registry, key, receiver, 50, 2, "warm")
+        for rate in (float(r) for r in args.rates.split(",")):
+            latencies, sent, missing = await stack_rate(registry, key, receiver, rate,
+                                                        args.seconds, f"r{int(rate)}")
+            print(f"stack at {rate:.0f} designs/s for {args.seconds:.0f} s: {sent} posted, "
+                  f"{missing} webhooks missing after 30 s; registry response -> webhook "
+                  f"p50 {pct(latencies, 50):.0f} ms, p99 {pct(latencies, 99):.0f} ms"
+                  + (" (target p99 <= 100 ms at 200/s)" if rate == 200 else ""))
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        postgres.stop()
+        nats_server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -39,9 +39,8 @@ class Dispatcher:
         self.store, self.settings, self.guard, self.metrics = store, settings, guard, metrics
         self.rng = rng or random.Random()
         s = settings
-        self.batching = Batching(s.notifier_batch_max, s.notifier_batch_linger_s,
-                                 s.notifier_batch_max_wait_s, s.notifier_email_linger_s,
-                                 s.notifier_email_max_wait_s)
+        self.batching = Batching(s.notifier_batch_max, s.notifier_batch_max_wait_s,
+                                 s.notifier_email_linger_s, s.notifier_email_max_wait_s)
         self.smtp = SmtpServer(s.smtp_host, s.smtp_port, s.smtp_starttls, s.smtp_username,
                                s.smtp_password.get_secret_value() if s.smtp_password else None,
                                s.smtp_timeout_s)
@@ -51,7 +50,6 @@ class Dispatcher:
         self.in_flight: set[asyncio.Task] = set()
         self._items = asyncio.Event()  # items arrived: batches may be due
         self._deliveries = asyncio.Event()  # deliveries made or slots freed: claim
-        self._hot_until = 0.0
         self.successes = Batcher(store.delivered)
         self.http = Http1Pool()
 
@@ -79,14 +77,12 @@ class Dispatcher:
             await conn.close()
 
     async def _assemble_loop(self) -> None:
-        """Waiting items into deliveries: right after items arrive, then every linger
-        interval while a batch may be filling, else every sweep."""
+        """Waiting items into deliveries: when items arrive, when an attempt ends (the
+        next batch of its subscription may go), and every sweep (digests, max wait)."""
         while True:
             if await self.store.assemble(self.batching, self._render):
                 self._deliveries.set()
-            hot = time.monotonic() < self._hot_until
-            await _wait(self._items, self.batching.linger_s if hot else
-                        self.settings.notifier_sweep_s)
+            await _wait(self._items, self.settings.notifier_sweep_s)
 
     async def _claim_loop(self) -> None:
         """Due deliveries into attempts, as many as there are free slots. Slots freed one
@@ -105,17 +101,12 @@ class Dispatcher:
                     await asyncio.sleep(0.002)
 
     def _notified(self, _conn: object, _pid: object, _channel: object, table: object) -> None:
-        if table == "items":
-            # a batch may be filling: look again every linger interval until it is due
-            self._hot_until = time.monotonic() + max(self.batching.max_wait_s,
-                                                     self.batching.email_linger_s) + 0.1
-            self._items.set()
-        else:
-            self._deliveries.set()
+        (self._items if table == "items" else self._deliveries).set()
 
     def _done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
         self._deliveries.set()
+        self._items.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery attempt failed to record", exc_info=task.exception())
 

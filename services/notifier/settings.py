@@ -23,8 +23,8 @@ class NotifierSettings(CommonSettings):
     notifier_retry_schedule: str = ",".join(f"{s:g}" for s in DEFAULT_SCHEDULE)
     notifier_timeout_s: float = 15.0
     notifier_batch_max: int = 100
-    # a partial webhook batch leaves once no new match came for `linger`, or at `max_wait`
-    notifier_batch_linger_s: float = 0.02
+    # a partial webhook batch leaves when the subscription has nothing in flight, or once
+    # its oldest match waited `max_wait`; full batches leave at once
     notifier_batch_max_wait_s: float = 1.0
     notifier_email_linger_s: float = 5.0
     notifier_email_max_wait_s: float = 60.0

@@ -27,7 +27,6 @@ class Batching:
     """When waiting items become a delivery (see settings)."""
 
     max_items: int
-    linger_s: float
     max_wait_s: float
     email_linger_s: float
     email_max_wait_s: float
@@ -173,31 +172,35 @@ class Store:
 
     async def _assemble_webhooks(self, b: Batching) -> int:
         """Every ready subscription's full batches of `max_items`, and its last partial
-        batch once no item came for `linger_s` or the oldest waited `max_wait_s`. The
-        body is built here, in SQL, in the same shape as messages.matches_body. A
+        batch when nothing of it is in flight (like Nagle's algorithm: one round trip of
+        latency when quiet, batches under load) or its oldest item waited `max_wait_s`.
+        The body is built here, in SQL, in the same shape as messages.matches_body. A
         subscription another process is assembling (row locked) is skipped."""
         return int(await self.pool.fetchval(
             """
-            WITH ready AS (
+            WITH waiting AS (
                 SELECT i.subscription_id, count(*) AS n,
-                       (max(i.created_at) <= now() - make_interval(secs => $2)
-                        OR min(i.created_at) <= now() - make_interval(secs => $3)) AS flush
+                       min(i.created_at) <= now() - make_interval(secs => $2) AS overdue
                 FROM items i JOIN subscriptions s ON s.id = i.subscription_id
                 WHERE i.delivery_id IS NULL AND s.enabled AND s.channel = 'webhook'
-                GROUP BY i.subscription_id
-                HAVING count(*) >= $1
-                    OR max(i.created_at) <= now() - make_interval(secs => $2)
-                    OR min(i.created_at) <= now() - make_interval(secs => $3)
-                LIMIT 2000),
+                GROUP BY i.subscription_id),
+            ready AS (
+                SELECT w.subscription_id, w.n,
+                       w.overdue OR NOT EXISTS (
+                           SELECT 1 FROM deliveries d WHERE d.subscription_id = w.subscription_id
+                           AND d.status = 'pending' AND d.kind = 'matches') AS flush
+                FROM waiting w),
+            chosen AS (
+                SELECT * FROM ready WHERE n >= $1 OR flush LIMIT 2000),
             locked AS (
-                SELECT s.id FROM subscriptions s JOIN ready r ON r.subscription_id = s.id
+                SELECT s.id FROM subscriptions s JOIN chosen r ON r.subscription_id = s.id
                 FOR UPDATE OF s SKIP LOCKED),
             numbered AS (
                 SELECT i.subscription_id, i.event_id, i.payload, i.occurred_at, r.n, r.flush,
                        row_number() OVER (PARTITION BY i.subscription_id
                                           ORDER BY i.created_at, i.event_id) - 1 AS rn
                 FROM items i JOIN locked l ON l.id = i.subscription_id
-                JOIN ready r ON r.subscription_id = i.subscription_id
+                JOIN chosen r ON r.subscription_id = i.subscription_id
                 WHERE i.delivery_id IS NULL),
             chunks AS MATERIALIZED (
                 SELECT subscription_id, chunk, gen_random_uuid() AS id, count(*) AS k,
@@ -221,7 +224,7 @@ class Store:
                 WHERE i.subscription_id = c.subscription_id AND i.event_id = c.event_id
                 RETURNING 1)
             SELECT (SELECT count(*) FROM made) + 0 * (SELECT count(*) FROM assigned)
-            """, b.max_items, b.linger_s, b.max_wait_s))
+            """, b.max_items, b.max_wait_s))
 
     async def _assemble_email(self, subscription_id: str, body_of: Any) -> int:
         """All of one subscription's waiting items as one digest."""

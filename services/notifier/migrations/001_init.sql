@@ -69,6 +69,7 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_subscription ON deliveries (subscription_id, created_at DESC);
+CREATE INDEX deliveries_in_flight ON deliveries (subscription_id) WHERE status = 'pending';
 
 CREATE TABLE attempts (
     id             bigserial PRIMARY KEY,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import NotFoundError
 
@@ -51,3 +53,18 @@ def matches_stream(replicas: int) -> StreamConfig:
     return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
                         storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
                         max_age=MATCHES_MAX_AGE_S, num_replicas=replicas)
+
+
+async def fetch_ready(sub: JetStreamContext.PullSubscription, batch: int,
+                      idle_timeout: float = 1.0) -> list[Msg]:
+    """Wait for one message, then take whatever else is there without waiting: nats-py's
+    fetch(batch) that finds nothing at once holds the first message that then arrives
+    until `batch` are there or its timeout passes (up to a second of added latency for
+    every change on a quiet stream). Raises TimeoutError when nothing came."""
+    msgs = await sub.fetch(1, timeout=idle_timeout)
+    if batch > 1:
+        try:
+            msgs += await sub.fetch(batch - 1, timeout=0.005)
+        except TimeoutError:
+            pass  # nothing more was there; a late answer waits in the queue for next time
+    return msgs

@@ -195,7 +195,7 @@ class MatcherWorker:
     async def run(self) -> None:
         while True:
             try:
-                msgs = await self.subscription.fetch(self.batch, timeout=1)
+                msgs = await nats_util.fetch_ready(self.subscription, self.batch)
             except TimeoutError:
                 await self._observe_lag()
                 continue

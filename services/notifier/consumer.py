@@ -63,7 +63,7 @@ class MatchConsumer:
     async def run(self) -> None:
         while True:
             try:
-                msgs = await self.subscription.fetch(self.batch, timeout=1)
+                msgs = await nats_util.fetch_ready(self.subscription, self.batch)
             except TimeoutError:
                 await self._observe_lag()
                 continue

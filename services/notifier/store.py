@@ -195,13 +195,19 @@ class Store:
             locked AS (
                 SELECT s.id FROM subscriptions s JOIN chosen r ON r.subscription_id = s.id
                 FOR UPDATE OF s SKIP LOCKED),
-            numbered AS (
-                SELECT i.subscription_id, i.event_id, i.payload, i.occurred_at, r.n, r.flush,
-                       row_number() OVER (PARTITION BY i.subscription_id
-                                          ORDER BY i.created_at, i.event_id) - 1 AS rn
+            -- Locking the items rechecks them against concurrent commits: another process
+            -- that gathered them after this statement's snapshot was taken has set their
+            -- delivery, and they drop out here instead of going out twice.
+            claimed AS (
+                SELECT i.subscription_id, i.event_id, i.payload, i.occurred_at, i.created_at
                 FROM items i JOIN locked l ON l.id = i.subscription_id
-                JOIN chosen r ON r.subscription_id = i.subscription_id
-                WHERE i.delivery_id IS NULL),
+                WHERE i.delivery_id IS NULL
+                FOR UPDATE OF i SKIP LOCKED),
+            numbered AS (
+                SELECT c.*, r.flush, count(*) OVER (PARTITION BY c.subscription_id) AS n,
+                       row_number() OVER (PARTITION BY c.subscription_id
+                                          ORDER BY c.created_at, c.event_id) - 1 AS rn
+                FROM claimed c JOIN chosen r ON r.subscription_id = c.subscription_id),
             chunks AS MATERIALIZED (
                 SELECT subscription_id, chunk, gen_random_uuid() AS id, count(*) AS k,
                        min(occurred_at) AS oldest, array_agg(event_id ORDER BY rn) AS event_ids,

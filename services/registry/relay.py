@@ -96,13 +96,15 @@ class OutboxRelay:
             await conn.add_listener(f"{self.schema}_outbox", self._notified)
             nc = await self._connect_nats()
             while True:
+                # Cleared before looking, not after: a commit notified while we look must
+                # wake the next wait, not wait for the sweep.
+                self._wake.clear()
                 published = await self._publish_some(conn, nc)
                 if 0 < published < self.batch:
                     # Under load, commits arrive every few ms: gathering them for a moment
                     # turns many one-row rounds (fetch, publish, mark) into one.
                     await asyncio.sleep(BATCH_GATHER_S)
                 elif published == 0:
-                    self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.sweep_s)
                     except TimeoutError:

@@ -126,6 +126,10 @@ async def test_retries_timeouts_gone_redirects_and_retry_after(
         assert 0.55 <= limited[1].at - limited[0].at < 0.95
         metrics = (await http.get("/metrics")).text
         assert 'makelocal_notifier_deliveries_total{channel="webhook",result="failed"}' in metrics
+        for name in ("attempt_duration_seconds_bucket", "end_to_end_seconds_bucket",
+                     "oldest_pending_age_seconds", "subscriptions_disabled",
+                     "ssrf_blocked_total", "deliveries_dead", "consumer_pending"):
+            assert f"makelocal_notifier_{name}" in metrics, name
 
 
 async def test_failed_delivery_is_replayed_with_the_same_webhook_id(

@@ -48,13 +48,19 @@ class RawHttpClient:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        assert self.reader is not None
         head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
+        for _ in range(2):  # a keep-alive connection the server closed: once more, fresh
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1",
+                                                                         self.port)
+            assert self.reader is not None
+            self.writer.write(head.encode() + body)
+            status_line = await self.reader.readline()
+            if status_line:
+                break
+            self.close()
+            self.writer = None
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 from contracts.geo import cell, haversine_km, reach
 from services.matcher.bitset import Key, Postings, SlotTable, present
+from services.matcher.parts import PartTable, Rungs
 from services.matcher.profiles import DesignProfile, FacilityProfile, PartNeed
 from services.matcher.rules import (
     answering,
@@ -107,7 +108,6 @@ class Side(Mapping[str, P], Generic[P]):
         return present(self.by_slot, bits)
 
 
-Rungs = tuple[int, int, int]
 TOP = len(LADDER) + 1  # a bed's third side: any thickness
 
 
@@ -166,15 +166,20 @@ def takes(box: Rungs, part: Rungs) -> bool:
 
 def design_keys(d: DesignProfile) -> list[Key]:
     """What a design needs. ("any",): it can match at all; ("p", n) / ("m", n): a known
-    process / material need; ("part", processes, (up, down)): a part made by one of these
-    processes, its sides as rungs (see part_rungs)."""
+    process / material need. Its parts' sizes go to the part table (design_parts)."""
     if not can_design_match(d):
         return []
     keys: list[Key] = [("any",)]
     keys.extend(("p", n) for n in d.known_processes)
     keys.extend(("m", n.id) for n in d.materials if n.known)
-    keys.extend(("part", part.processes, part_rungs(part)) for part in d.parts)
     return keys
+
+
+def design_parts(d: DesignProfile) -> list[tuple[tuple[str, ...], Rungs, Rungs]]:
+    """(processes, up, down) of each part of a design that can match (see part_rungs)."""
+    if not can_design_match(d):
+        return []
+    return [(part.processes, *part_rungs(part)) for part in d.parts]
 
 
 class CapabilityIndex:
@@ -185,6 +190,7 @@ class CapabilityIndex:
         self.designs: Side[DesignProfile] = Side()
         self.facilities: Side[FacilityProfile] = Side()
         self._cells: dict[tuple[int, int], set[str]] = defaultdict(set)
+        self.parts = PartTable()
         self._size_memo: tuple[object, tuple[int, int]] = (None, (0, 0))
 
     # upkeep
@@ -196,10 +202,13 @@ class CapabilityIndex:
     def put_design(self, profile: DesignProfile) -> None:
         self.remove_design(profile.id)
         self.designs.put(profile, design_keys(profile))
+        self.parts.add(self.designs.slots.slot_of[profile.id], design_parts(profile))
 
     def remove_design(self, design_id: str, version: int | None = None) -> None:
         old = self.designs.get(design_id)
         if old is not None:
+            self.parts.remove(self.designs.slots.slot_of[design_id],
+                              (part.processes for part in old.parts))
             self.designs.remove(design_id, design_keys(old))
         if version is not None:
             self.designs.deleted[design_id] = version
@@ -228,6 +237,9 @@ class CapabilityIndex:
              facilities: Iterable[FacilityProfile]) -> None:
         """Index many profiles at once (start-up): much faster than one put each."""
         self.designs.load(designs, design_keys)
+        slot_of = self.designs.slots.slot_of
+        self.parts.load((slot_of[d.id], *part) for d in self.designs.values()
+                        for part in design_parts(d))
         facilities = list(facilities)
         self.facilities.load(facilities, facility_keys)
         for f in facilities:
@@ -295,23 +307,7 @@ class CapabilityIndex:
                                                          for q, b in machines.items())))
         if self._size_memo[0] == memo_key:
             return self._size_memo[1]
-        d = self.designs.postings
-        excluded, unsure = [], []
-        for group in d.groups:
-            if group[:1] != ("part",):
-                continue
-            boxes = set().union(*(machines.get(q, ()) for q in group[1]))
-            if not boxes:
-                continue  # no machine of these processes states its size: unknown
-            for key in d.group(group):
-                up, down = key[2]
-                if any(takes(surely, up) for surely, _ in boxes):
-                    continue
-                if any(takes(maybe, down) for _, maybe in boxes):
-                    unsure.append(d.bits[key])
-                else:
-                    excluded.append(d.bits[key])
-        result = (_union(excluded), _union(unsure))
+        result = self.parts.size_filter(machines, len(self.designs.by_slot))
         self._size_memo = (memo_key, result)
         return result
 
@@ -354,12 +350,6 @@ def _closure(kind: str, terms: Iterable[str]) -> set[str]:
         out |= answering(kind, t)
     return out
 
-
-def _union(bitsets: list[int]) -> int:
-    out = 0
-    for bits in bitsets:
-        out |= bits
-    return out
 
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from functools import lru_cache
 from typing import Generic, TypeVar
 
 from contracts.geo import cell, haversine_km, reach
 from services.matcher.bitset import Key, Postings, SlotTable, present
 from services.matcher.parts import PartTable, Rungs
-from services.matcher.profiles import DesignProfile, FacilityProfile, Machine, PartNeed
+from services.matcher.profiles import DesignProfile, FacilityProfile, PartNeed
 from services.matcher.rules import (
     answering,
     can_design_match,
@@ -132,16 +131,9 @@ def facility_keys(f: FacilityProfile) -> list[Key]:
 
 def machine_boxes(f: FacilityProfile) -> dict[str, set[tuple[Rungs, Rungs]]]:
     """For each process q a sized machine fully answers: its sorted sides as ladder rungs,
-    rounded down (what it surely takes) and up (what it might take). Shared: read only."""
-    return _boxes(f.machines)
-
-
-# Facilities share machine lists and process and material sets (profiles.shared): what
-# follows from them is computed once per distinct value, not once per facility.
-@lru_cache(maxsize=1 << 16)
-def _boxes(machines: tuple[Machine, ...]) -> dict[str, set[tuple[Rungs, Rungs]]]:
+    rounded down (what it surely takes) and up (what it might take)."""
     out: dict[str, set[tuple[Rungs, Rungs]]] = {}
-    for machine in machines:
+    for machine in f.machines:
         size = machine.size
         if size is None:
             continue
@@ -351,13 +343,12 @@ class CapabilityIndex:
                     yield fid, d
 
 
-@lru_cache(maxsize=1 << 16)
-def _closure(kind: str, terms: frozenset[str]) -> frozenset[str]:
+def _closure(kind: str, terms: Iterable[str]) -> set[str]:
     """Every need these terms answer (the same, a more specific or a more generic term)."""
     out: set[str] = set()
     for t in terms:
         out |= answering(kind, t)
-    return frozenset(out)
+    return out
 
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import auth
-from tests.helpers import InProcess, stream_messages
+from tests.helpers import InProcess, eventually, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -96,9 +96,9 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(
 
 async def test_operational_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).status_code == 200
-    ready = await client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok",
-                                                                   "nats": "ok"}
+    # ready once its relay has connected to NATS, which it does in the background
+    ready = await eventually(lambda: _ready(client))
+    assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
     await client.get("/v1/designs")
     text = (await client.get("/metrics")).text
     assert 'makelocal_registry_http_requests_total{method="GET",route="/v1/designs",' \
@@ -109,3 +109,8 @@ async def test_operational_endpoints(client: httpx.AsyncClient) -> None:
         assert name in text
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/designs/{entity_id}" in spec["paths"]
+
+
+async def _ready(client: httpx.AsyncClient) -> httpx.Response | None:
+    response = await client.get("/readyz")
+    return response if response.status_code == 200 else None

@@ -3,7 +3,9 @@ one-click unsubscribe, 5xx suppresses the address, 4xx is retried."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any
 
 import httpx
@@ -93,3 +95,32 @@ async def test_hard_bounce_suppresses_and_soft_bounce_retries(
 
 async def _is(awaitable: Any, expected: list[str]) -> bool:
     return await awaitable == expected
+
+
+async def test_an_hourly_digest_gathers_for_its_period(
+        notifier_settings: Any, store: Any, org: tuple[str, str],
+        mail_server: MailServer) -> None:
+    """With the hour shortened to 2 s: matches arriving over the period go out as one
+    email when the oldest has waited the period, none before."""
+    from services.notifier.app import create_app
+
+    settings = notifier_settings.model_copy(update={"notifier_digest_hourly_s": 2.0})
+    async with InProcess(create_app(settings), settings) as running, httpx.AsyncClient(
+            base_url=running.url, timeout=10) as http:
+        await wait_ready(running.url)
+        response = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
+            "channel": "email", "address": "hourly@example.org", "digest": "hourly"})
+        assert response.status_code == 201 and response.json()["digest"] == "hourly"
+        await confirm(http, mail_server, "hourly@example.org")
+        await publish_matches(settings.nats_url, [(f"d{i}", "f1") for i in range(3)])
+        await eventually(lambda: consumed(http, 3))
+        started = time.monotonic()
+        await asyncio.sleep(0.5)
+        await publish_matches(settings.nats_url, [(f"e{i}", "f1") for i in range(2)])
+        await eventually(lambda: _has_mail(mail_server, "hourly@example.org", 2), timeout=10)
+        waited = time.monotonic() - started
+        assert waited >= 1.4  # not before the period (less the time to consume)
+        digest = mail_server.to("hourly@example.org")[1]
+        assert digest["Subject"] == "makelocal: 5 match changes"
+        await asyncio.sleep(2.5)
+        assert len(mail_server.to("hourly@example.org")) == 2

@@ -40,7 +40,8 @@ class Dispatcher:
         self.rng = rng or random.Random()
         s = settings
         self.batching = Batching(s.notifier_batch_max, s.notifier_batch_max_wait_s,
-                                 s.notifier_email_linger_s, s.notifier_email_max_wait_s)
+                                 s.notifier_email_linger_s, s.notifier_email_max_wait_s,
+                                 s.notifier_digest_hourly_s, s.notifier_digest_daily_s)
         self.smtp = SmtpServer(s.smtp_host, s.smtp_port, s.smtp_starttls, s.smtp_username,
                                s.smtp_password.get_secret_value() if s.smtp_password else None,
                                s.smtp_timeout_s)

@@ -28,6 +28,9 @@ class NotifierSettings(CommonSettings):
     notifier_batch_max_wait_s: float = 1.0
     notifier_email_linger_s: float = 5.0
     notifier_email_max_wait_s: float = 60.0
+    # how long the "hourly" and "daily" digests gather (seconds; tests shorten them)
+    notifier_digest_hourly_s: float = 3600.0
+    notifier_digest_daily_s: float = 86400.0
     notifier_concurrency: int = 64
     notifier_disable_after_s: float = 5 * 24 * 3600
     notifier_rotation_overlap_s: float = 24 * 3600

@@ -30,6 +30,8 @@ class Batching:
     max_wait_s: float
     email_linger_s: float
     email_max_wait_s: float
+    hourly_s: float = 3600.0
+    daily_s: float = 86400.0
 
 
 class Store:
@@ -163,9 +165,9 @@ class Store:
             " AND s.channel = 'email' GROUP BY i.subscription_id, s.digest HAVING"
             " (s.digest = 'immediate' AND (max(i.created_at) <= now() - make_interval(secs => $1)"
             "   OR min(i.created_at) <= now() - make_interval(secs => $2)))"
-            " OR (s.digest = 'hourly' AND min(i.created_at) <= now() - interval '1 hour')"
-            " OR (s.digest = 'daily' AND min(i.created_at) <= now() - interval '1 day')"
-            " LIMIT 200", b.email_linger_s, b.email_max_wait_s)
+            " OR (s.digest = 'hourly' AND min(i.created_at) <= now() - make_interval(secs => $3))"
+            " OR (s.digest = 'daily' AND min(i.created_at) <= now() - make_interval(secs => $4))"
+            " LIMIT 200", b.email_linger_s, b.email_max_wait_s, b.hourly_s, b.daily_s)
         for row in ready:
             made += await self._assemble_email(row["subscription_id"], body_of)
         return made

@@ -63,6 +63,18 @@ def service_env(nats_url: str, database_url: str, ports: Ports) -> dict[str, str
     }
 
 
+def notifier_key(data_dir: Path) -> str:
+    """The key sealing webhook secrets at rest, made on the first start and kept (owner
+    read-only) in the data directory: losing it makes existing webhook secrets unusable."""
+    from services.notifier.sealing import new_key
+
+    path = data_dir / "notifier.key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(new_key())
+    return path.read_text().strip()
+
+
 def up(data_dir: Path, ports: Ports, say=print) -> int:
     """Run the stack until interrupted; returns the exit status."""
     check_ports(ports)
@@ -85,6 +97,7 @@ def up(data_dir: Path, ports: Ports, say=print) -> int:
         postgres.start()
         say(f"PostgreSQL      {postgres.url}")
         env = service_env(nats.url, postgres.url, ports)
+        env.setdefault("MAKELOCAL_NOTIFIER_SECRET_KEY", notifier_key(data_dir))
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
         mail = data_dir / "mail"

@@ -124,6 +124,9 @@ def data_dir() -> Path:
     return DATA
 
 
+TEST_SEALING_KEY = "dGVzdCBrZXkgb2YgdGhpcnR5LXR3byBieXRlcyEhISE="  # 32 bytes
+
+
 @pytest.fixture
 def mail_server() -> Iterator[MailServer]:
     with MailServer() as server:
@@ -141,7 +144,8 @@ def notifier_settings(settings: RegistrySettings, mail_server: MailServer) -> No
         notifier_retry_schedule="0.3,0.6,0.9", notifier_timeout_s=1.0,
         notifier_allow_cidrs="127.0.0.0/8,::1/128", notifier_sweep_s=0.1,
         notifier_email_linger_s=0.2, notifier_email_max_wait_s=1.0,
-        smtp_port=mail_server.port, smtp_timeout_s=2.0, notifier_lease_margin_s=1.0)
+        smtp_port=mail_server.port, smtp_timeout_s=2.0, notifier_lease_margin_s=1.0,
+        notifier_secret_key=TEST_SEALING_KEY)
 
 
 @pytest.fixture
@@ -151,7 +155,7 @@ def notifier_env(notifier_settings: NotifierSettings) -> dict[str, str]:
         "nats_url", "database_url", "notifier_db_schema", "notifier_keys_schema",
         "notifier_durable", "notifier_retry_schedule", "notifier_timeout_s",
         "notifier_allow_cidrs", "notifier_sweep_s", "smtp_port", "smtp_timeout_s",
-        "notifier_lease_margin_s")}
+        "notifier_lease_margin_s")} | {"MAKELOCAL_NOTIFIER_SECRET_KEY": TEST_SEALING_KEY}
 
 
 @pytest_asyncio.fixture(loop_scope="session")

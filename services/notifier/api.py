@@ -18,6 +18,7 @@ from services.common.http import CHALLENGE, ApiError, required_key
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
+from services.notifier.sealing import seal
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
 from services.notifier.subscriptions import (
@@ -80,7 +81,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings) -> APIRouter:
         if isinstance(new, WebhookSubscriptionIn):
             await checked_url(new.url)
             secret = signing.new_secret()
-            values |= {"url": new.url, "secret": secret, "contact_email": new.contact_email}
+            values |= {"url": new.url, "secret": seal(secret, settings.sealing_key),
+                       "contact_email": new.contact_email}
         else:
             token = secrets.token_urlsafe(24)
             values |= {"address": new.address.lower(), "digest": new.digest,
@@ -156,7 +158,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings) -> APIRouter:
         if row["channel"] != "webhook":
             raise ApiError(409, "invalid", "only webhook subscriptions have a secret", "id")
         secret = signing.new_secret()
-        updated = await store.rotate_secret(subscription_id, who, secret,
+        updated = await store.rotate_secret(subscription_id, who,
+                                            seal(secret, settings.sealing_key),
                                             settings.notifier_rotation_overlap_s)
         if updated is None:
             raise ApiError(404, "not_found", "no such subscription", "id")

@@ -26,6 +26,7 @@ from services.notifier import messages, schedule, signing
 from services.notifier.guard import Guard
 from services.notifier.http1 import Http1Pool
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.sealing import unseal
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Batching, Store
 from services.notifier.transport import Result, SmtpServer, post, send_mail
@@ -140,7 +141,8 @@ class Dispatcher:
 
     async def _webhook(self, d: asyncpg.Record) -> None:
         body = bytes(d["body"])
-        secrets = [d["secret"]] + ([d["previous_secret"]] if d["previous_secret"] else [])
+        key = self.settings.sealing_key
+        secrets = [unseal(s, key) for s in (d["secret"], d["previous_secret"]) if s]
         headers = signing.headers(secrets, f"msg_{d['id'].hex}", int(time.time()), body)
         result = await post(self.http, self.guard, d["url"], headers, body,
                             self.settings.notifier_timeout_s)

@@ -9,6 +9,7 @@ from pydantic import SecretStr
 from services.common.settings import CommonSettings
 from services.notifier.addresses import Network, parse_networks
 from services.notifier.schedule import DEFAULT_SCHEDULE, parse_schedule
+from services.notifier.sealing import parse_key
 
 
 class NotifierSettings(CommonSettings):
@@ -37,6 +38,8 @@ class NotifierSettings(CommonSettings):
     # CIDRs webhooks may reach although they are not public (the local stack: loopback)
     notifier_allow_cidrs: str = ""
     notifier_sweep_s: float = 0.5
+    # base64 of 32 random bytes: seals webhook secrets at rest (see sealing.py)
+    notifier_secret_key: SecretStr | None = None
     # how long past an attempt's timeout a claimed delivery stays with its process
     notifier_lease_margin_s: float = 10.0
     smtp_host: str = "127.0.0.1"
@@ -50,6 +53,11 @@ class NotifierSettings(CommonSettings):
     @cached_property
     def schedule(self) -> tuple[float, ...]:
         return parse_schedule(self.notifier_retry_schedule)
+
+    @cached_property
+    def sealing_key(self) -> bytes | None:
+        key = self.notifier_secret_key
+        return parse_key(key.get_secret_value()) if key else None
 
     @cached_property
     def allowed_networks(self) -> tuple[Network, ...]:

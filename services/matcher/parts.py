@@ -86,6 +86,8 @@ class _Columns:
         for sure_box, maybe_box in boxes:
             surely |= (self.key_up <= np.asarray(sure_box, dtype=np.int8)).all(axis=1)
             maybe |= (self.key_down <= np.asarray(maybe_box, dtype=np.int8)).all(axis=1)
+        if surely.all():  # the machines surely take every size of this group
+            return _EMPTY, _EMPTY
         # per distinct size: 0 surely fits, 1 unsure, 2 fits no machine
         verdict = np.where(maybe, np.where(surely, 0, 1), 2).astype(np.int8)
         n = self.n

@@ -1,6 +1,9 @@
-"""NATS connections and stream definitions."""
+"""NATS connections, stream definitions and the batch loop of our pull consumers."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -15,6 +18,8 @@ from contracts.matches import (
     MATCHES_STREAM,
     MATCHES_SUBJECTS,
 )
+
+log = logging.getLogger(__name__)
 
 
 async def connect(url: str, name: str, **options: object) -> Client:
@@ -53,6 +58,28 @@ def matches_stream(replicas: int) -> StreamConfig:
     return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
                         storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
                         max_age=MATCHES_MAX_AGE_S, num_replicas=replicas)
+
+
+async def consume_batches(sub: JetStreamContext.PullSubscription, batch: int,
+                          handle: Callable[[list[Msg]], Awaitable[None]],
+                          idle: Callable[[], Awaitable[None]],
+                          on_failure: Callable[[], None] = lambda: None) -> None:
+    """Fetch and handle batches until a batch fails: then nak it for redelivery and raise,
+    so that the caller starts over from its durable state. `idle` runs when nothing came."""
+    while True:
+        try:
+            msgs = await fetch_ready(sub, batch)
+        except TimeoutError:
+            await idle()
+            continue
+        try:
+            await handle(msgs)
+        except Exception:
+            on_failure()
+            log.exception("batch failed; it will be redelivered")
+            for msg in msgs:
+                await msg.nak(delay=1)
+            raise
 
 
 async def fetch_ready(sub: JetStreamContext.PullSubscription, batch: int,

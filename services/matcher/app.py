@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -19,13 +18,12 @@ from services.common.http import (
     install_error_handlers,
     install_operational_routes,
 )
+from services.common.tasks import restarting
 from services.matcher import api
 from services.matcher.consumer import MatcherWorker
 from services.matcher.index import CapabilityIndex
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: MatcherSettings | None = None) -> FastAPI:
@@ -35,36 +33,30 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
     index = CapabilityIndex()
     state: dict[str, MatcherWorker | None] = {"worker": None}
 
-    async def supervise() -> None:
-        """Run the worker; after any failure, rebuild everything from the checkpoint."""
-        while True:
-            nc = None
-            try:
-                nc = await nats_util.connect(settings.nats_url, f"matcher-{settings.durable}")
-                index.clear()  # the checkpoint is the truth; start from it every time
-                worker = MatcherWorker(nc, index, metrics, bucket=settings.bucket,
-                                       durable=settings.durable,
-                                       filter_subjects=partition_filters(settings.partitions,
-                                                                   settings.matcher_partition),
-                                       batch=settings.matcher_batch,
-                                       replicas=settings.matcher_stream_replicas,
-                                       snapshot_every=settings.matcher_snapshot_every)
-                state["worker"] = worker
-                await worker.start()
-                await worker.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("matcher restarting from its checkpoint", extra={"error": repr(exc)})
-                state["worker"] = None
-                await asyncio.sleep(1)
-            finally:
-                if nc is not None:
-                    await nc.close()
+    async def run_worker() -> None:
+        """One life of the worker; after a failure the next starts from the checkpoint."""
+        nc = await nats_util.connect(settings.nats_url, f"matcher-{settings.durable}")
+        try:
+            index.clear()  # the checkpoint is the truth; start from it every time
+            worker = MatcherWorker(nc, index, metrics, bucket=settings.bucket,
+                                   durable=settings.durable,
+                                   filter_subjects=partition_filters(settings.partitions,
+                                                                     settings.matcher_partition),
+                                   batch=settings.matcher_batch,
+                                   replicas=settings.matcher_stream_replicas,
+                                   snapshot_every=settings.matcher_snapshot_every)
+            state["worker"] = worker
+            await worker.start()
+            await worker.run()
+        finally:
+            await nc.close()
+
+    def forget_worker() -> None:
+        state["worker"] = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(supervise())
+        task = asyncio.create_task(restarting(run_worker, "matcher", 1.0, forget_worker))
         try:
             yield
         finally:

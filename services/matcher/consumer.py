@@ -193,20 +193,9 @@ class MatcherWorker:
     # the loop
 
     async def run(self) -> None:
-        while True:
-            try:
-                msgs = await nats_util.fetch_ready(self.subscription, self.batch)
-            except TimeoutError:
-                await self._observe_lag()
-                continue
-            try:
-                await self.handle(msgs)
-            except Exception:
-                self.metrics.errors.inc()
-                log.exception("batch failed; it will be redelivered")
-                for msg in msgs:
-                    await msg.nak(delay=1)
-                raise  # the index may be half-updated: restart from the checkpoint
+        # A failed batch raises: the index may be half-updated, restart from the checkpoint.
+        await nats_util.consume_batches(self.subscription, self.batch, self.handle,
+                                        self._observe_lag, self.metrics.errors.inc)
 
     async def handle(self, msgs: list[Msg]) -> None:
         changes = []

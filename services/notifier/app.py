@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
@@ -18,6 +17,7 @@ from services.common.http import (
     install_error_handlers,
     install_operational_routes,
 )
+from services.common.tasks import every, restarting
 from services.notifier import api
 from services.notifier.consumer import MatchConsumer
 from services.notifier.dispatch import Dispatcher
@@ -25,8 +25,6 @@ from services.notifier.guard import Guard, Resolver, system_resolver
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: NotifierSettings | None = None,
@@ -39,26 +37,27 @@ def create_app(settings: NotifierSettings | None = None,
     state: dict[str, MatchConsumer | None] = {"consumer": None}
 
     async def consume() -> None:
-        """Run the consumer; after any failure, reconnect and go on (unacked events are
-        redelivered)."""
-        while True:
-            nc = None
-            try:
-                nc = await nats_util.connect(settings.nats_url, "notifier")
-                consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
-                                         replicas=settings.notifier_stream_replicas)
-                await consumer.start()
-                state["consumer"] = consumer
-                await consumer.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("consumer restarting", extra={"error": repr(exc)})
-                state["consumer"] = None
-                await asyncio.sleep(1)
-            finally:
-                if nc is not None:
-                    await nc.close()
+        """One life of the consumer; after a failure the next reconnects and goes on
+        (unacked events are redelivered)."""
+        nc = await nats_util.connect(settings.nats_url, "notifier")
+        try:
+            consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
+                                     replicas=settings.notifier_stream_replicas)
+            await consumer.start()
+            state["consumer"] = consumer
+            await consumer.run()
+        finally:
+            await nc.close()
+
+    def forget_consumer() -> None:
+        state["consumer"] = None
+
+    async def observe_backlog() -> None:
+        pending, oldest, dead, disabled = await store.backlog()
+        metrics.pending.set(pending)
+        metrics.oldest_pending.set(oldest)
+        metrics.dead.set(dead)
+        metrics.disabled.set(disabled)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,8 +65,9 @@ def create_app(settings: NotifierSettings | None = None,
         store.pool = await db.create_pool(settings.database_url, settings.notifier_db_schema,
                                           max_size=20)
         dispatcher = Dispatcher(store, settings, guard, metrics)
-        tasks = [asyncio.create_task(consume()), asyncio.create_task(dispatcher.run()),
-                 asyncio.create_task(_watch(store, metrics))]
+        tasks = [asyncio.create_task(restarting(consume, "consumer", 1.0, forget_consumer)),
+                 asyncio.create_task(dispatcher.run()),
+                 asyncio.create_task(every(2.0, observe_backlog))]
         try:
             yield
         finally:
@@ -97,18 +97,6 @@ def create_app(settings: NotifierSettings | None = None,
     app.state.store = store
     return app
 
-
-async def _watch(store: Store, metrics: NotifierMetrics) -> None:
-    while True:
-        try:
-            pending, oldest, dead, disabled = await store.backlog()
-            metrics.pending.set(pending)
-            metrics.oldest_pending.set(oldest)
-            metrics.dead.set(dead)
-            metrics.disabled.set(disabled)
-        except Exception as exc:
-            log.debug("backlog query failed", extra={"error": repr(exc)})
-        await asyncio.sleep(2.0)
 
 
 def main() -> None:

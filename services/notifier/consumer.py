@@ -61,19 +61,8 @@ class MatchConsumer:
         self._seen_changes = changes
 
     async def run(self) -> None:
-        while True:
-            try:
-                msgs = await nats_util.fetch_ready(self.subscription, self.batch)
-            except TimeoutError:
-                await self._observe_lag()
-                continue
-            try:
-                await self.handle(msgs)
-            except Exception:
-                log.exception("batch failed; it will be redelivered")
-                for msg in msgs:
-                    await msg.nak(delay=1)
-                raise
+        await nats_util.consume_batches(self.subscription, self.batch, self.handle,
+                                        self._observe_lag)
 
     async def handle(self, msgs: list[Msg]) -> None:
         await self.refresh()

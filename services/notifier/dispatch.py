@@ -22,6 +22,7 @@ import orjson
 
 from services.common import db
 from services.common.faults import crash_point
+from services.common.tasks import restarting
 from services.notifier import messages, schedule, signing
 from services.notifier.guard import Guard
 from services.notifier.http1 import Http1Pool
@@ -58,14 +59,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Forever; after an error (database gone), start over."""
         try:
-            while True:
-                try:
-                    await self._run_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("dispatcher restarting after error", extra={"error": repr(exc)})
-                    await asyncio.sleep(self.settings.notifier_sweep_s)
+            await restarting(self._run_once, "dispatcher", self.settings.notifier_sweep_s)
         finally:
             for task in self.in_flight:
                 task.cancel()

@@ -64,7 +64,7 @@ class Store:
                 f" RETURNING {SUBSCRIPTION_FIELDS}", *values.values())
             if first_delivery is not None:
                 await _insert_delivery(conn, row["id"], "verify", first_delivery)
-            await conn.execute("SELECT nextval('subscription_changes')")
+            await _changed(conn)
         return row
 
     async def subscription(self, subscription_id: str, owner: str) -> asyncpg.Record | None:
@@ -86,15 +86,12 @@ class Store:
                 f"UPDATE subscriptions SET {sets}{', ' if sets else ''}updated_at = now()"
                 f" WHERE id = $1 AND owner = $2 RETURNING {SUBSCRIPTION_FIELDS}",
                 subscription_id, owner, *values.values())
-            await conn.execute("SELECT nextval('subscription_changes')")
+            await _changed(conn)
         return row
 
     async def delete_subscription(self, subscription_id: str, owner: str) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
-            result = await conn.execute(
-                "DELETE FROM subscriptions WHERE id = $1 AND owner = $2", subscription_id, owner)
-            await conn.execute("SELECT nextval('subscription_changes')")
-        return result.endswith(" 1")
+        return await self._change_one(
+            "DELETE FROM subscriptions WHERE id = $1 AND owner = $2", subscription_id, owner)
 
     async def rotate_secret(self, subscription_id: str, owner: str, secret: str,
                             overlap_s: float) -> asyncpg.Record | None:
@@ -105,19 +102,20 @@ class Store:
             f" RETURNING {SUBSCRIPTION_FIELDS}", subscription_id, owner, secret, overlap_s)
 
     async def verify_email(self, token: str) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
-            result = await conn.execute(
-                "UPDATE subscriptions SET verified = true, verify_token = NULL,"
-                " updated_at = now() WHERE verify_token = $1", token)
-            await conn.execute("SELECT nextval('subscription_changes')")
-        return result.endswith(" 1")
+        return await self._change_one(
+            "UPDATE subscriptions SET verified = true, verify_token = NULL,"
+            " updated_at = now() WHERE verify_token = $1", token)
 
     async def unsubscribe(self, token: str) -> bool:
+        return await self._change_one(
+            "UPDATE subscriptions SET enabled = false, disabled_reason = 'unsubscribed',"
+            " updated_at = now() WHERE unsubscribe_token = $1 AND enabled", token)
+
+    async def _change_one(self, sql: str, *args: Any) -> bool:
+        """One subscription changed (True) or none, and the routing indexes told."""
         async with self.pool.acquire() as conn, conn.transaction():
-            result = await conn.execute(
-                "UPDATE subscriptions SET enabled = false, disabled_reason = 'unsubscribed',"
-                " updated_at = now() WHERE unsubscribe_token = $1 AND enabled", token)
-            await conn.execute("SELECT nextval('subscription_changes')")
+            result = await conn.execute(sql, *args)
+            await _changed(conn)
         return result.endswith(" 1")
 
     async def unsubscribe_target(self, token: str) -> str | None:
@@ -320,7 +318,7 @@ class Store:
             result = await conn.execute(
                 "UPDATE subscriptions SET enabled = false, disabled_reason = $2,"
                 " updated_at = now() WHERE id = $1 AND enabled", subscription_id, disable_reason)
-            await conn.execute("SELECT nextval('subscription_changes')")
+            await _changed(conn)
             return result.endswith(" 1")
 
     async def delivered(self, rows: list[tuple[uuid.UUID, str, int, float, str | None]]) -> None:
@@ -409,6 +407,11 @@ class Store:
             " (SELECT count(*) FROM deliveries WHERE status = 'failed') AS failed,"
             " (SELECT count(*) FROM subscriptions WHERE NOT enabled) AS disabled")
         return row["pending"], float(row["oldest"]), row["failed"], row["disabled"]
+
+
+async def _changed(conn: asyncpg.Connection) -> None:
+    """Bump the counter every notifier compares to know its routing index is stale."""
+    await conn.execute("SELECT nextval('subscription_changes')")
 
 
 async def _relaxed(conn: asyncpg.Connection) -> None:

@@ -26,7 +26,6 @@ class Result:
     error: str | None = None
     response: str | None = None
     retry_after: str | None = None
-    refused: bool = False  # the guard refused the destination
 
 
 async def post(pool: Http1Pool, guard: Guard, url: str, headers: dict[str, str],
@@ -37,14 +36,14 @@ async def post(pool: Http1Pool, guard: Guard, url: str, headers: dict[str, str],
     started = time.perf_counter()
 
     def done(status: int, error: str | None = None, response: str | None = None,
-             retry_after: str | None = None, refused: bool = False) -> Result:
+             retry_after: str | None = None) -> Result:
         return Result(status, (time.perf_counter() - started) * 1000, error, response,
-                      retry_after, refused)
+                      retry_after)
 
     try:
         scheme, host, port, ip = await guard.address(url)
     except Refused as exc:
-        return done(0, f"refused: {exc}", refused=True)
+        return done(0, f"refused: {exc}")
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default = 443 if scheme == "https" else 80

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -19,12 +18,11 @@ from services.common.http import (
     install_error_handlers,
     install_operational_routes,
 )
+from services.common.tasks import every
 from services.registry import api
 from services.registry.relay import OutboxRelay, RelayMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
@@ -46,7 +44,12 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         pool = await db.create_pool(settings.database_url, settings.registry_db_schema,
                                     max_size=settings.registry_db_pool_size)
         store.pool = pool
-        tasks = [asyncio.create_task(_watch_backlog(store, backlog, oldest))]
+        async def observe_backlog() -> None:
+            count, age = await store.outbox_backlog()
+            backlog.set(count)
+            oldest.set(age)
+
+        tasks = [asyncio.create_task(every(2.0, observe_backlog))]
         if settings.registry_relay:
             relay = OutboxRelay(
                 dsn=settings.database_url, schema=settings.registry_db_schema,
@@ -87,16 +90,6 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
-
-async def _watch_backlog(store: Store, backlog: Gauge, oldest: Gauge) -> None:
-    while True:
-        try:
-            count, age = await store.outbox_backlog()
-            backlog.set(count)
-            oldest.set(age)
-        except Exception as exc:
-            log.debug("backlog query failed", extra={"error": repr(exc)})
-        await asyncio.sleep(2.0)
 
 
 def main() -> None:

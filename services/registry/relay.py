@@ -28,6 +28,7 @@ from contracts.events import (
 from services.common import db
 from services.common import nats as nats_util
 from services.common.faults import crash_point
+from services.common.tasks import restarting
 from services.registry.store import fetch_unpublished, mark_published
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Forever: wait for the lock, then publish; on any failure, start over."""
-        while True:
-            try:
-                await self._run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("relay restarting after error", extra={"error": repr(exc)})
-                self.metrics.active.set(0)
-                await asyncio.sleep(self.sweep_s)
+        await restarting(self._run_once, "relay", self.sweep_s,
+                         lambda: self.metrics.active.set(0))
 
     async def _run_once(self) -> None:
         conn = await db.connect(self.dsn, self.schema)

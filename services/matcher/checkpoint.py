@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,16 +30,14 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from services.matcher.profiles import (
     DesignProfile,
-    FacilityProfile,
     dump_design,
     dump_facility,
     load_profile,
 )
+from services.matcher.snapshot import Entity, Profile, decode, encode
 
 log = logging.getLogger(__name__)
 POSITION, PENDING, SNAPSHOT = "position", "pending", "snapshot"
-Profile = DesignProfile | FacilityProfile
-Entity = tuple[str, str, int, Profile | None]  # kind, id, version, profile (None: deleted)
 
 
 @dataclass
@@ -131,9 +128,7 @@ class Checkpoint:
         if name:
             store = await self.js.object_store(self.objects)
             blob = (await store.get(name.decode())).data
-            for data in orjson.loads(zlib.decompress(blob)):
-                entity = _load_entity(data)
-                latest[(entity[0], entity[1])] = entity
+            latest = {(entity[0], entity[1]): entity for entity in decode(blob)}
         pending: list[Change] = []
         self.deltas = 0
         watcher = await kv.watchall()
@@ -181,7 +176,7 @@ class Checkpoint:
         The caller holds the index still (no batch in flight) while `entities` is read."""
         kv_stream = f"KV_{self.bucket}"
         covered = (await self.js.stream_info(kv_stream)).state.last_seq + 1
-        blob = zlib.compress(orjson.dumps([_dump_entity(e) for e in entities]), 1)
+        blob = encode(entities)
         kv = await self.js.key_value(self.bucket)
         try:
             previous = (await kv.get(SNAPSHOT)).value

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from services.matcher.bitset import from_positions
+
 Rungs = tuple[int, int, int]
 Box = tuple[Rungs, Rungs]  # (rounded down: surely takes, rounded up: might take)
 _EMPTY = np.empty(0, dtype=np.int32)
@@ -142,9 +144,4 @@ class PartTable:
 
 
 def _bits(parts: list[np.ndarray], slots: int) -> int:
-    members = np.concatenate(parts) if parts else _EMPTY
-    if not len(members):
-        return 0
-    mask = np.zeros(max(slots, int(members.max()) + 1), dtype=bool)
-    mask[members] = True
-    return int.from_bytes(np.packbits(mask, bitorder="little").tobytes(), "little")
+    return from_positions(np.concatenate(parts) if parts else _EMPTY, slots)

@@ -28,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--data-dir", type=Path, default=None,
                       help="where data lives across restarts (default: %(default)s)")
     defaults = Ports()
-    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp"):
+    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp",
+                 "prometheus"):
         attr = name.replace("-", "_")
         p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
+    p_up.add_argument("--prometheus", action="store_true",
+                      help="also run Prometheus (deploy/prometheus rules) when it is installed")
 
     for name, (_, what) in SERVICES.items():
         sub.add_parser(name, help=f"run {what} alone (settings from MAKELOCAL_*)")
@@ -59,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "up":
         ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
-                      args.registry_port, args.matcher_port, args.notifier_port, args.smtp_port)
+                      args.registry_port, args.matcher_port, args.notifier_port, args.smtp_port,
+                      args.prometheus_port)
         try:
-            return up(args.data_dir or default_data_dir(), ports)
+            return up(args.data_dir or default_data_dir(), ports,
+                      with_prometheus=args.prometheus)
         except PortInUse as exc:
             print(f"makelocal: {exc}", file=sys.stderr)
             return 2

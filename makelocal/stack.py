@@ -33,6 +33,7 @@ class Ports:
     matcher: int = 8002
     notifier: int = 8003
     smtp: int = 8025
+    prometheus: int = 9090
 
 
 def default_data_dir() -> Path:
@@ -75,9 +76,11 @@ def notifier_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def up(data_dir: Path, ports: Ports, say=print) -> int:
+def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False) -> int:
     """Run the stack until interrupted; returns the exit status."""
     check_ports(ports)
+    if with_prometheus and not port_is_free(ports.prometheus):
+        raise PortInUse(ports.prometheus, "--prometheus-port")
     data_dir.mkdir(parents=True, exist_ok=True)
     stopping = False
 
@@ -114,6 +117,10 @@ def up(data_dir: Path, ports: Ports, say=print) -> int:
                 say(f"SMTP sink       127.0.0.1:{port}  (every email kept as .eml in {mail})")
             else:
                 say(f"{name:<15} http://127.0.0.1:{port}  (API docs /docs, metrics /metrics)")
+        if with_prometheus:
+            started = _start_prometheus(data_dir, ports, logs, say)
+            if started is not None:
+                services.append(("prometheus", started))
         (data_dir / STATE_FILE).write_text(json.dumps({
             "nats_url": nats.url, "database_url": postgres.url,
             "registry_url": f"http://127.0.0.1:{ports.registry}",
@@ -137,6 +144,23 @@ def up(data_dir: Path, ports: Ports, say=print) -> int:
         nats.stop()
         (data_dir / STATE_FILE).unlink(missing_ok=True)
         say("stopped")
+
+
+def _start_prometheus(data_dir: Path, ports: Ports, logs: Path, say) -> subprocess.Popen | None:
+    from makelocal import prometheus
+
+    executable = prometheus.binary()
+    if executable is None:
+        say("prometheus      not found on PATH (Debian: apt install prometheus); not started")
+        return None
+    config = prometheus.write_config(data_dir / "prometheus.yml", {
+        f"makelocal-{name}": [f"127.0.0.1:{getattr(ports, name)}"]
+        for name in ("registry", "matcher", "notifier")})
+    proc = prometheus.start(executable, data_dir / "prometheus", ports.prometheus, config,
+                            logs / "prometheus.log")
+    wait_for_port(ports.prometheus, 60, proc)
+    say(f"prometheus      http://127.0.0.1:{ports.prometheus}  (rules from {prometheus.DEPLOY})")
+    return proc
 
 
 def running_stack(data_dir: Path) -> dict[str, str]:

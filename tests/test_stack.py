@@ -14,10 +14,11 @@ import httpx
 import psutil
 
 from makelocal.embedded import free_port
+from tests.monitoring import alert_expressions, every_named_metric
 
 
-def _up(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen:
-    args = [sys.executable, "-m", "makelocal.cli", "up", "--data-dir", str(data_dir)]
+def _up(data_dir: Path, ports: dict[str, int], *options: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "makelocal.cli", "up", "--data-dir", str(data_dir), *options]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -42,11 +43,12 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str
     raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")
 
 
-def test_up_runs_the_stack_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
+def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
+        tmp_path: Path) -> None:
     ports = {"nats": free_port(), "nats-monitor": free_port(), "postgres": free_port(),
              "registry": free_port(), "matcher": free_port(), "notifier": free_port(),
-             "smtp": free_port()}
-    proc = _up(tmp_path / "data", ports)
+             "smtp": free_port(), "prometheus": free_port()}
+    proc = _up(tmp_path / "data", ports, "--prometheus")
     try:
         printed = _read_until(proc, "ready")
         assert f"http://127.0.0.1:{ports['registry']}" in printed
@@ -61,8 +63,9 @@ def test_up_runs_the_stack_and_sigterm_leaves_no_process(tmp_path: Path) -> None
                 assert time.monotonic() < deadline, ready.text
                 time.sleep(0.2)
         _email_reaches_the_mail_sink(tmp_path / "data", ports["notifier"])
+        _prometheus_scrapes_every_service_and_metric(ports["prometheus"])
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 6
+        assert len(children) >= 7
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -91,6 +94,27 @@ def _email_reaches_the_mail_sink(data_dir: Path, notifier_port: int) -> None:
         time.sleep(0.2)
     mail = next((data_dir / "mail").glob("*.eml")).read_text()
     assert "To: maker@example.org" in mail and "/v1/email/verify?token=" in mail
+
+
+def _prometheus_scrapes_every_service_and_metric(port: int) -> None:
+    """A real Prometheus (Debian's package, as .ci/run installs it), started by `up
+    --prometheus` with deploy/prometheus's configuration: after a scrape, every service is
+    up and every metric an alert rule or a dashboard panel names exists."""
+    api = f"http://127.0.0.1:{port}/api/v1"
+    jobs = {"makelocal-registry", "makelocal-matcher", "makelocal-notifier"}
+    deadline = time.monotonic() + 60
+    while True:
+        result = httpx.get(f"{api}/query", params={"query": "up"}, timeout=10).json()
+        up = {r["metric"]["job"]: r["value"][1] for r in result["data"]["result"]}
+        if all(up.get(job) == "1" for job in jobs):
+            break
+        assert time.monotonic() < deadline, f"not every service up in Prometheus: {up}"
+        time.sleep(0.5)
+    exported = set(httpx.get(f"{api}/label/__name__/values", timeout=10).json()["data"])
+    missing = every_named_metric() - exported
+    assert not missing, f"named by alerts or dashboard, not exported: {sorted(missing)}"
+    rules = httpx.get(f"{api}/rules", timeout=10).json()["data"]["groups"]
+    assert {r["name"] for g in rules for r in g["rules"]} == set(alert_expressions())
 
 
 def test_a_port_in_use_is_a_one_line_error_naming_the_option(tmp_path: Path) -> None:

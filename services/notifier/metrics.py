@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+CHANNELS = ("webhook", "email")
+OUTCOMES = ("delivered", "retry", "failed", "cancelled")
 LATENCY_BUCKETS = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -36,3 +38,11 @@ class NotifierMetrics:
                               registry=registry)
         self.consumer_pending = Gauge(f"{p}_consumer_pending",
                                       "MATCHES messages not yet consumed", registry=registry)
+        # Every series exists from the start, at zero: a rate over a series that appears
+        # only with its first failure would miss that failure, and dashboards would show
+        # "no data" where the truth is "none".
+        for channel in CHANNELS:
+            self.attempt_seconds.labels(channel)
+            self.end_to_end.labels(channel)
+            for outcome in OUTCOMES:
+                self.deliveries.labels(channel, outcome)

@@ -25,9 +25,9 @@ def test_classification_by_rungs_and_updates() -> None:
     assert (members(excluded), members(unsure)) == ({2}, {1})
     # design 2 changes its part to a small one; design 0 goes; slot 0 is reused by a new
     # design with a big part (a new size for the group)
-    table.remove(2, [FDM])
+    table.remove(2, [(FDM, (9, 9, 9), (9, 9, 9))])
     table.add(2, [(FDM, (2, 2, 2), (2, 2, 2))])
-    table.remove(0, [FDM])
+    table.remove(0, [(FDM, (1, 1, 1), (1, 1, 1))])
     table.add(0, [(FDM, (20, 20, 20), (20, 20, 20)), (CNC, (1, 1, 1), (1, 1, 1))])
     excluded, unsure = table.size_filter(machines, 4)
     assert (members(excluded), members(unsure)) == ({0}, {1})
@@ -40,7 +40,18 @@ def test_classification_by_rungs_and_updates() -> None:
         1 << 0 | 1 << 3, 0)
 
 
-def test_rows_grow_past_their_first_capacity() -> None:
+def test_a_design_with_two_parts_of_one_size_keeps_one_after_removing_the_other() -> None:
+    table = PartTable()
+    big = (FDM, (9, 9, 9), (9, 9, 9))
+    table.add(4, [big, big])
+    table.remove(4, [big])
+    assert members(table.size_filter({"fdm": {((5, 5, 5), (6, 6, 6))}}, 5)[0]) == {4}
+    table.remove(4, [big])
+    assert table.size_filter({"fdm": {((5, 5, 5), (6, 6, 6))}}, 5) == (0, 0)
+    assert len(table) == 0
+
+
+def test_many_designs_of_many_sizes() -> None:
     table = PartTable()
     for slot in range(100):
         table.add(slot, [(FDM, (slot % 20, 1, 1), (slot % 20, 1, 1))])

@@ -207,8 +207,7 @@ class CapabilityIndex:
     def remove_design(self, design_id: str, version: int | None = None) -> None:
         old = self.designs.get(design_id)
         if old is not None:
-            self.parts.remove(self.designs.slots.slot_of[design_id],
-                              (part.processes for part in old.parts))
+            self.parts.remove(self.designs.slots.slot_of[design_id], design_parts(old))
             self.designs.remove(design_id, design_keys(old))
         if version is not None:
             self.designs.deleted[design_id] = version

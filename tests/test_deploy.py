@@ -1,0 +1,125 @@
+"""deploy/: the image, compose file and Kubernetes manifests, checked offline (no Docker
+engine or cluster here): they parse, and every command, variable, probe, port and file
+they name exists in the code and the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from makelocal.cli import SERVICES
+from services.matcher.settings import MatcherSettings
+from services.notifier.settings import NotifierSettings
+from services.registry.settings import RegistrySettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMMANDS = set(SERVICES) | {"mail-sink"}
+PORTS = {"registry": 8001, "registry-relay": 8001, "matcher": 8002, "notifier": 8003}
+
+
+def variables() -> set[str]:
+    """Every MAKELOCAL_* variable some service reads."""
+    fields: set[str] = set()
+    for settings in (RegistrySettings, MatcherSettings, NotifierSettings):
+        fields |= set(settings.model_fields)
+    return {f"MAKELOCAL_{name.upper()}" for name in fields}
+
+
+def load_all(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_the_image_runs_the_cli_and_copies_what_exists() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["makelocal"]' in text
+    for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
+        assert (ROOT / source).exists(), source
+    assert "USER 10001" in text
+
+
+def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    ours = {name: s for name, s in services.items() if s.get("image") == "makelocal:latest"}
+    kinds = sorted(s["command"][0] for s in ours.values())
+    assert kinds == ["matcher", "matcher", "notifier", "notifier", "registry", "registry"]
+    assert {"nats-1", "nats-2", "nats-3", "postgres", "prometheus", "grafana",
+            "mailpit"} <= set(services)
+    known = variables()
+    partitions = set()
+    for name, service in ours.items():
+        assert service["command"][0] in COMMANDS, name
+        env = service["environment"]
+        assert set(env) <= known, f"{name}: {set(env) - known}"
+        assert env["MAKELOCAL_NATS_URL"].count("nats://") == 3  # every cluster node
+        if service["command"][0] == "matcher":
+            partitions.add(env["MAKELOCAL_MATCHER_PARTITION"])
+            assert env["MAKELOCAL_PARTITIONS"] == "2"
+    assert partitions == {"0", "1"}
+    for node in ("nats-1", "nats-2", "nats-3"):
+        command = services[node]["command"]
+        assert "--jetstream" in command and "--cluster_name" in command
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), source
+
+
+def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
+    base = DEPLOY / "k8s" / "base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = [d for name in kustomization["resources"] for d in load_all(base / name)]
+    known = variables()
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert set(config["data"]) <= known, set(config["data"]) - known
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == [
+        "matcher-0", "matcher-1", "notifier", "registry"]
+    pod_labels = []
+    for d in deployments:
+        template = d["spec"]["template"]
+        assert d["spec"]["selector"]["matchLabels"].items() <= template["metadata"][
+            "labels"].items()
+        pod_labels.append(template["metadata"]["labels"])
+        (container,) = template["spec"]["containers"]
+        command = container["args"][0]
+        assert command in COMMANDS
+        port = container["ports"][0]["containerPort"]
+        assert port == PORTS[command]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {e["name"] for e in container["env"]} <= known
+    for kind in ("Service", "PodDisruptionBudget"):
+        for d in (x for x in docs if x["kind"] == kind):
+            selector = d["spec"]["selector"]
+            selector = selector.get("matchLabels", selector)
+            assert any(selector.items() <= labels.items() for labels in pod_labels), d
+    overlay = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "production" /
+                              "kustomization.yaml").read_text())
+    assert (DEPLOY / "k8s" / "overlays" / "production" / overlay["resources"][0]).is_dir()
+    names = {d["metadata"]["name"] for d in deployments}
+    assert {r["name"] for r in overlay["replicas"]} <= names
+
+
+def test_nats_runs_three_jetstream_nodes_and_streams_keep_three_replicas() -> None:
+    values = yaml.safe_load((DEPLOY / "k8s" / "nats-values.yaml").read_text())
+    assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    assert values["config"]["jetstream"]["enabled"] is True
+    base = DEPLOY / "k8s" / "base"
+    env = {e["name"]: e.get("value") for name in ("registry.yaml", "matcher.yaml",
+                                                   "notifier.yaml")
+           for d in load_all(base / name)
+           for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for service in ("REGISTRY", "MATCHER", "NOTIFIER"):
+        assert env[f"MAKELOCAL_{service}_STREAM_REPLICAS"] == "3"
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(v for v in variables() if f"`{v}`" not in readme)
+    assert not missing, f"README's configuration table lacks {missing}"

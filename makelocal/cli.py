@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p_import.add_argument("--data-dir", type=Path, default=None)
     p_import.add_argument("--no-progress", action="store_true")
 
+    p_status = sub.add_parser("status", help="health, lag, backlog and deliveries of the "
+                              "running stack, as a table")
+    p_status.add_argument("--data-dir", type=Path, default=None)
+
     p_schema = sub.add_parser("schema", help="write the JSON Schemas of models and events")
     p_schema.add_argument("--out", type=Path, default=None)
 
@@ -83,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))
     if args.command == "import":
         return _import(args)
+    if args.command == "status":
+        from makelocal.status import status
+
+        stack = running_stack(args.data_dir or default_data_dir())
+        urls = {service: stack.get(f"{service}_url") or os.environ.get(
+            f"MAKELOCAL_{service.upper()}_URL") or f"http://127.0.0.1:{getattr(Ports(), service)}"
+            for service in ("registry", "matcher", "notifier")}
+        table, healthy = status(urls)
+        print(table)
+        return 0 if healthy else 1
     if args.command == "schema":
         from contracts.schemas import SCHEMA_DIR, write_schemas
 

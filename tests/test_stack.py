@@ -64,6 +64,7 @@ def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
                 time.sleep(0.2)
         _email_reaches_the_mail_sink(tmp_path / "data", ports["notifier"])
         _prometheus_scrapes_every_service_and_metric(ports["prometheus"])
+        _status_shows_every_service_ready(tmp_path / "data")
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 7
     finally:
@@ -94,6 +95,19 @@ def _email_reaches_the_mail_sink(data_dir: Path, notifier_port: int) -> None:
         time.sleep(0.2)
     mail = next((data_dir / "mail").glob("*.eml")).read_text()
     assert "To: maker@example.org" in mail and "/v1/email/verify?token=" in mail
+
+
+def _status_shows_every_service_ready(data_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "makelocal.cli", "status", "--data-dir",
+                           str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:2] == ["service", "health"] and "consumer lag" in header
+    assert [r.split()[:2] for r in rows] == [["registry", "ready"], ["matcher", "ready"],
+                                             ["notifier", "ready"]]
+    # the registry's outbox is drained, the matcher and notifier consumers caught up
+    assert rows[0].split()[2:] == ["-", "0", "0", "-", "-"]
+    assert rows[1].split()[2] == "0"
 
 
 def _prometheus_scrapes_every_service_and_metric(port: int) -> None:

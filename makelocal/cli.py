@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                               "running stack, as a table")
     p_status.add_argument("--data-dir", type=Path, default=None)
 
+    p_trace = sub.add_parser("trace", help="follow one registry change (its event id) to its "
+                             "match events and deliveries")
+    p_trace.add_argument("event_id")
+    p_trace.add_argument("--data-dir", type=Path, default=None)
+
     p_schema = sub.add_parser("schema", help="write the JSON Schemas of models and events")
     p_schema.add_argument("--out", type=Path, default=None)
 
@@ -97,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         table, healthy = status(urls)
         print(table)
         return 0 if healthy else 1
+    if args.command == "trace":
+        from makelocal.trace import run
+        from services.common.settings import CommonSettings
+
+        stack, settings = running_stack(args.data_dir or default_data_dir()), CommonSettings()
+        return run(stack.get("database_url", settings.database_url),
+                   stack.get("nats_url", settings.nats_url), args.event_id)
     if args.command == "schema":
         from contracts.schemas import SCHEMA_DIR, write_schemas
 

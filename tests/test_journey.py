@@ -10,6 +10,7 @@ import re
 import httpx
 from standardwebhooks import Webhook
 
+from makelocal.trace import trace
 from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from tests.conftest import auth
@@ -54,6 +55,7 @@ async def test_register_subscribe_match_close(
             "matches.found", "phone-stand", "fablab-berlin")
         await eventually(lambda: _mails(mail_server, 2), timeout=20)
         assert "can now make design phone-stand" in text_of(mail_server.messages[1])
+        await _trace_follows_the_change(event, notifier_settings)
 
         closed = await client.put("/v1/facilities/fablab-berlin",
                                   headers=key | JSON | {"If-Match": made.headers["ETag"]},
@@ -66,6 +68,25 @@ async def test_register_subscribe_match_close(
         assert withdrawn["data"]["events"][0]["type"] == "matches.withdrawn"
         await eventually(lambda: _mails(mail_server, 3), timeout=20)
         assert "can no longer make design phone-stand" in text_of(mail_server.messages[2])
+
+
+async def _trace_follows_the_change(event: dict, settings: NotifierSettings) -> None:
+    """`makelocal trace` from the design's registry event to its match and deliveries."""
+    async def traced() -> str:
+        return await trace(settings.database_url, settings.nats_url, event["cause"]["event_id"],
+                           registry_schema=settings.notifier_keys_schema,
+                           notifier_schema=settings.notifier_db_schema)
+
+    async def delivered() -> bool:
+        return (await traced()).count(": delivered, 1 attempts") == 2
+
+    await eventually(delivered, timeout=20)  # the email's delivery record lags the mail
+    lines = (await traced()).splitlines()
+    assert lines[0].startswith(f"registry change {event['cause']['event_id']}: "
+                               "registry.design.") and "phone-stand v1" in lines[0]
+    assert lines[1] == "match events: 1"
+    assert f"matches.found {event['event_id']} design phone-stand" in lines[2]
+    assert sorted(line.split()[0] for line in lines[3:]) == ["email", "webhook"]
 
 
 async def _webhooks(app: Receiver, n: int) -> bool:

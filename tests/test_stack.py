@@ -62,6 +62,8 @@ def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
             while (ready := httpx.get(url, timeout=10)).status_code != 200:
                 assert time.monotonic() < deadline, ready.text
                 time.sleep(0.2)
+            served = httpx.get(f"http://127.0.0.1:{ports[service]}/asyncapi", timeout=10)
+            assert served.json()["info"]["title"] == f"makelocal {service}"
         _email_reaches_the_mail_sink(tmp_path / "data", ports["notifier"])
         _prometheus_scrapes_every_service_and_metric(ports["prometheus"])
         _status_shows_every_service_ready(tmp_path / "data")

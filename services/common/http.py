@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -150,8 +151,15 @@ Check = Callable[[], Awaitable[None]]
 
 
 def install_operational_routes(app: FastAPI, registry: CollectorRegistry,
-                               checks: dict[str, Check]) -> None:
-    """/metrics, /healthz (the process answers) and /readyz (its dependencies answer)."""
+                               checks: dict[str, Check],
+                               asyncapi: dict[str, Any] | None = None) -> None:
+    """/metrics, /healthz (the process answers), /readyz (its dependencies answer) and
+    /asyncapi (the events it publishes and consumes)."""
+
+    if asyncapi is not None:
+        @app.get("/asyncapi", include_in_schema=False)
+        async def asyncapi_document() -> JSONResponse:
+            return JSONResponse(asyncapi)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from contracts import asyncapi
 from contracts.events import partition_filters
 from services.common import logs
 from services.common import nats as nats_util
@@ -79,7 +80,8 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
 
     app.include_router(api.router(index))
     install_error_handlers(app)
-    install_operational_routes(app, registry, {"index": index_loaded, "nats": nats_ready})
+    install_operational_routes(app, registry, {"index": index_loaded, "nats": nats_ready},
+                               asyncapi.document("matcher", settings.nats_url))
     app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_matcher")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.index = index

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from contracts import asyncapi
 from services.common import db, logs
 from services.common import nats as nats_util
 from services.common.http import (
@@ -91,7 +92,8 @@ def create_app(settings: NotifierSettings | None = None,
                                                         "nats": consuming}
     app.include_router(api.router(store, guard, settings))
     install_error_handlers(app)
-    install_operational_routes(app, registry, checks)
+    install_operational_routes(app, registry, checks,
+                               asyncapi.document("notifier", settings.nats_url))
     app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_notifier")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.store = store

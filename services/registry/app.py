@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Gauge
 
+from contracts import asyncapi
 from contracts.events import EntityKind
 from services.common import db, logs
 from services.common.http import (
@@ -85,7 +86,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             raise ConnectionError("NATS not connected")
 
     install_error_handlers(app)
-    install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready})
+    install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready},
+                               asyncapi.document("registry", settings.nats_url))
     app.add_middleware(HttpMetrics, registry=metrics, prefix="makelocal_registry")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         from makelocal.status import status
 
         stack = running_stack(args.data_dir or default_data_dir())
-        urls = {service: stack.get(f"{service}_url") or os.environ.get(
-            f"MAKELOCAL_{service.upper()}_URL") or f"http://127.0.0.1:{getattr(Ports(), service)}"
-            for service in ("registry", "matcher", "notifier")}
+        urls = {service: stack.get(f"{service}_url",
+                                   f"http://127.0.0.1:{getattr(Ports(), service)}")
+                for service in ("registry", "matcher", "notifier")}
         table, healthy = status(urls)
         print(table)
         return 0 if healthy else 1

@@ -170,6 +170,7 @@ def running_stack(data_dir: Path) -> dict[str, str]:
     if path.exists():
         state = json.loads(path.read_text())
     env = {"database_url": "MAKELOCAL_DATABASE_URL", "registry_url": "MAKELOCAL_REGISTRY_URL",
+           "matcher_url": "MAKELOCAL_MATCHER_URL", "notifier_url": "MAKELOCAL_NOTIFIER_URL",
            "nats_url": "MAKELOCAL_NATS_URL"}
     for key, var in env.items():
         if os.environ.get(var):

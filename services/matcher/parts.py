@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 
 import numpy as np
 
@@ -39,12 +40,15 @@ class _Sizes:
         self.slots: list[array] = []
         self._arrays()
 
-    def _key(self, up: Rungs, down: Rungs) -> int:
+    def _key(self, up: Rungs, down: Rungs, compare: bool = True) -> int:
+        """The size's row; a new one also gets its comparison arrays rebuilt unless the
+        caller (a bulk load) does that once at the end."""
         key = self.key_of.get((up, down))
         if key is None:  # a size this group has not seen: rare once loaded
             key = self.key_of[(up, down)] = len(self.key_of)
             self.slots.append(array("i"))
-            self._arrays()
+            if compare:
+                self._arrays()
         return key
 
     def _arrays(self) -> None:
@@ -56,8 +60,9 @@ class _Sizes:
 
     def remove(self, slot: int, up: Rungs, down: Rungs) -> None:
         key = self.key_of.get((up, down))
-        if key is not None and slot in self.slots[key]:
-            self.slots[key].remove(slot)
+        if key is not None:
+            with suppress(ValueError):  # not there: removing is idempotent
+                self.slots[key].remove(slot)
 
     def live(self) -> int:
         return sum(len(s) for s in self.slots)
@@ -92,11 +97,7 @@ class PartTable:
             sizes = self.groups.get(processes)
             if sizes is None:
                 sizes = self.groups[processes] = _Sizes()
-            key = sizes.key_of.get((up, down))
-            if key is None:
-                key = sizes.key_of[(up, down)] = len(sizes.slots)
-                sizes.slots.append(array("i"))
-            sizes.slots[key].append(slot)
+            sizes.slots[sizes._key(up, down, compare=False)].append(slot)
         for sizes in self.groups.values():
             sizes._arrays()
 

@@ -166,16 +166,23 @@ def test_transitions_alternate_and_reduce_to_the_brute_force_match_set(seed: int
         entity = f"{'d' if is_design else 'f'}{rng.randint(0, 7)}"
         versions[entity] = version = versions.get(entity, 0) + 1
         delete = rng.random() < 0.15
+        edit = rng.random()
         if is_design:
             new = None if delete else random_design(rng, entity, version)
+            old_design = index.designs.get(entity)
+            if new is not None and old_design is not None and edit < 0.3:
+                new = replace(old_design, version=version)  # renamed: the same needs
             transitions = list(apply_design(index, entity, new, version).transitions(index))
         else:
             new = None if delete else random_facility(rng, entity, version)
             old = index.facilities.get(entity)
-            if new is not None and old is not None and rng.random() < 0.4:
+            if new is not None and old is not None and edit < 0.4:
                 # the usual edit: only the offered processes change
                 new = replace(old, version=version, processes=frozenset(
                     rng.sample(PROCESSES, rng.randint(0, 4))))
+            elif new is not None and old is not None and edit < 0.6:
+                # moved: the same capabilities somewhere else
+                new = replace(old, version=version, lat=rng.uniform(-60, 60))
             transitions = list(apply_facility(index, entity, new, version).transitions(index))
         for t in transitions:
             pair = (t.design_id, t.facility_id)
@@ -183,6 +190,13 @@ def test_transitions_alternate_and_reduce_to_the_brute_force_match_set(seed: int
             last[pair] = t.kind
     found = {pair for pair, kind in last.items() if kind == "found"}
     assert found == all_pairs(index.designs.values(), index.facilities.values())
+    for side in (index.designs, index.facilities):
+        assert all(side[i].version == versions[i] for i in side)
+    for f in index.facilities.values():  # each where it is now, and only there
+        assert [i for i, _ in index.near(f.lat, f.lon, 1) if i == f.id] == [f.id]
+    assert sum(1 for f in index.facilities.values()
+               for i, _ in index.near(f.lat, f.lon, 20_100) if i == f.id) == len(
+        index.facilities)
 
 
 def test_radius_queries_use_the_grid_and_exact_distance() -> None:

@@ -3,11 +3,15 @@ version, the REGISTRY position applied, and a write-ahead record of the batch be
 
 Layout: a snapshot of every profile as one compressed object in a JetStream Object Store
 (`<bucket>-snap`), and in the KV bucket `<bucket>`: `snapshot` (which object is current),
-`e.<kind>.<id>` for each entity changed since (a delta), `position` and `pending`. A start
-reads one object and a few deltas instead of one KV entry per entity; every
-`snapshot_every` deltas the matcher writes a new snapshot, points to it, and purges the
-deltas it covers. A crash between those steps leaves deltas the snapshot already holds:
-loading keeps, per entity, the highest version, so they change nothing.
+`position`, and `b.<first seq>` for each batch applied since: its changes, each with the
+old and the new profile. A batch record is written before the batch's match events are
+published (the write-ahead record) and `position` after: a record at or below the position
+is committed, and its new profiles are deltas over the snapshot; one above it is the batch
+that was in flight. So a batch costs two KV writes, whatever its size. A start reads one
+object and the batch records; every `snapshot_every` changes the matcher writes a new
+snapshot, points to it, and purges the records it covers. A crash between those steps
+leaves records the snapshot already holds: loading keeps, per entity, the highest version,
+so they change nothing.
 
 Why a write-ahead record: REGISTRY keeps only the latest message per entity, so after a
 crash mid-batch the versions in flight may be gone from the stream. The record keeps each
@@ -19,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -37,7 +41,9 @@ from services.matcher.profiles import (
 from services.matcher.snapshot import Entity, Profile, decode, encode
 
 log = logging.getLogger(__name__)
-POSITION, PENDING, SNAPSHOT = "position", "pending", "snapshot"
+POSITION, SNAPSHOT, BATCH = "position", "snapshot", "b."
+RECORD_BYTES = 256 * 1024  # a KV value; NATS refuses messages over 1 MB by default
+LEGACY_DELTA, LEGACY_PENDING = "e.", "pending"  # the layout before batch records: still read
 
 
 @dataclass
@@ -54,14 +60,31 @@ class Change:
     occurred_at: str | None
 
     def dump(self) -> list[Any]:
-        return [self.seq, self.kind, self.entity_id, self.version, _dump(self.old),
+        return [self.seq, self.kind, self.entity_id, self.version, self._dump_old(),
                 _dump(self.new), self.cause_event_id, self.occurred_at]
+
+    def _dump_old(self) -> list[Any] | None:
+        """Most changes (a rename, a new description) leave what matching reads as it
+        was: then the old profile is the new one at another version and place, and is
+        written as just those (its full form would double the record)."""
+        old, new = self.old, self.new
+        if old is None or new is None or not new.same_for_matching(old):  # type: ignore[arg-type]
+            return _dump(old)
+        if isinstance(old, DesignProfile):
+            return [SAME, old.version]
+        return [SAME, old.version, old.lat, old.lon]  # type: ignore[union-attr]
 
     @classmethod
     def load(cls, data: list[Any]) -> Change:
         seq, kind, entity_id, version, old, new, event_id, occurred = data
-        return cls(seq, kind, entity_id, version, old and load_profile(old),
-                   new and load_profile(new), event_id, occurred)
+        new_profile = new and load_profile(new)
+        if old and old[0] == SAME:
+            old_profile = replace(new_profile, version=old[1],  # type: ignore[type-var]
+                                  **({"lat": old[2], "lon": old[3]} if len(old) > 2 else {}))
+        else:
+            old_profile = old and load_profile(old)
+        return cls(seq, kind, entity_id, version, old_profile, new_profile, event_id,
+                   occurred)
 
 
 @dataclass
@@ -69,6 +92,27 @@ class Loaded:
     position: int
     entities: list[Entity]
     pending: list[Change]
+
+
+SAME = "same"
+
+
+def _pieces(changes: list[Change], limit: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(first seq, records) of the changes, grouped into pieces of at most `limit` bytes
+    (or one record, if a record alone is larger)."""
+    piece: list[bytes] = []
+    size = first_seq = 0
+    for change in changes:
+        record = orjson.dumps(change.dump())
+        if piece and size + len(record) > limit:
+            yield first_seq, piece
+            piece, size = [], 0
+        if not piece:
+            first_seq = change.seq
+        piece.append(record)
+        size += len(record) + 1
+    if piece:
+        yield first_seq, piece
 
 
 def _dump(profile: Profile | None) -> list[Any] | None:
@@ -85,10 +129,6 @@ def _dump_entity(entity: Entity) -> list[Any]:
 def _load_entity(data: list[Any]) -> Entity:
     kind, entity_id, version, profile = data
     return kind, entity_id, version, profile and load_profile(profile)
-
-
-def entity_key(kind: str, entity_id: str) -> str:
-    return f"e.{kind[0]}.{entity_id}"
 
 
 class Checkpoint:
@@ -129,47 +169,53 @@ class Checkpoint:
             store = await self.js.object_store(self.objects)
             blob = (await store.get(name.decode())).data
             latest = {(entity[0], entity[1]): entity for entity in decode(blob)}
-        pending: list[Change] = []
+        batches: list[Change] = []
+        legacy_pending: list[Change] = []
         self.deltas = 0
         watcher = await kv.watchall()
         async for entry in watcher:
             if entry is None:
                 break
-            if entry.key.startswith("e.") and entry.value:
-                self.deltas += 1
-                entity = _load_entity(orjson.loads(entry.value))
-                known = latest.get((entity[0], entity[1]))
-                if known is None or known[2] < entity[2]:
-                    latest[(entity[0], entity[1])] = entity
-            elif entry.key == PENDING and entry.value:
-                pending = [Change.load(c) for c in orjson.loads(entry.value)]
+            if not entry.value:
+                continue
+            if entry.key.startswith(BATCH):
+                batches.extend(Change.load(c) for c in orjson.loads(entry.value))
+            elif entry.key.startswith(LEGACY_DELTA):
+                self._keep_latest(latest, _load_entity(orjson.loads(entry.value)))
+            elif entry.key == LEGACY_PENDING:
+                legacy_pending = [Change.load(c) for c in orjson.loads(entry.value)]
         await watcher.stop()
+        pending = [c for c in batches if c.seq > position] or legacy_pending
+        for c in batches:
+            if c.seq <= position:
+                self._keep_latest(latest, (c.kind, c.entity_id, c.version, c.new))
         return Loaded(position, list(latest.values()), pending)
 
-    async def begin(self, changes: list[Change]) -> None:
-        await self.js.publish(self.prefix + PENDING, orjson.dumps([c.dump() for c in changes]))
+    def _keep_latest(self, latest: dict[tuple[str, str], Entity], entity: Entity) -> None:
+        self.deltas += 1
+        known = latest.get((entity[0], entity[1]))
+        if known is None or known[2] < entity[2]:
+            latest[(entity[0], entity[1])] = entity
 
-    async def commit(self, changes: list[Change], position: int) -> None:
-        """Record the entities' new state, then the position, then clear the record."""
-        await self._put_deltas((c.kind, c.entity_id, c.version, c.new) for c in changes)
+    async def begin(self, changes: list[Change]) -> asyncio.Future[Any]:
+        """Send the write-ahead record of a batch (also, once committed, its deltas), in
+        pieces that stay well under NATS's largest message. Returns the future of their
+        acknowledgement: await it before anything the record must precede (the batch's
+        match events)."""
+        self.deltas += len(changes)
+        sent = []
+        for first_seq, piece in _pieces(changes, RECORD_BYTES):
+            sent.append(await self.js.publish_async(f"{self.prefix}{BATCH}{first_seq}",
+                                                    b"[" + b",".join(piece) + b"]"))
+        return asyncio.ensure_future(asyncio.gather(*sent))
+
+    async def commit(self, position: int) -> None:
+        """Every batch record up to `position` is applied."""
         await self.js.publish(self.prefix + POSITION, str(position).encode())
-        await self.js.publish(self.prefix + PENDING, b"")
 
     @property
     def due(self) -> bool:
         return self.deltas >= self.snapshot_every
-
-    async def _put_deltas(self, entities: Iterable[Entity]) -> None:
-        futures = []
-        for entity in entities:
-            self.deltas += 1
-            futures.append(await self.js.publish_async(
-                self.prefix + entity_key(entity[0], entity[1]), orjson.dumps(
-                    _dump_entity(entity))))
-            if len(futures) >= 2000:
-                await asyncio.gather(*futures)
-                futures = []
-        await asyncio.gather(*futures)
 
     async def snapshot(self, position: int, entities: Iterable[Entity]) -> None:
         """Write every entity as a new snapshot, make it current, drop what it covers.
@@ -187,7 +233,8 @@ class Checkpoint:
         await store.put(name, blob)
         await kv.put(SNAPSHOT, name.encode())
         await kv.put(POSITION, str(position).encode())
-        await self.js.purge_stream(kv_stream, subject=self.prefix + "e.>", seq=covered)
+        for records in (f"{BATCH}>", f"{LEGACY_DELTA}>", LEGACY_PENDING):
+            await self.js.purge_stream(kv_stream, subject=self.prefix + records, seq=covered)
         if previous and previous.decode() != name:
             try:
                 await store.delete(previous.decode())
@@ -198,6 +245,6 @@ class Checkpoint:
                  extra={"position": position, "bytes": len(blob), "object": name})
 
     async def reset(self, position: int, entities: Iterable[Entity]) -> None:
-        """A whole new checkpoint (after building the index from REGISTRY)."""
-        await self.js.publish(self.prefix + PENDING, b"")
+        """A whole new checkpoint (after building the index from REGISTRY): the snapshot
+        purges every batch record, so none can be taken for one in flight."""
         await self.snapshot(position, entities)

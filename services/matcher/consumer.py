@@ -35,17 +35,18 @@ from services.matcher.diff import Diff, apply_design, apply_facility
 from services.matcher.index import CapabilityIndex
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.profiles import design_profile, facility_profile
-from services.matcher.rules import Reason, explainer
+from services.matcher.rules import Explainer
 
 log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 2000  # match events in flight before waiting for their acks
+EVENTS_HELD = 20_000  # match events read out before they are published (about 20 MB)
 
 
 
 
 class MatcherWorker:
     def __init__(self, nc: Client, index: CapabilityIndex, metrics: MatcherMetrics, *,
-                 bucket: str, durable: str, filter_subjects: list[str], batch: int = 256,
+                 bucket: str, durable: str, filter_subjects: list[str], batch: int = 1000,
                  replicas: int = 1, snapshot_every: int = 50_000) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.index, self.metrics = index, metrics
@@ -209,7 +210,7 @@ class MatcherWorker:
             await self._apply_and_publish(changes)
         last = max(m.metadata.sequence.stream for m in msgs)
         if not changes and last > self.position:
-            await self.checkpoint.commit([], last)
+            await self.checkpoint.commit(last)
         self.position = max(self.position, last)
         if self.checkpoint.due:
             await self.checkpoint.snapshot(self.position, self.entities())
@@ -235,8 +236,9 @@ class MatcherWorker:
         return Change(seq, kind, entity_id, version, old, new, event_id, occurred_at)
 
     async def _apply_and_publish(self, changes: list[Change]) -> None:
-        await self.checkpoint.begin(changes)
-        crash_point("matcher.after_begin")
+        # The record is written while the batch is applied; events go out once it is
+        # durable, in slices, so that a batch of large fan-outs never holds them all.
+        written = await self.checkpoint.begin(changes)
         events: list[Outgoing] = []
         for change in changes:
             started = time.perf_counter()
@@ -246,11 +248,20 @@ class MatcherWorker:
             self.metrics.change_seconds.observe(time.perf_counter() - started)
             # read out now: the next change may give a slot of this diff to another entity
             events.extend(match_messages(diff, change, self.index))
-        await self._publish(events)
+            if len(events) >= EVENTS_HELD:
+                await self._publish_after(written, events)
+                events = []
+        await self._publish_after(written, events)
         crash_point("matcher.after_publish")
-        await self.checkpoint.commit(changes, max(c.seq for c in changes))
+        await self.checkpoint.commit(max(c.seq for c in changes))
         self.position = max(self.position, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
+
+    async def _publish_after(self, written: asyncio.Future[Any], events: list[Outgoing],
+                             ) -> None:
+        await asyncio.wait_for(written, 30)
+        crash_point("matcher.after_begin")
+        await self._publish(events)
 
     async def _publish(self, events: list[Outgoing]) -> None:
         """Pipelined: a window of publishes in flight, then their acks, then the next."""
@@ -300,19 +311,15 @@ def match_messages(diff: Diff, change: Change, index: CapabilityIndex) -> list[O
     as the change left them: read it out before the next change. Written as dicts, each
     distinct explanation serialised once: a fan-out makes thousands of events, and models
     or repeated work for each would cost more than the matching."""
-    explain = explainer()
-    rendered: dict[int, orjson.Fragment] = {}
+    explainer = Explainer()
     cause = {"entity": change.kind, "entity_id": change.entity_id, "version": change.version,
              "event_id": change.cause_event_id, "occurred_at": change.occurred_at}
     out = []
     for t in diff.transitions(index):
         event_id = match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
                                   t.facility_version)
-        evaluation = explain(t.design, t.facility)
-        explanation = rendered.get(id(evaluation))
-        if explanation is None:
-            explanation = rendered[id(evaluation)] = orjson.Fragment(orjson.dumps(
-                [dict(zip(Reason._fields, r, strict=True)) for r in evaluation.requirements]))
+        evaluation = explainer.evaluate(t.design, t.facility)
+        explanation = orjson.Fragment(explainer.explanation_json(evaluation))
         body = {
             "schema_version": 1, "event_id": event_id, "type": f"matches.{t.kind}",
             "design_id": t.design_id, "design_version": t.design_version,

@@ -68,7 +68,7 @@ def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | No
                  version: int) -> Diff:
     """Apply a design upsert (new) or deletion (None at `version`) and say what changed."""
     return _apply("design", index.designs.get(design_id), new, version,
-                  unchanged=DesignProfile.same_needs, put=index.put_design,
+                  refresh=index.refresh_design, put=index.put_design,
                   remove=lambda: index.remove_design(design_id, version),
                   matches=index.facilities_for)
 
@@ -76,16 +76,16 @@ def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | No
 def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfile | None,
                    version: int) -> Diff:
     return _apply("facility", index.facilities.get(facility_id), new, version,
-                  unchanged=FacilityProfile.same_capabilities, put=index.put_facility,
+                  refresh=index.refresh_facility, put=index.put_facility,
                   remove=lambda: index.remove_facility(facility_id, version),
                   matches=index.designs_for)
 
 
-def _apply(kind: str, old: Any, new: Any, version: int, *, unchanged: Callable[[Any, Any], bool],
-           put: Callable[[Any], None], remove: Callable[[], None],
+def _apply(kind: str, old: Any, new: Any, version: int, *,
+           refresh: Callable[[Any], None], put: Callable[[Any], None], remove: Callable[[], None],
            matches: Callable[[Any], int]) -> Diff:
-    if new is not None and unchanged(new, old):
-        put(new)  # a new description, name or place: no match can change
+    if new is not None and new.same_for_matching(old):
+        refresh(new)  # a new description, name or place: no match can change
         return Diff(kind, new, version)
     before = matches(old) if old else 0
     if new is None:

@@ -77,6 +77,12 @@ class Side(Mapping[str, P], Generic[P]):
         self.postings.add(keys, self._place(profile))
         self.deleted.pop(profile.id, None)
 
+    def replace(self, profile: P) -> None:
+        """The indexed entity's profile, with the same keys, as a new object (a new
+        version that matching cannot tell apart): no posting list changes."""
+        self.by_slot[self.slots.slot_of[profile.id]] = profile
+        self.deleted.pop(profile.id, None)
+
     def _place(self, profile: P) -> int:
         slot = self.slots.assign(profile.id)
         if slot == len(self.by_slot):
@@ -204,6 +210,10 @@ class CapabilityIndex:
         self.designs.put(profile, design_keys(profile))
         self.parts.add(self.designs.slots.slot_of[profile.id], design_parts(profile))
 
+    def refresh_design(self, profile: DesignProfile) -> None:
+        """An indexed design at a new version with the same needs (same_for_matching)."""
+        self.designs.replace(profile)
+
     def remove_design(self, design_id: str, version: int | None = None) -> None:
         old = self.designs.get(design_id)
         if old is not None:
@@ -215,20 +225,36 @@ class CapabilityIndex:
     def put_facility(self, profile: FacilityProfile) -> None:
         self.remove_facility(profile.id)
         self.facilities.put(profile, facility_keys(profile))
-        if profile.lat is not None and profile.lon is not None:
-            self._cells[cell(profile.lat, profile.lon)].add(profile.id)
+        self._grid_add(profile)
+
+    def refresh_facility(self, profile: FacilityProfile) -> None:
+        """An indexed facility at a new version with the same capabilities
+        (FacilityProfile.same_for_matching): it may have moved."""
+        old = self.facilities[profile.id]
+        if (old.lat, old.lon) != (profile.lat, profile.lon):
+            self._grid_remove(old)
+            self._grid_add(profile)
+        self.facilities.replace(profile)
+
+    def _grid_add(self, f: FacilityProfile) -> None:
+        if f.lat is not None and f.lon is not None:
+            self._cells[cell(f.lat, f.lon)].add(f.id)
+
+    def _grid_remove(self, f: FacilityProfile) -> None:
+        if f.lat is None or f.lon is None:
+            return
+        where = cell(f.lat, f.lon)
+        ids = self._cells.get(where)
+        if ids is not None:
+            ids.discard(f.id)
+            if not ids:
+                del self._cells[where]
 
     def remove_facility(self, facility_id: str, version: int | None = None) -> None:
         old = self.facilities.get(facility_id)
         if old is not None:
             self.facilities.remove(facility_id, facility_keys(old))
-            if old.lat is not None and old.lon is not None:
-                where = cell(old.lat, old.lon)
-                ids = self._cells.get(where)
-                if ids is not None:
-                    ids.discard(facility_id)
-                    if not ids:
-                        del self._cells[where]
+            self._grid_remove(old)
         if version is not None:
             self.facilities.deleted[facility_id] = version
 
@@ -242,8 +268,7 @@ class CapabilityIndex:
         facilities = list(facilities)
         self.facilities.load(facilities, facility_keys)
         for f in facilities:
-            if f.lat is not None and f.lon is not None:
-                self._cells[cell(f.lat, f.lon)].add(f.id)
+            self._grid_add(f)
 
     # matches, as bitsets over the other side's slots
 

@@ -48,7 +48,7 @@ class DesignProfile:
         object.__setattr__(self, "known_processes",
                            shared(tuple(n.id for n in self.processes if n.known)))
 
-    def same_needs(self, other: DesignProfile | None) -> bool:
+    def same_for_matching(self, other: DesignProfile | None) -> bool:
         return other is not None and (self.processes, self.materials, self.parts) == (
             other.processes, other.materials, other.parts)
 
@@ -80,7 +80,7 @@ class FacilityProfile:
         return (self.status, self.materials, self.machines) == (other.status, other.materials,
                                                                  other.machines)
 
-    def same_capabilities(self, other: FacilityProfile | None) -> bool:
+    def same_for_matching(self, other: FacilityProfile | None) -> bool:
         """Whether matching can tell the two apart (a new name or address cannot)."""
         return other is not None and (self.status, self.processes, self.materials,
                                       self.machines) == (other.status, other.processes,
@@ -114,9 +114,19 @@ def _terms(ids: Any) -> tuple[str, ...]:
     return shared(tuple(sys.intern(i) for i in ids))
 
 
+_NEEDS: dict[tuple[str, bool, bool], Need] = {}
+
+
 def need(id_: str, known: bool = True, inferred: bool = False) -> Need:
-    """One Need object per distinct need: 100,000s of designs share a few hundred."""
-    return shared(Need(sys.intern(id_), known, inferred))
+    """One Need object per distinct need: 100,000s of designs share a few hundred. Found
+    by a plain tuple: a dataclass's hash is computed in Python, on every profile read."""
+    key = (id_, known, inferred)
+    found = _NEEDS.get(key)
+    if found is None:
+        if len(_NEEDS) >= _SHARED_MAX:
+            _NEEDS.clear()
+        found = _NEEDS[key] = Need(sys.intern(id_), known, inferred)
+    return found
 
 
 def _as_dict(entity: BaseModel | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
+import orjson
+
 from contracts import vocabulary
 from contracts.matches import Outcome
 from services.matcher.profiles import (
     ACTIVE,
     DesignProfile,
     FacilityProfile,
+    Machine,
     Need,
     PartNeed,
     Size,
@@ -122,13 +125,17 @@ def _part_fits(part: PartNeed, facility: FacilityProfile) -> bool | None:
     size does; None: no such machine states its size."""
     measured = False
     for machine in facility.machines:
-        if machine.size is None:
-            continue
-        if any(p in answering_strictly(q) for q in part.processes for p in machine.processes):
+        if _measures(machine, part):
             measured = True
-            if fits(part.size, machine.size):
+            if fits(part.size, machine.size):  # type: ignore[arg-type]
                 return True
     return False if measured else None
+
+
+def _measures(machine: Machine, part: PartNeed) -> bool:
+    """The machine is of a process the part needs, and its size is known."""
+    return machine.size is not None and any(
+        p in answering_strictly(q) for q in part.processes for p in machine.processes)
 
 
 @cache
@@ -144,42 +151,95 @@ def generic_or_same(process: str) -> frozenset[str]:
 
 
 def evaluate(design: DesignProfile, facility: FacilityProfile) -> Evaluation:
-    requirements: list[Reason] = [_status(facility)]
-    score = 1.0 if facility.active else 0.0
-    for need in design.processes:
-        req = _process(need, facility)
-        requirements.append(req)
-        score *= FACTOR[req.outcome] * (INFERRED_FACTOR if need.inferred else 1.0)
-    for need in design.materials:
-        req = _material(need, facility)
-        requirements.append(req)
-        score *= FACTOR[req.outcome]
-    for part in design.parts:
-        req = _size(part, facility)
-        requirements.append(req)
-        score *= FACTOR[req.outcome]
-    if not can_design_match(design):
-        requirements.append(_req(kind="process", need="any", outcome="unmet",
-                                        note="the design names no process to make it by"))
-        score = 0.0
-    return Evaluation(tuple(requirements), round(score, 4))
+    return Explainer().evaluate(design, facility)
 
 
-def explainer() -> Callable[[DesignProfile, FacilityProfile], Evaluation]:
-    """evaluate, remembered for one fan-out by the identity of what it reads: thousands of
-    facilities share a few (shared, see profiles.shared) capability sets and machines, and
-    so do their explanations. Only for the span in which those objects stay alive."""
-    memo: dict[tuple[object, ...], Evaluation] = {}
+class Explainer:
+    """evaluate, with what a fan-out repeats remembered by the identity of what it reads:
+    thousands of facilities share a few (shared, see profiles.shared) capability sets and
+    machine lists, so each requirement's reason is worked out once per need and set; a
+    part's size, once per machine list and process, finds the machines to compare with.
+    Only for the span in which those objects stay alive (one fan-out)."""
 
-    def explain(d: DesignProfile, f: FacilityProfile) -> Evaluation:
-        key = (id(d.processes), id(d.materials), id(d.parts), f.status, id(f.processes),
-               id(f.materials), id(f.machines))
-        found = memo.get(key)
+    def __init__(self) -> None:
+        self._groups: dict[tuple[object, ...], tuple[tuple[Reason, ...], float]] = {}
+        self._measures: dict[tuple[object, ...], bool] = {}
+        self._evaluations: dict[tuple[object, ...], Evaluation] = {}
+        self._json: dict[Reason, bytes] = {}
+
+    def evaluate(self, design: DesignProfile, facility: FacilityProfile) -> Evaluation:
+        key = (id(design.processes), id(design.materials), id(design.parts), facility.status,
+               id(facility.processes), id(facility.materials), id(facility.machines))
+        found = self._evaluations.get(key)
         if found is None:
-            found = memo[key] = evaluate(d, f)
+            found = self._evaluations[key] = self._evaluate(design, facility)
         return found
 
-    return explain
+    def _evaluate(self, design: DesignProfile, facility: FacilityProfile) -> Evaluation:
+        status = self._group(("s", facility.status), lambda: _status_reasons(facility))
+        processes = self._group(("p", id(design.processes), id(facility.processes)),
+                                lambda: _process_reasons(design.processes, facility))
+        materials = self._group(("m", id(design.materials), id(facility.materials)),
+                                lambda: _material_reasons(design.materials, facility))
+        requirements = [*status[0], *processes[0], *materials[0]]
+        score = status[1] * processes[1] * materials[1]
+        for part in design.parts:
+            req = _size(part, [m for m in facility.machines if self._measured(m, part)])
+            requirements.append(req)
+            score *= FACTOR[req.outcome]
+        if not can_design_match(design):
+            requirements.append(_req(kind="process", need="any", outcome="unmet",
+                                     note="the design names no process to make it by"))
+            score = 0.0
+        return Evaluation(tuple(requirements), round(score, 4))
+
+    def _group(self, key: tuple[object, ...],
+               reasons: Callable[[], tuple[tuple[Reason, ...], float]],
+               ) -> tuple[tuple[Reason, ...], float]:
+        found = self._groups.get(key)
+        if found is None:
+            found = self._groups[key] = reasons()
+        return found
+
+    def _measured(self, machine: Machine, part: PartNeed) -> bool:
+        key = (id(machine), part.processes)
+        known = self._measures.get(key)
+        if known is None:
+            known = self._measures[key] = _measures(machine, part)
+        return known
+
+    def explanation_json(self, evaluation: Evaluation) -> bytes:
+        """The requirements as the JSON array a match event carries, each reason
+        serialised once."""
+        parts = []
+        for r in evaluation.requirements:
+            rendered = self._json.get(r)
+            if rendered is None:
+                rendered = self._json[r] = orjson.dumps(r._asdict())
+            parts.append(rendered)
+        return b"[" + b",".join(parts) + b"]"
+
+
+def _status_reasons(facility: FacilityProfile) -> tuple[tuple[Reason, ...], float]:
+    return (_status(facility),), 1.0 if facility.active else 0.0
+
+
+def _process_reasons(needs: tuple[Need, ...], facility: FacilityProfile,
+                     ) -> tuple[tuple[Reason, ...], float]:
+    reasons = tuple(_process(need, facility) for need in needs)
+    score = 1.0
+    for need, req in zip(needs, reasons, strict=True):
+        score *= FACTOR[req.outcome] * (INFERRED_FACTOR if need.inferred else 1.0)
+    return reasons, score
+
+
+def _material_reasons(needs: tuple[Need, ...], facility: FacilityProfile,
+                      ) -> tuple[tuple[Reason, ...], float]:
+    reasons = tuple(_material(need, facility) for need in needs)
+    score = 1.0
+    for req in reasons:
+        score *= FACTOR[req.outcome]
+    return reasons, score
 
 
 def _status(facility: FacilityProfile) -> Reason:
@@ -253,18 +313,14 @@ def fits(part: Size, volume: Size) -> bool:
     return all(p <= v for p, v in zip(part, volume, strict=False))
 
 
-def _size(part: PartNeed, facility: FacilityProfile) -> Reason:
+def _size(part: PartNeed, measured: list[Machine]) -> Reason:
+    """measured: the facility's machines of a process the part needs, of known size."""
     need = _part_label(part.name, part.size)
-    measured = []
-    for machine in facility.machines:
-        if machine.size is None:
-            continue
-        if any(p in answering_strictly(q) for q in part.processes for p in machine.processes):
-            measured.append(machine)
-            if fits(part.size, machine.size):
-                return _req(kind="size", need=need, outcome="met", by=machine.label)
+    for machine in measured:
+        if fits(part.size, machine.size):  # type: ignore[arg-type]
+            return _req(kind="size", need=need, outcome="met", by=machine.label)
     if measured:
         return _req(kind="size", need=need, outcome="unmet",
-                           note=f"larger than the {len(measured)} machine(s) with known size")
+                    note=f"larger than the {len(measured)} machine(s) with known size")
     return _req(kind="size", need=need, outcome="unknown",
-                       note="no machine of this process states its working volume")
+                note="no machine of this process states its working volume")

@@ -8,7 +8,7 @@ from services.common.settings import CommonSettings
 class MatcherSettings(CommonSettings):
     matcher_port: int = 8002
     matcher_partition: int = 0
-    matcher_batch: int = 256
+    matcher_batch: int = 1000
     matcher_bucket: str = "matcher"
     matcher_stream_replicas: int = 1
     # deltas written before the checkpoint is rewritten as one snapshot: fewer make

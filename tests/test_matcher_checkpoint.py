@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import nats
 import orjson
+import pytest
 
 from contracts.models import Facility
 from services.matcher.checkpoint import Change, Checkpoint
@@ -18,84 +19,84 @@ def lab(id_: str, version: int, processes: list[str]):
         {"id": p, "label": p} for p in processes]), version)
 
 
+@pytest.fixture
+async def js(nats_server):
+    nc = await nats.connect(nats_server.url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"ck{uuid.uuid4().hex[:8]}"
+
+
 def change(seq: int, new, old=None) -> Change:
     return Change(seq, "facility", new.id, new.version, old, new, None, None)
 
 
-async def test_a_restart_reads_the_snapshot_and_the_deltas_after_it(nats_server) -> None:
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    bucket = f"ck{uuid.uuid4().hex[:8]}"
-    try:
-        checkpoint = Checkpoint(js, bucket, snapshot_every=3)
-        await checkpoint.open()
-        assert await checkpoint.load() is None  # a first start
+async def test_a_restart_reads_the_snapshot_and_the_deltas_after_it(js, bucket: str) -> None:
+    checkpoint = Checkpoint(js, bucket, snapshot_every=3)
+    await checkpoint.open()
+    assert await checkpoint.load() is None  # a first start
 
-        a1, b1 = lab("a", 1, ["fdm"]), lab("b", 1, ["sla"])
-        await checkpoint.reset(2, [("facility", "a", 1, a1), ("facility", "b", 1, b1)])
-        a2, c1 = lab("a", 2, ["cnc-milling"]), lab("c", 1, ["welding"])
-        batch = [change(3, a2, a1), change(4, c1)]
-        await checkpoint.begin(batch)
-        # written ahead, not committed: the batch is pending, the entities as they were
-        loaded = await checkpoint.load()
-        assert loaded is not None and loaded.position == 2
-        assert loaded.pending == batch
-        assert {e[1]: e[3] for e in loaded.entities} == {"a": a1, "b": b1}
+    a1, b1 = lab("a", 1, ["fdm"]), lab("b", 1, ["sla"])
+    await checkpoint.reset(2, [("facility", "a", 1, a1), ("facility", "b", 1, b1)])
+    a2, c1 = lab("a", 2, ["cnc-milling"]), lab("c", 1, ["welding"])
+    batch = [change(3, a2, a1), change(4, c1)]
+    await checkpoint.begin(batch)
+    # written ahead, not committed: the batch is pending, the entities as they were
+    loaded = await checkpoint.load()
+    assert loaded is not None and loaded.position == 2
+    assert loaded.pending == batch
+    assert {e[1]: e[3] for e in loaded.entities} == {"a": a1, "b": b1}
 
-        await checkpoint.commit(4)
-        assert not checkpoint.due
-        loaded = await checkpoint.load()
-        assert loaded is not None and loaded.position == 4 and not loaded.pending
-        assert {e[1]: e[3] for e in loaded.entities} == {"a": a2, "b": b1, "c": c1}
+    await checkpoint.commit(4)
+    assert not checkpoint.due
+    loaded = await checkpoint.load()
+    assert loaded is not None and loaded.position == 4 and not loaded.pending
+    assert {e[1]: e[3] for e in loaded.entities} == {"a": a2, "b": b1, "c": c1}
 
-        # past snapshot_every changes: a new snapshot holds everything, the records go
-        await checkpoint.begin([Change(5, "facility", "b", 2, b1, None, None, None)])
-        await checkpoint.commit(5)
-        assert checkpoint.due
-        await checkpoint.snapshot(5, [("facility", "a", 2, a2), ("facility", "b", 2, None),
-                                      ("facility", "c", 1, c1)])
-        kv = await js.key_value(bucket)
-        assert sorted(await kv.keys()) == ["position", "snapshot"]
-        store = await js.object_store(f"{bucket}-snap")
-        assert len([o for o in await store.list() if not o.deleted]) == 1
+    # past snapshot_every changes: a new snapshot holds everything, the records go
+    await checkpoint.begin([Change(5, "facility", "b", 2, b1, None, None, None)])
+    await checkpoint.commit(5)
+    assert checkpoint.due
+    await checkpoint.snapshot(5, [("facility", "a", 2, a2), ("facility", "b", 2, None),
+                                  ("facility", "c", 1, c1)])
+    kv = await js.key_value(bucket)
+    assert sorted(await kv.keys()) == ["position", "snapshot"]
+    store = await js.object_store(f"{bucket}-snap")
+    assert len([o for o in await store.list() if not o.deleted]) == 1
 
-        # a crash between pointing at the snapshot and purging leaves older records: the
-        # higher version wins, so they change nothing
-        await kv.put("b.3", orjson.dumps([change(3, a1).dump()]))
-        loaded = await Checkpoint(js, bucket).load()
-        assert loaded is not None and loaded.position == 5
-        assert sorted((e[1], e[2], e[3]) for e in loaded.entities) == [
-            ("a", 2, a2), ("b", 2, None), ("c", 1, c1)]
-    finally:
-        await nc.close()
+    # a crash between pointing at the snapshot and purging leaves older records: the
+    # higher version wins, so they change nothing
+    await kv.put("b.3", orjson.dumps([change(3, a1).dump()]))
+    loaded = await Checkpoint(js, bucket).load()
+    assert loaded is not None and loaded.position == 5
+    assert sorted((e[1], e[2], e[3]) for e in loaded.entities) == [
+        ("a", 2, a2), ("b", 2, None), ("c", 1, c1)]
 
 
-async def test_a_checkpoint_in_the_layout_before_batch_records_still_loads(nats_server) -> None:
+async def test_a_checkpoint_in_the_layout_before_batch_records_still_loads(js, bucket: str) -> None:
     """Per-entity deltas (`e.<kind>.<id>`) and one `pending` record: what a matcher of the
     previous release left. The next snapshot purges both."""
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    bucket = f"ck{uuid.uuid4().hex[:8]}"
-    try:
-        checkpoint = Checkpoint(js, bucket, snapshot_every=100)
-        await checkpoint.open()
-        a1, a2, b1 = lab("a", 1, ["fdm"]), lab("a", 2, ["sla"]), lab("b", 1, ["welding"])
-        await checkpoint.reset(1, [("facility", "a", 1, a1)])
-        kv = await js.key_value(bucket)
-        await kv.put("e.f.a", orjson.dumps(["facility", "a", 2, change(2, a2).dump()[5]]))
-        await kv.put("position", b"2")
-        await kv.put("pending", orjson.dumps([change(3, b1).dump()]))
-        loaded = await checkpoint.load()
-        assert loaded is not None and loaded.position == 2
-        assert {e[1]: e[3] for e in loaded.entities} == {"a": a2}
-        assert loaded.pending == [change(3, b1)]
+    checkpoint = Checkpoint(js, bucket, snapshot_every=100)
+    await checkpoint.open()
+    a1, a2, b1 = lab("a", 1, ["fdm"]), lab("a", 2, ["sla"]), lab("b", 1, ["welding"])
+    await checkpoint.reset(1, [("facility", "a", 1, a1)])
+    kv = await js.key_value(bucket)
+    await kv.put("e.f.a", orjson.dumps(["facility", "a", 2, change(2, a2).dump()[5]]))
+    await kv.put("position", b"2")
+    await kv.put("pending", orjson.dumps([change(3, b1).dump()]))
+    loaded = await checkpoint.load()
+    assert loaded is not None and loaded.position == 2
+    assert {e[1]: e[3] for e in loaded.entities} == {"a": a2}
+    assert loaded.pending == [change(3, b1)]
 
-        await checkpoint.snapshot(3, [("facility", "a", 2, a2), ("facility", "b", 1, b1)])
-        assert sorted(await kv.keys()) == ["position", "snapshot"]
-        loaded = await checkpoint.load()
-        assert loaded is not None and not loaded.pending and len(loaded.entities) == 2
-    finally:
-        await nc.close()
+    await checkpoint.snapshot(3, [("facility", "a", 2, a2), ("facility", "b", 1, b1)])
+    assert sorted(await kv.keys()) == ["position", "snapshot"]
+    loaded = await checkpoint.load()
+    assert loaded is not None and not loaded.pending and len(loaded.entities) == 2
 
 
 def test_a_change_matching_cannot_see_records_its_old_profile_compactly() -> None:
@@ -110,27 +111,21 @@ def test_a_change_matching_cannot_see_records_its_old_profile_compactly() -> Non
         orjson.dumps(change(7, lab("a", 2, ["sla"]), a1).dump()))
 
 
-async def test_a_batch_larger_than_a_message_is_recorded_in_pieces(nats_server) -> None:
+async def test_a_batch_larger_than_a_message_is_recorded_in_pieces(js, bucket: str) -> None:
     """The write-ahead record of 2,000 changes is several KV values, each under NATS's
     message limit; all of them come back as the pending batch."""
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    bucket = f"ck{uuid.uuid4().hex[:8]}"
-    try:
-        checkpoint = Checkpoint(js, bucket)
-        await checkpoint.open()
-        await checkpoint.reset(0, [])
-        processes = ["fdm", "sla", "laser-cutting", "cnc-milling", "welding", "sewing"]
-        batch = [change(seq, lab(f"facility-with-a-long-id-{seq:06d}", 1, processes))
-                 for seq in range(1, 2001)]
-        await (await checkpoint.begin(batch))
-        kv = await js.key_value(bucket)
-        pieces = [k for k in await kv.keys() if k.startswith("b.")]
-        assert len(pieces) > 1
-        for key in pieces:
-            assert len((await kv.get(key)).value) <= 256 * 1024
-        loaded = await checkpoint.load()
-        assert loaded is not None and sorted(c.seq for c in loaded.pending) == list(
-            range(1, 2001))
-    finally:
-        await nc.close()
+    checkpoint = Checkpoint(js, bucket)
+    await checkpoint.open()
+    await checkpoint.reset(0, [])
+    processes = ["fdm", "sla", "laser-cutting", "cnc-milling", "welding", "sewing"]
+    batch = [change(seq, lab(f"facility-with-a-long-id-{seq:06d}", 1, processes))
+             for seq in range(1, 2001)]
+    await (await checkpoint.begin(batch))
+    kv = await js.key_value(bucket)
+    pieces = [k for k in await kv.keys() if k.startswith("b.")]
+    assert len(pieces) > 1
+    for key in pieces:
+        assert len((await kv.get(key)).value) <= 256 * 1024
+    loaded = await checkpoint.load()
+    assert loaded is not None and sorted(c.seq for c in loaded.pending) == list(
+        range(1, 2001))

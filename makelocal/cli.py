@@ -29,11 +29,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="where data lives across restarts (default: %(default)s)")
     defaults = Ports()
     for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp",
-                 "prometheus"):
+                 "prometheus", "nats-routes"):
         attr = name.replace("-", "_")
         p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
     p_up.add_argument("--prometheus", action="store_true",
                       help="also run Prometheus (deploy/prometheus rules) when it is installed")
+    p_up.add_argument("--cluster", action="store_true",
+                      help="production's topology: 3 clustered NATS nodes (the NATS port and "
+                      "the next two), 2 registries, 2 matcher partitions and 2 notifiers (each "
+                      "service port and the port 10 above it)")
 
     for name, (_, what) in SERVICES.items():
         sub.add_parser(name, help=f"run {what} alone (settings from MAKELOCAL_*)")
@@ -72,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
                       args.registry_port, args.matcher_port, args.notifier_port, args.smtp_port,
-                      args.prometheus_port)
+                      args.prometheus_port, args.nats_routes_port)
         try:
             return up(args.data_dir or default_data_dir(), ports,
-                      with_prometheus=args.prometheus)
+                      with_prometheus=args.prometheus, cluster=args.cluster)
         except PortInUse as exc:
             print(f"makelocal: {exc}", file=sys.stderr)
             return 2

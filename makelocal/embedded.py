@@ -73,10 +73,15 @@ def nats_binary() -> str:
 
 @dataclass
 class NatsServer:
+    """One nats-server with JetStream; with `cluster_port` and `routes`, a node of a
+    cluster (every node names the others' route ports)."""
+
     store_dir: Path
     port: int
     monitor_port: int | None = None
     log_file: Path | None = None
+    cluster_port: int | None = None
+    routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     @property
@@ -84,15 +89,26 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
+        self.launch()
+        self.wait_listening(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting: a cluster's nodes come up together."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [nats_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-n", f"makelocal-{self.port}"]
         if self.monitor_port:
             args += ["-m", str(self.monitor_port)]
+        if self.cluster_port:
+            args += ["--cluster_name", "makelocal",
+                     "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                     "--routes", ",".join(f"nats://127.0.0.1:{r}" for r in self.routes)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
         wait_for_port(self.port, timeout, self.proc)
-        return self
 
     def stop(self) -> None:
         if self.proc is not None:

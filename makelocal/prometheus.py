@@ -4,10 +4,11 @@ rules of deploy/prometheus, pointed at the ports this stack listens on."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
+
+from makelocal.cluster import Service
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 
@@ -28,8 +29,7 @@ def write_config(path: Path, targets: dict[str, list[str]], interval: str = "5s"
     return path
 
 
-def start(executable: str, data_dir: Path, port: int, config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [executable, f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=7d"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+def service(executable: str, data_dir: Path, port: int, config: Path, log: Path) -> Service:
+    return Service("prometheus", "prometheus", port, {}, log, program=[
+        executable, f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
+        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=7d"])

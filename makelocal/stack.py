@@ -6,19 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from makelocal.cluster import Cluster, ClusterPorts, Service
 from makelocal.embedded import (
     NatsServer,
     PortInUse,
     PostgresServer,
     port_is_free,
-    stop_process,
-    wait_for_port,
 )
 
 STATE_FILE = "stack.json"
@@ -34,6 +31,7 @@ class Ports:
     notifier: int = 8003
     smtp: int = 8025
     prometheus: int = 9090
+    nats_routes: int = 6222  # --cluster only: the first node's cluster port
 
 
 def default_data_dir() -> Path:
@@ -51,9 +49,10 @@ def check_ports(ports: Ports) -> None:
             raise PortInUse(port, option)
 
 
-def service_env(nats_url: str, database_url: str, ports: Ports) -> dict[str, str]:
+def service_env(database_url: str, ports: Ports) -> dict[str, str]:
+    """Every service's settings but the NATS URL, which the topology gives."""
     return os.environ | {
-        "MAKELOCAL_NATS_URL": nats_url, "MAKELOCAL_DATABASE_URL": database_url,
+        "MAKELOCAL_DATABASE_URL": database_url,
         "MAKELOCAL_REGISTRY_PORT": str(ports.registry),
         "MAKELOCAL_MATCHER_PORT": str(ports.matcher),
         "MAKELOCAL_NOTIFIER_PORT": str(ports.notifier),
@@ -76,9 +75,18 @@ def notifier_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False) -> int:
-    """Run the stack until interrupted; returns the exit status."""
+def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
+       cluster: bool = False) -> int:
+    """Run the stack until interrupted; returns the exit status. With `cluster`, the
+    production topology (makelocal.cluster): three NATS nodes, two of each service."""
+    cluster_ports = ClusterPorts.from_base(ports.nats, ports.nats_routes, ports.nats_monitor,
+                                           ports.registry, ports.matcher,
+                                           ports.notifier) if cluster else None
     check_ports(ports)
+    for port in cluster_ports.all() if cluster_ports else []:
+        if not port_is_free(port):
+            raise PortInUse(port, "--nats-port and the service ports (--cluster takes the "
+                                  "next ports too)")
     if with_prometheus and not port_is_free(ports.prometheus):
         raise PortInUse(ports.prometheus, "--prometheus-port")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,77 +98,87 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False) -
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    nats = NatsServer(data_dir / "nats", ports.nats, ports.nats_monitor,
-                      log_file=data_dir / "nats.log")
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    mail = data_dir / "mail"
     postgres = PostgresServer(data_dir / "postgres", ports.postgres)
-    services: list[tuple[str, subprocess.Popen]] = []
+    nodes: list[NatsServer] = []
+    services: list[Service] = []
     try:
-        nats.start()
-        say(f"NATS JetStream  {nats.url}  (monitoring http://127.0.0.1:{ports.nats_monitor})")
         postgres.start()
         say(f"PostgreSQL      {postgres.url}")
-        env = service_env(nats.url, postgres.url, ports)
+        env = service_env(postgres.url, ports)
         env.setdefault("MAKELOCAL_NOTIFIER_SECRET_KEY", notifier_key(data_dir))
-        logs = data_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        mail = data_dir / "mail"
-        for name, port, args in (
-                ("mail-sink", ports.smtp, ["--dir", str(mail), "--port", str(ports.smtp)]),
-                ("registry", ports.registry, []), ("matcher", ports.matcher, []),
-                ("notifier", ports.notifier, [])):
-            proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name, *args],
-                                    env=env, stdout=open(logs / f"{name}.log", "ab"),
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            services.append((name, proc))
-            wait_for_port(port, 60, proc)
-            if name == "mail-sink":
-                say(f"SMTP sink       127.0.0.1:{port}  (every email kept as .eml in {mail})")
-            else:
-                say(f"{name:<15} http://127.0.0.1:{port}  (API docs /docs, metrics /metrics)")
+        sink = Service("mail-sink", "mail-sink", ports.smtp, env, logs / "mail-sink.log",
+                       ["--dir", str(mail), "--port", str(ports.smtp)]).start()
+        services.append(sink)
+        sink.wait_listening()
+        say(f"SMTP sink       127.0.0.1:{ports.smtp}  (every email kept as .eml in {mail})")
+        if cluster_ports is not None:
+            topology = Cluster(data_dir, cluster_ports, env)
+            nodes, services = topology.nodes, [sink, *topology.services]
+            topology.start()
+            nats_url = topology.nats_url
+            say(f"NATS JetStream  {nats_url}  (3 nodes clustered, streams replicated 3 times)")
+        else:
+            nats = NatsServer(data_dir / "nats", ports.nats, ports.nats_monitor,
+                              log_file=data_dir / "nats.log")
+            nodes = [nats.start()]
+            nats_url = nats.url
+            say(f"NATS JetStream  {nats.url}  (monitoring http://127.0.0.1:{ports.nats_monitor})")
+            for name in ("registry", "matcher", "notifier"):
+                service = Service(name, name, getattr(ports, name),
+                                  env | {"MAKELOCAL_NATS_URL": nats.url}, logs / f"{name}.log")
+                services.append(service.start())
+                service.wait_listening()
+        for service in services[1:]:
+            say(f"{service.name:<15} {service.url}  (API docs /docs, metrics /metrics)")
         if with_prometheus:
-            started = _start_prometheus(data_dir, ports, logs, say)
+            started = _start_prometheus(data_dir, ports, services[1:], logs, say)
             if started is not None:
-                services.append(("prometheus", started))
+                services.append(started)
+        first = {s.command: s.url for s in reversed(services)}
         (data_dir / STATE_FILE).write_text(json.dumps({
-            "nats_url": nats.url, "database_url": postgres.url,
-            "registry_url": f"http://127.0.0.1:{ports.registry}",
-            "matcher_url": f"http://127.0.0.1:{ports.matcher}",
-            "notifier_url": f"http://127.0.0.1:{ports.notifier}", "mail_dir": str(mail),
-            "pid": os.getpid(),
+            "nats_url": nats_url, "database_url": postgres.url,
+            "registry_url": first["registry"], "matcher_url": first["matcher"],
+            "notifier_url": first["notifier"], "mail_dir": str(mail), "pid": os.getpid(),
         }))
         say(f"data            {data_dir}  (logs in {logs})")
         say("ready; Ctrl-C stops everything")
         while not stopping:
-            for name, proc in services:
-                if proc.poll() is not None:
-                    say(f"{name} exited with status {proc.returncode}; stopping")
+            for service in services:
+                if service.exited() is not None:
+                    say(f"{service.name} exited with status {service.exited()}; stopping")
                     return 1
             time.sleep(0.2)
         return 0
     finally:
-        for _, proc in reversed(services):
-            stop_process(proc)
+        for service in reversed(services):
+            service.stop()
+        for node in nodes:
+            node.stop()
         postgres.stop()
-        nats.stop()
         (data_dir / STATE_FILE).unlink(missing_ok=True)
         say("stopped")
 
 
-def _start_prometheus(data_dir: Path, ports: Ports, logs: Path, say) -> subprocess.Popen | None:
+def _start_prometheus(data_dir: Path, ports: Ports, services: list[Service], logs: Path,
+                      say) -> Service | None:
     from makelocal import prometheus
 
     executable = prometheus.binary()
     if executable is None:
         say("prometheus      not found on PATH (Debian: apt install prometheus); not started")
         return None
-    config = prometheus.write_config(data_dir / "prometheus.yml", {
-        f"makelocal-{name}": [f"127.0.0.1:{getattr(ports, name)}"]
-        for name in ("registry", "matcher", "notifier")})
-    proc = prometheus.start(executable, data_dir / "prometheus", ports.prometheus, config,
-                            logs / "prometheus.log")
-    wait_for_port(ports.prometheus, 60, proc)
+    jobs: dict[str, list[str]] = {}
+    for service in services:
+        jobs.setdefault(f"makelocal-{service.command}", []).append(f"127.0.0.1:{service.port}")
+    config = prometheus.write_config(data_dir / "prometheus.yml", jobs)
+    started = prometheus.service(executable, data_dir / "prometheus", ports.prometheus, config,
+                                 logs / "prometheus.log").start()
+    started.wait_listening()
     say(f"prometheus      http://127.0.0.1:{ports.prometheus}  (rules from {prometheus.DEPLOY})")
-    return proc
+    return started
 
 
 def running_stack(data_dir: Path) -> dict[str, str]:

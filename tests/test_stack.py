@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from makelocal.embedded import free_port
+from makelocal.embedded import free_port, port_is_free
 from tests.monitoring import alert_expressions, every_named_metric
 
 
@@ -143,3 +143,40 @@ def test_a_port_in_use_is_a_one_line_error_naming_the_option(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert out.strip().splitlines() == [
         f"makelocal: port {taken} is already in use; choose another with --registry-port"]
+
+
+def test_up_cluster_runs_three_nats_nodes_and_two_of_each_service(tmp_path: Path) -> None:
+    """`makelocal up --cluster`: every node and instance on the ports it printed, the
+    matchers each on its partition, REGISTRY replicated 3 times; SIGTERM stops them all."""
+    base = {name: free_port() for name in (
+        "nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp",
+        "nats-routes")}
+    # the cluster takes the next ports too: pick bases whose neighbours are free
+    for name, step, count in (("nats", 1, 3), ("nats-monitor", 1, 3), ("nats-routes", 1, 3),
+                              ("registry", 10, 2), ("matcher", 10, 2), ("notifier", 10, 2)):
+        while not all(port_is_free(base[name] + step * i) for i in range(count)):
+            base[name] = free_port()
+    proc = _up(tmp_path / "data", base, "--cluster")
+    try:
+        printed = _read_until(proc, "ready", timeout=120)
+        assert "3 nodes clustered" in printed
+        services = [(kind, base[kind] + 10 * i) for kind in ("registry", "matcher", "notifier")
+                    for i in range(2)]
+        for kind, port in services:
+            assert f"http://127.0.0.1:{port}" in printed
+            deadline = time.monotonic() + 60
+            while httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, f"{kind} on {port} not ready"
+                time.sleep(0.3)
+        jsz = f"http://127.0.0.1:{base['nats-monitor']}/jsz?streams=true&config=true"
+        streams = httpx.get(jsz, timeout=10).json()
+        replicas = {s["name"]: s["config"]["num_replicas"] for d in streams["account_details"]
+                    for s in d["stream_detail"]}
+        assert replicas["REGISTRY"] == 3 and replicas["MATCHES"] == 3
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 11  # 3 NATS, PostgreSQL, mail sink, 6 services
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+    assert proc.returncode == 0
+    assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []

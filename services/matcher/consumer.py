@@ -78,6 +78,9 @@ class MatcherWorker:
     def _restore(self, loaded: Loaded) -> None:
         self.position = loaded.position
         self._load(loaded.entities)
+        log.info("checkpoint loaded", extra={"position": loaded.position,
+                                             "count": len(loaded.entities),
+                                             "pending": len(loaded.pending)})
 
     def _load(self, entities: Iterable[Entity]) -> None:
         designs, facilities = [], []
@@ -211,6 +214,7 @@ class MatcherWorker:
         last = max(m.metadata.sequence.stream for m in msgs)
         if not changes and last > self.position:
             await self.checkpoint.commit(last)
+            log.info("batch committed", extra={"first_seq": None, "position": last})
         self.position = max(self.position, last)
         if self.checkpoint.due:
             await self.checkpoint.snapshot(self.position, self.entities())
@@ -247,13 +251,20 @@ class MatcherWorker:
                          change.version)
             self.metrics.change_seconds.observe(time.perf_counter() - started)
             # read out now: the next change may give a slot of this diff to another entity
-            events.extend(match_messages(diff, change, self.index))
+            made = match_messages(diff, change, self.index)
+            log.info("change applied", extra={
+                "event_id": change.cause_event_id, "entity_id": change.entity_id,
+                "kind": change.kind, "version": change.version, "seq": change.seq,
+                "transitions": len(made)})
+            events.extend(made)
             if len(events) >= EVENTS_HELD:
                 await self._publish_after(written, events)
                 events = []
         await self._publish_after(written, events)
         crash_point("matcher.after_publish")
         await self.checkpoint.commit(max(c.seq for c in changes))
+        log.info("batch committed", extra={"first_seq": changes[0].seq,
+                                           "position": max(c.seq for c in changes)})
         self.position = max(self.position, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
 

@@ -34,7 +34,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                     registry=metrics)
     oldest = Gauge("makelocal_registry_outbox_oldest_age_seconds",
                    "Age of the oldest unpublished outbox event", registry=metrics)
-    state: dict[str, object] = {"nats": None}
+    state: dict[str, object] = {"nats": None, "relay": None}
     # The routes hold the store from the start; its pool is opened by the lifespan.
     store = Store(pool=None)  # type: ignore[arg-type]
 
@@ -58,6 +58,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                 batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
                 replicas=settings.registry_stream_replicas, partitions=settings.partitions,
                 on_nats=lambda nc: state.__setitem__("nats", nc))
+            state["relay"] = relay
             tasks.append(asyncio.create_task(relay.run()))
         try:
             yield
@@ -79,9 +80,12 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         await store.pool.fetchval("SELECT 1")
 
     async def nats_ready() -> None:
-        nc = state["nats"]
-        if not settings.registry_relay:
+        # Writes need only the database (the outbox keeps them); NATS matters to the one
+        # instance whose relay publishes. A standby instance is ready without it.
+        relay = state["relay"]
+        if not isinstance(relay, OutboxRelay) or not relay.holding_lock:
             return
+        nc = state["nats"]
         if not isinstance(nc, Client) or not nc.is_connected:
             raise ConnectionError("NATS not connected")
 

@@ -73,6 +73,8 @@ class OutboxRelay:
         self.partitions = partitions
         self.on_nats = on_nats or (lambda _nc: None)
         self._wake = asyncio.Event()
+        # The one relay of this schema that publishes (or did last, while it restarts)
+        self.holding_lock = False
 
     async def run(self) -> None:
         """Forever: wait for the lock, then publish; on any failure, start over."""
@@ -85,8 +87,10 @@ class OutboxRelay:
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))",
                                           f"relay:{self.schema}"):
+                self.holding_lock = False  # another instance publishes
                 await asyncio.sleep(self.sweep_s)
             self.metrics.active.set(1)
+            self.holding_lock = True
             await conn.add_listener(f"{self.schema}_outbox", self._notified)
             nc = await self._connect_nats()
             while True:

@@ -1,0 +1,251 @@
+"""Production's topology on one machine (makelocal.cluster): three clustered NATS nodes
+with every stream replicated three times, two registries, two matcher partitions and two
+notifiers. Under a steady load of changes, one NATS node and one process of each service
+are killed with SIGKILL, the services are started again while the node is still down, and
+then the node. After: MATCHES holds exactly the match events that one matcher computes
+from the same REGISTRY input (each once), every one reaches the webhook subscriber, and
+no two deliveries carry the same match event."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import asyncpg
+import httpx
+import nats.errors
+import orjson
+from standardwebhooks import Webhook
+
+from contracts.matches import match_event_id
+from makelocal.cluster import Cluster, ClusterPorts
+from services.matcher.checkpoint import Change
+from services.matcher.consumer import match_messages
+from services.matcher.diff import apply_design, apply_facility
+from services.matcher.index import CapabilityIndex
+from services.matcher.profiles import design_profile, facility_profile
+from services.registry.settings import RegistrySettings
+from tests.conftest import TEST_SEALING_KEY, auth
+from tests.helpers import (
+    JSON,
+    eventually,
+    expected_matches,
+    lab,
+    okh,
+    reduce_matches,
+    stream_messages,
+    wait_ready,
+)
+from tests.receivers import MailServer, Receiver
+
+PROCESSES = [["FDM"], ["laser cutting"], ["FDM", "laser cutting"], ["CNC milling", "FDM"],
+             ["CNC milling"]]
+TSDC = [["3DP"], ["LAS"], ["3DP", "LAS"], ["CNC"], ["3DP", "CNC"]]
+
+
+async def test_losing_a_node_and_one_process_of_each_service_loses_and_repeats_nothing(
+        tmp_path: Path, settings: RegistrySettings, org: tuple[str, str],
+        receiver: tuple[Receiver, str], mail_server: MailServer) -> None:
+    app, base = receiver
+    cluster = Cluster(tmp_path / "cluster", ClusterPorts.free(), {
+        "MAKELOCAL_DATABASE_URL": settings.database_url,
+        "MAKELOCAL_REGISTRY_DB_SCHEMA": settings.registry_db_schema,
+        "MAKELOCAL_REGISTRY_RELAY_SWEEP_S": "0.2",
+        "MAKELOCAL_NOTIFIER_DB_SCHEMA": f"n_{settings.registry_db_schema}",
+        "MAKELOCAL_NOTIFIER_KEYS_SCHEMA": settings.registry_db_schema,
+        "MAKELOCAL_NOTIFIER_RETRY_SCHEDULE": "0.3,0.6,1,2,4",
+        "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8", "MAKELOCAL_NOTIFIER_SWEEP_S": "0.1",
+        "MAKELOCAL_NOTIFIER_LEASE_MARGIN_S": "1", "MAKELOCAL_NOTIFIER_TIMEOUT_S": "2",
+        "MAKELOCAL_NOTIFIER_SECRET_KEY": TEST_SEALING_KEY,
+        "MAKELOCAL_SMTP_PORT": str(mail_server.port)})
+    await asyncio.to_thread(cluster.start)
+    try:
+        for service in cluster.of("matcher") + cluster.of("notifier"):
+            await wait_ready(service.url, timeout=60)
+        key = auth(org[1])
+        async with httpx.AsyncClient(timeout=20) as http:
+            hook = await http.post(f"{cluster.of('notifier')[1].url}/v1/subscriptions",
+                                   headers=key, json={"channel": "webhook", "url": f"{base}/ok"})
+            assert hook.status_code == 201, hook.text
+            load = Load(http, key, [s.url for s in cluster.of("registry")])
+            await load.facilities(20)
+            await load.designs(range(0, 10))
+            # mid-way: a NATS node and one process of each service die at once
+            for victim in ("registry-0", "matcher-0", "notifier-0"):
+                cluster.service(victim).kill()
+            cluster.nodes[0].kill()
+            load.registries = [cluster.service("registry-1").url]
+            await load.designs(range(10, 16))
+            for victim in ("registry-0", "matcher-0", "notifier-0"):
+                cluster.service(victim).start()
+            await load.designs(range(16, 20))
+            cluster.nodes[0].launch()
+            for victim in ("registry-0", "matcher-0", "notifier-0"):
+                await asyncio.to_thread(cluster.service(victim).wait_listening)
+            load.registries = [s.url for s in cluster.of("registry")]
+            # REGISTRY keeps the latest version of each entity only: a matcher that is
+            # down while an entity changes twice sees the last version alone (the end
+            # state is the same, the events on the way are not). So the edits wait until
+            # both partitions have caught up with what the kill interrupted.
+            await caught_up(cluster.nodes[1].url, settings, cluster)
+            await load.change_facilities(8)
+            await load.change_designs(6)
+
+        expected = await caught_up(cluster.nodes[1].url, settings, cluster)
+        assert len(expected) > 100  # the input makes real fan-outs
+        live = cluster.nodes[1].url
+        await asyncio.sleep(2)  # anything extra, late, would show now
+        published = [m["event_id"] for m in await stream_messages(live, "MATCHES")]
+        assert sorted(published) == sorted(expected)
+        assert await reduce_matches(live) == await expected_matches(live)
+
+        async def all_delivered() -> bool:
+            return delivered_events(app, hook.json()["secret"]).keys() >= set(expected)
+
+        await eventually(all_delivered, timeout=120, interval=0.5)
+        carried_by = delivered_events(app, hook.json()["secret"])
+        assert set(carried_by) == set(expected)
+        twice = {event: ids for event, ids in carried_by.items() if len(ids) > 1}
+        assert twice == {}, "match events carried by two different deliveries"
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def caught_up(live: str, settings: RegistrySettings, cluster: Cluster) -> list[str]:
+    """Until MATCHES holds every match event the registry's changes so far imply; those."""
+    expected = await expected_events(settings)
+
+    async def complete() -> bool:
+        try:
+            return len(await stream_messages(live, "MATCHES")) >= len(expected)
+        except nats.errors.Error:  # the cluster electing leaders after a node's restart
+            return False
+
+    try:
+        await eventually(complete, timeout=90, interval=0.5)
+    except AssertionError:
+        raise AssertionError(await _diagnosis(cluster, live, expected)) from None
+    return expected
+
+
+async def _diagnosis(cluster: Cluster, live: str, expected: list[str]) -> str:
+    """What each matcher has done, for a failure message."""
+    published = await stream_messages(live, "MATCHES")
+    missing = set(expected) - {m["event_id"] for m in published}
+    lines = [f"MATCHES holds {len(published)} events, {len(expected)} expected; missing "
+             f"{len(missing)}", *sorted(DESCRIBED.get(m, m) for m in missing)]
+    async with httpx.AsyncClient(timeout=5) as http:
+        for matcher in cluster.of("matcher"):
+            try:
+                text = (await http.get(f"{matcher.url}/metrics")).text
+            except httpx.HTTPError as exc:
+                lines.append(f"{matcher.name}: {exc!r}")
+                continue
+            lines += [f"{matcher.name}: {line}" for line in text.splitlines() if line.startswith(
+                tuple(f"makelocal_matcher_{m}" for m in ("events", "matches", "consumer",
+                                                        "errors")))]
+    return "\n".join(lines)
+
+
+class Load:
+    """Writes through the registries in turn, one at a time, a little apart: a steady
+    stream of changes in phases (facilities, designs, facility edits, design edits)."""
+
+    def __init__(self, http: httpx.AsyncClient, key: dict[str, str],
+                 registries: list[str]) -> None:
+        self.http, self.key, self.registries = http, key, registries
+        self.etags: dict[str, str] = {}
+        self.rng = random.Random(5)
+        self.n = 0
+
+    async def _write(self, method: str, path: str, body: bytes | None = None,
+                     etag: str | None = None) -> None:
+        self.n += 1
+        url = self.registries[self.n % len(self.registries)] + path
+        headers = self.key | JSON | ({"If-Match": etag} if etag else {})
+        answer = await self.http.request(method, url, headers=headers, content=body)
+        assert answer.status_code in (200, 201), answer.text
+        if method != "DELETE":
+            self.etags[path.split("?id=")[-1].rsplit("/", 1)[-1]] = answer.headers["ETag"]
+        await asyncio.sleep(0.05)
+
+    async def facilities(self, count: int) -> None:
+        for i in range(count):
+            await self._write("POST", f"/v1/facilities?id=lab-{i}",
+                              lab(f"Lab {i}", PROCESSES[i % len(PROCESSES)],
+                                  lat=40 + i * 0.1, lon=2.0))
+
+    async def designs(self, numbers: range) -> None:
+        for i in numbers:
+            await self._write("POST", f"/v1/designs?id=design-{i}",
+                              okh(f"Design {i}", TSDC[i % len(TSDC)]))
+
+    async def change_facilities(self, count: int) -> None:
+        for i in self.rng.sample(range(20), count):
+            status = "Closed" if i % 2 else "Active"
+            await self._write("PUT", f"/v1/facilities/lab-{i}",
+                              lab(f"Lab {i}", PROCESSES[(i + 1) % len(PROCESSES)],
+                                  status=status, lat=40 + i * 0.1, lon=2.0),
+                              self.etags[f"lab-{i}"])
+
+    async def change_designs(self, count: int) -> None:
+        for i in self.rng.sample(range(20), count):
+            if i % 3 == 0:
+                await self._write("DELETE", f"/v1/designs/design-{i}",
+                                  etag=self.etags[f"design-{i}"])
+            else:
+                await self._write("PUT", f"/v1/designs/design-{i}",
+                                  okh(f"Design {i}", TSDC[(i + 2) % len(TSDC)]),
+                                  self.etags[f"design-{i}"])
+
+
+async def expected_events(settings: RegistrySettings) -> list[str]:
+    """The match events one matcher makes of the same input: the registry's outbox, in
+    its order (REGISTRY's), through the index, as the consumer applies it."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch(f'SELECT position, payload FROM "{settings.registry_db_schema}"'
+                                ".outbox ORDER BY position")
+    finally:
+        await conn.close()
+    index = CapabilityIndex()
+    out = []
+    for row in rows:
+        event = orjson.loads(row["payload"])
+        kind = event["type"].split(".", 1)[0]
+        data, version = event["data"], event["version"]
+        make = design_profile if kind == "design" else facility_profile
+        new = None if data is None else make(data, version)
+        side = index.designs if kind == "design" else index.facilities
+        old = side.get(event["entity_id"])
+        diff = (apply_design if kind == "design" else apply_facility)(
+            index, event["entity_id"], new, version)  # type: ignore[arg-type]
+        change = Change(row["position"], kind, event["entity_id"], version, old, new,
+                        event["event_id"], event["occurred_at"])
+        out.extend(m.event_id for m in match_messages(diff, change, index))
+        for t in diff.transitions(index):
+            DESCRIBED[match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
+                                     t.facility_version)] = (
+                f"{t.kind} {t.design_id}@{t.design_version} {t.facility_id}@"
+                f"{t.facility_version} (cause {kind} {event['entity_id']}@{version})")
+    return out
+
+
+DESCRIBED: dict[str, str] = {}
+
+
+def delivered_events(app: Receiver, secret: str) -> dict[str, set[str]]:
+    """Each match event received -> the webhook ids of the deliveries that carried it. A
+    delivery sent again (a notifier killed before it recorded the answer) keeps its id
+    and its body."""
+    verify = Webhook(secret)
+    bodies: dict[str, bytes] = {}
+    carried: dict[str, set[str]] = defaultdict(set)
+    for request in list(app.at("/ok")):
+        payload = verify.verify(request.body, request.headers)
+        assert bodies.setdefault(request.webhook_id, request.body) == request.body
+        for event in payload["data"]["events"]:
+            carried[event["event_id"]].add(request.webhook_id)
+    return carried

@@ -181,7 +181,9 @@ async def main() -> None:
     port = free_port()
     env = os.environ | {"MAKELOCAL_NATS_URL": nats_server.url,
                         "MAKELOCAL_DATABASE_URL": postgres.url,
-                        "MAKELOCAL_REGISTRY_PORT": str(port), "MAKELOCAL_LOG_LEVEL": "WARNING"}
+                        "MAKELOCAL_REGISTRY_PORT": str(port), "MAKELOCAL_LOG_LEVEL": "WARNING",
+                        # one key writes as fast as the registry can: no limit to measure
+                        "MAKELOCAL_WRITE_RATE_PER_S": "1e9", "MAKELOCAL_WRITE_BURST": "1000000000"}
     proc = start_registry(env, port)
     try:
         await db.migrate(postgres.url, "registry", "services.registry")

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -98,13 +99,13 @@ async def _send(client: httpx.AsyncClient, record: Record, body: bytes | None,
     for _ in range(3):  # a concurrent writer may move the version between GET and PUT
         current = await client.get(url)
         if current.status_code == 404:
-            response = await client.post(f"/v1/{PLURAL[record.kind]}",
-                                         params={"id": record.entity_id}, content=body,
-                                         headers=content_headers)
+            response = await _write(client, "POST", f"/v1/{PLURAL[record.kind]}",
+                                    params={"id": record.entity_id}, content=body,
+                                    headers=content_headers)
             if response.status_code == 409:
                 continue
         elif current.status_code == 200:
-            response = await client.put(url, content=body, headers=content_headers | {
+            response = await _write(client, "PUT", url, content=body, headers=content_headers | {
                 "If-Match": current.headers["etag"]})
             if response.status_code == 412:
                 continue
@@ -116,6 +117,21 @@ async def _send(client: httpx.AsyncClient, record: Record, body: bytes | None,
             return ("updated" if response.json().get("changed") else "unchanged"), None
         return "rejected", _reason(response)
     return "rejected", "changed concurrently three times; try again"
+
+
+async def _write(client: httpx.AsyncClient, method: str, url: str, **options: Any,
+                 ) -> httpx.Response:
+    """The request, sent again after the wait a 429 asks for (a big import runs into the
+    key's write limit and must slow down, not fail)."""
+    for _ in range(RATE_LIMIT_RETRIES):
+        response = await client.request(method, url, **options)
+        if response.status_code != 429:
+            return response
+        await asyncio.sleep(min(60.0, float(response.headers.get("retry-after", "1"))))
+    return response
+
+
+RATE_LIMIT_RETRIES = 20
 
 
 def _reason(response: httpx.Response) -> str:

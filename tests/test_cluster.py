@@ -109,6 +109,10 @@ async def test_losing_a_node_and_one_process_of_each_service_loses_and_repeats_n
         assert set(carried_by) == set(expected)
         twice = {event: ids for event, ids in carried_by.items() if len(ids) > 1}
         assert twice == {}, "match events carried by two different deliveries"
+        logged = "\n".join(f.read_text(errors="replace") for f in cluster.logs.glob("*.log"))
+        assert "change applied" in logged  # the services did log, to these files
+        for secret in (org[1], hook.json()["secret"]):
+            assert secret.split("_")[-1] not in logged
     finally:
         await asyncio.to_thread(cluster.stop)
 

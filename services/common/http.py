@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import InvalidInput
 from services.common import keys
+from services.common.ratelimit import TokenBuckets, retry_after
 
 log = logging.getLogger(__name__)
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -198,6 +199,20 @@ def parse_near(near: str | None, radius_km: float | None) -> tuple[float, float,
         raise ApiError(422, "range", "latitude must be in [-90, 90], longitude in [-180, 180]",
                        "near")
     return lat, lon, radius_km
+
+
+class WriteLimit:
+    """The per-key write limit of one service process (services.common.ratelimit)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.buckets = TokenBuckets(rate, burst)
+
+    def check(self, key_id: str) -> None:
+        wait = self.buckets.take(key_id, time.monotonic())
+        if wait > 0:
+            raise ApiError(429, "rate_limited", "too many writes with this API key; retry "
+                           "after the time in Retry-After", "Authorization",
+                           {"Retry-After": retry_after(wait)})
 
 
 def required_key(request: Request) -> tuple[str, str]:

@@ -13,6 +13,9 @@ class CommonSettings(BaseSettings):
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     max_body_bytes: int = 2 * 1024 * 1024
+    # Writes per API key, per process: a sustained rate and a burst (429 past them)
+    write_rate_per_s: float = 20.0
+    write_burst: int = 200
     # Design events are spread over this many matcher partitions by the REGISTRY stream's
     # subject transform; the registry and every matcher must agree on it.
     partitions: int = 1

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.api import DeliverPolicy, KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
@@ -172,24 +172,42 @@ class Checkpoint:
         batches: list[Change] = []
         legacy_pending: list[Change] = []
         self.deltas = 0
-        watcher = await kv.watchall()
-        async for entry in watcher:
-            if entry is None:
-                break
-            if not entry.value:
-                continue
-            if entry.key.startswith(BATCH):
-                batches.extend(Change.load(c) for c in orjson.loads(entry.value))
-            elif entry.key.startswith(LEGACY_DELTA):
-                self._keep_latest(latest, _load_entity(orjson.loads(entry.value)))
-            elif entry.key == LEGACY_PENDING:
-                legacy_pending = [Change.load(c) for c in orjson.loads(entry.value)]
-        await watcher.stop()
+        async for key, value in self._entries():
+            if key.startswith(BATCH):
+                batches.extend(Change.load(c) for c in orjson.loads(value))
+            elif key.startswith(LEGACY_DELTA):
+                self._keep_latest(latest, _load_entity(orjson.loads(value)))
+            elif key == LEGACY_PENDING:
+                legacy_pending = [Change.load(c) for c in orjson.loads(value)]
         pending = [c for c in batches if c.seq > position] or legacy_pending
         for c in batches:
             if c.seq <= position:
                 self._keep_latest(latest, (c.kind, c.entity_id, c.version, c.new))
         return Loaded(position, list(latest.values()), pending)
+
+    async def _entries(self) -> AsyncIterator[tuple[str, bytes]]:
+        """(key, value) of every live entry, read to the bucket's last sequence as it was
+        when reading began. Not nats-py's watchall(): it decides it has seen everything
+        from a pending count taken as its consumer starts, which can read 0 and end the
+        listing at once (seen under load): a checkpoint missing its records would lose
+        the changes they hold."""
+        stream = f"KV_{self.bucket}"
+        state = (await self.js.stream_info(stream)).state
+        if not state.messages:
+            return
+        last = state.last_seq
+        sub = await self.js.subscribe(f"{self.prefix}>", stream=stream, ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=10)
+                removed = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+                if msg.data and not removed:
+                    yield msg.subject[len(self.prefix):], msg.data
+                if msg.metadata.sequence.stream >= last:
+                    return
+        finally:
+            await sub.unsubscribe()
 
     def _keep_latest(self, latest: dict[tuple[str, str], Entity], entity: Entity) -> None:
         self.deltas += 1

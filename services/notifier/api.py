@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from services.common.http import CHALLENGE, ApiError, required_key
+from services.common.http import CHALLENGE, ApiError, WriteLimit, required_key
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
@@ -47,11 +47,17 @@ def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
 def router(store: Store, guard: Guard, settings: NotifierSettings) -> APIRouter:
     api = APIRouter(tags=["subscriptions"])
 
+    limit = WriteLimit(settings.write_rate_per_s, settings.write_burst)
+
     async def owner(request: Request) -> str:
-        found = await store.owner_of(required_key(request))
+        """The organization of a valid key; a write also within the key's limit."""
+        key = required_key(request)
+        found = await store.owner_of(key)
         if found is None:
             raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
                            CHALLENGE)
+        if request.method not in ("GET", "HEAD"):
+            limit.check(key[0])
         return found
 
     async def checked_url(url: str) -> None:

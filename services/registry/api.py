@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
-from services.common.http import CHALLENGE, ApiError, parse_near, required_key
+from services.common.http import CHALLENGE, ApiError, WriteLimit, parse_near, required_key
 from services.registry.entities import expand, prepare
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
@@ -31,13 +31,17 @@ _ID = re.compile(ID_PATTERN)
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
 
-def router(kind: EntityKind, store: Store) -> APIRouter:
+def router(kind: EntityKind, store: Store, limit: WriteLimit) -> APIRouter:
     plural = f"{kind.value}s" if kind is EntityKind.design else "facilities"
     api = APIRouter(prefix=f"/v1/{plural}", tags=[plural])
 
     def key_of(request: Request) -> tuple[str, str]:
-        """A well-formed key, or 401 before the body is read; the store checks it."""
-        return required_key(request)
+        """A well-formed key within its write limit, or 401 / 429 before the body is read;
+        the store checks the key in the write's transaction. (The limit counts by key id
+        before that check: bogus secrets under a real id are throttled too.)"""
+        key = required_key(request)
+        limit.check(key[0])
+        return key
 
     async def body_of(request: Request, entity_id: str | None) -> Any:
         raw = await request.body()

@@ -16,6 +16,7 @@ from services.common import db, logs
 from services.common.http import (
     BodyLimit,
     HttpMetrics,
+    WriteLimit,
     install_error_handlers,
     install_operational_routes,
 )
@@ -72,8 +73,9 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                   description="OKH designs and OKW facilities; every change is an event on "
                               "the REGISTRY stream.", lifespan=lifespan)
 
+    limit = WriteLimit(settings.write_rate_per_s, settings.write_burst)
     for kind in EntityKind:
-        app.include_router(api.router(kind, store))
+        app.include_router(api.router(kind, store, limit))
     app.state.store = store
 
     async def database_ready() -> None:

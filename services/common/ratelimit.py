@@ -1,0 +1,40 @@
+"""Write limits per API key: a token bucket for each key id. Pure: the clock is passed in.
+
+Per process: N instances behind a load balancer allow up to N times the rate, which is
+the point of a limit against a runaway client, not a quota."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBuckets:
+    rate: float  # tokens added per second
+    burst: float  # the most a bucket holds
+    max_keys: int = 100_000  # past this, full buckets are forgotten first
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, key: str, now: float) -> float:
+        """0.0 when one token was taken; else the seconds until one will be there."""
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > self.max_keys:
+            self._forget_full(now)
+        return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        # a full bucket and a missing one mean the same: forgetting loses nothing
+        for key, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self.rate >= self.burst:
+                del self._buckets[key]
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))

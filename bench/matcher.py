@@ -99,27 +99,14 @@ def edits(gen: Generator, index: CapabilityIndex, n_des: int, count: int) -> lis
     return out
 
 
-def in_process(args: argparse.Namespace) -> CapabilityIndex:
+def in_process(args: argparse.Namespace) -> None:
     gen = Generator()
     # REGISTRY's form of each entity (JSON as dicts), as the matcher reads them
     facility_data = [gen.facility(i).model_dump(mode="json") for i in range(args.facilities)]
     design_data = [gen.design(i).model_dump(mode="json") for i in range(args.designs)]
-    gc.collect()
-    gc.freeze()  # the bench's own data: out of the collector's way, as a matcher has none
-    started = time.perf_counter()
-    index = CapabilityIndex()
-    with gc_paused():  # as the matcher's start-up does
-        index.load([design_profile(d, 1) for d in design_data],
-                   [facility_profile(f, 1) for f in facility_data])
-    build = time.perf_counter() - started
-    print(f"index of {args.facilities} facilities + {args.designs} designs: profiles made and "
-          f"indexed in {build:.1f} s")
-    latency(args, gen, index)
-    # memory: the same build again under tracemalloc, which counts what stays allocated
-    # (RSS would count the garbage of building too), after the latency run so that its
-    # heap is the matcher's; the shared values (profiles.shared) are made afresh, so that
-    # they are counted too
-    del index
+    # memory first: a build under tracemalloc, which counts what stays allocated (RSS would
+    # count the garbage of building too), with the shared values (profiles.shared) made
+    # afresh so that they are counted too
     profiles._SHARED.clear()
     profiles._NEEDS.clear()
     gc.collect()
@@ -131,9 +118,22 @@ def in_process(args: argparse.Namespace) -> CapabilityIndex:
     gc.collect()
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    print(f"memory: {held / (args.facilities + args.designs):.0f} bytes per indexed entity "
-          f"(allocated and held: profiles, shared values, ids, posting lists, part table)")
-    return index
+    del index
+    gc.collect()
+    # then the timed build, and the latency run in a heap that holds what a matcher holds
+    started = time.perf_counter()
+    index = CapabilityIndex()
+    with gc_paused():  # as the matcher's start-up does
+        index.load([design_profile(d, 1) for d in design_data],
+                   [facility_profile(f, 1) for f in facility_data])
+    build = time.perf_counter() - started
+    del facility_data, design_data
+    gc.collect()
+    print(f"index of {args.facilities} facilities + {args.designs} designs: profiles made and "
+          f"indexed in {build:.1f} s; {held / (args.facilities + args.designs):.0f} bytes per "
+          f"indexed entity (allocated and held: profiles, shared values, ids, posting lists, "
+          f"part table)")
+    latency(args, gen, index)
 
 
 def latency(args: argparse.Namespace, gen: Generator, index: CapabilityIndex) -> None:
@@ -158,6 +158,7 @@ def latency(args: argparse.Namespace, gen: Generator, index: CapabilityIndex) ->
         change = Change(n, kind, profile.id, version, old, profile, None, None)
         messages = match_messages(diff, change, index)
         readout.append((time.perf_counter() - t0, len(messages)))
+        del messages  # published and gone before the next change, as in the matcher
     small = [t for t, f in zip(latencies, fanouts, strict=True) if f <= 100]
     print(f"per change ({len(latencies)} changes; index lookup and diff, no explanations, "
           f"no publishing): p50 {pct(latencies, 50):.2f} ms, p99 {pct(latencies, 99):.2f} ms, "

@@ -14,8 +14,8 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = 2 * 1024 * 1024
     # Writes per API key, per process: a sustained rate and a burst (429 past them)
-    write_rate_per_s: float = 20.0
-    write_burst: int = 200
+    write_rate_per_s: float = 100.0
+    write_burst: int = 1000
     # Design events are spread over this many matcher partitions by the REGISTRY stream's
     # subject transform; the registry and every matcher must agree on it.
     partitions: int = 1

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 POSITION, SNAPSHOT, BATCH = "position", "snapshot", "b."
 RECORD_BYTES = 256 * 1024  # a KV value; NATS refuses messages over 1 MB by default
 LEGACY_DELTA, LEGACY_PENDING = "e.", "pending"  # the layout before batch records: still read
+SAME = "same"  # a change's old profile, written as its new one at another version and place
 
 
 @dataclass
@@ -94,9 +95,6 @@ class Loaded:
     pending: list[Change]
 
 
-SAME = "same"
-
-
 def _pieces(changes: list[Change], limit: int) -> Iterator[tuple[int, list[bytes]]]:
     """(first seq, records) of the changes, grouped into pieces of at most `limit` bytes
     (or one record, if a record alone is larger)."""
@@ -119,11 +117,6 @@ def _dump(profile: Profile | None) -> list[Any] | None:
     if profile is None:
         return None
     return dump_design(profile) if isinstance(profile, DesignProfile) else dump_facility(profile)
-
-
-def _dump_entity(entity: Entity) -> list[Any]:
-    kind, entity_id, version, profile = entity
-    return [kind, entity_id, version, _dump(profile)]
 
 
 def _load_entity(data: list[Any]) -> Entity:

@@ -262,10 +262,10 @@ class MatcherWorker:
                 events = []
         await self._publish_after(written, events)
         crash_point("matcher.after_publish")
-        await self.checkpoint.commit(max(c.seq for c in changes))
-        log.info("batch committed", extra={"first_seq": changes[0].seq,
-                                           "position": max(c.seq for c in changes)})
-        self.position = max(self.position, max(c.seq for c in changes))
+        last = max(c.seq for c in changes)
+        await self.checkpoint.commit(last)
+        log.info("batch committed", extra={"first_seq": changes[0].seq, "position": last})
+        self.position = max(self.position, last)
         self.metrics.observe_index(self.index)
 
     async def _publish_after(self, written: asyncio.Future[Any], events: list[Outgoing],

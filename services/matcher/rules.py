@@ -226,20 +226,23 @@ def _status_reasons(facility: FacilityProfile) -> tuple[tuple[Reason, ...], floa
 
 def _process_reasons(needs: tuple[Need, ...], facility: FacilityProfile,
                      ) -> tuple[tuple[Reason, ...], float]:
-    reasons = tuple(_process(need, facility) for need in needs)
-    score = 1.0
-    for need, req in zip(needs, reasons, strict=True):
-        score *= FACTOR[req.outcome] * (INFERRED_FACTOR if need.inferred else 1.0)
-    return reasons, score
+    return _graded(needs, [_process(need, facility) for need in needs], weigh_inferred=True)
 
 
 def _material_reasons(needs: tuple[Need, ...], facility: FacilityProfile,
                       ) -> tuple[tuple[Reason, ...], float]:
-    reasons = tuple(_material(need, facility) for need in needs)
+    return _graded(needs, [_material(need, facility) for need in needs], weigh_inferred=False)
+
+
+def _graded(needs: tuple[Need, ...], reasons: list[Reason], *, weigh_inferred: bool,
+            ) -> tuple[tuple[Reason, ...], float]:
+    """The reasons with the score factor they make together (a guessed process need met
+    is a little less certain)."""
     score = 1.0
-    for req in reasons:
-        score *= FACTOR[req.outcome]
-    return reasons, score
+    for need, req in zip(needs, reasons, strict=True):
+        score *= FACTOR[req.outcome] * (
+            INFERRED_FACTOR if weigh_inferred and need.inferred else 1.0)
+    return tuple(reasons), score
 
 
 def _status(facility: FacilityProfile) -> Reason:

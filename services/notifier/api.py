@@ -44,10 +44,9 @@ def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
     return out | extra
 
 
-def router(store: Store, guard: Guard, settings: NotifierSettings) -> APIRouter:
+def router(store: Store, guard: Guard, settings: NotifierSettings,
+           limit: WriteLimit) -> APIRouter:
     api = APIRouter(tags=["subscriptions"])
-
-    limit = WriteLimit(settings.write_rate_per_s, settings.write_burst)
 
     async def owner(request: Request) -> str:
         """The organization of a valid key; a write also within the key's limit."""

@@ -15,6 +15,7 @@ from services.common import nats as nats_util
 from services.common.http import (
     BodyLimit,
     HttpMetrics,
+    WriteLimit,
     install_error_handlers,
     install_operational_routes,
 )
@@ -90,7 +91,8 @@ def create_app(settings: NotifierSettings | None = None,
 
     checks: dict[str, Callable[[], Awaitable[None]]] = {"database": database_ready,
                                                         "nats": consuming}
-    app.include_router(api.router(store, guard, settings))
+    app.include_router(api.router(store, guard, settings,
+                                  WriteLimit(settings.write_rate_per_s, settings.write_burst)))
     install_error_handlers(app)
     install_operational_routes(app, registry, checks,
                                asyncapi.document("notifier", settings.nats_url))

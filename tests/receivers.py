@@ -4,6 +4,7 @@ chosen by the path, and SMTP servers (aiosmtpd) that accept, refuse or defer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,11 +37,12 @@ class Received:
 @dataclass
 class Receiver:
     """ASGI app. Paths: /ok; /flaky/N (500 for the first N calls); /slow (answers after
-    5 s); /gone (410); /limited/S (429 with Retry-After: S once, then 200); /redirect
-    (302 to /ok); /down (always 503)."""
+    5 s); /held (answers once `release` is set, 30 s at most); /gone (410); /limited/S
+    (429 with Retry-After: S once, then 200); /redirect (302 to /ok); /down (always 503)."""
 
     requests: list[Received] = field(default_factory=list)
     calls: Counter = field(default_factory=Counter)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def at(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
@@ -61,6 +63,9 @@ class Receiver:
         status, extra = self._answer(path, self.calls[path])
         if path == "/slow":
             await asyncio.sleep(5)
+        if path == "/held":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), 30)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in extra.items()]})
         await send({"type": "http.response.body", "body": b'{"received": true}'})

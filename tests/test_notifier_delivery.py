@@ -36,23 +36,38 @@ def verified_events(secret: str, received: list) -> list[dict[str, Any]]:
     return events
 
 
-async def test_signed_batched_delivery(notifier: InProcess, org: tuple[str, str],
+async def test_signed_batched_delivery(notifier_settings: Any, store: Any,
+                                       org: tuple[str, str],
                                        receiver: tuple[Receiver, str]) -> None:
+    from services.notifier.app import create_app
+
     app, base = receiver
-    await wait_ready(notifier.url)
-    async with httpx.AsyncClient(base_url=notifier.url, timeout=10) as http:
-        sub = await subscribe(http, org[1], {"channel": "webhook", "url": f"{base}/ok",
+    # The receiver holds its first call until all 250 matches are consumed, so the batches
+    # depend on the rules alone, not on how fast a loaded machine consumes: the first call
+    # takes what was there, full batches leave at once, the rest when the first is done.
+    # Neither the maximum wait nor the call's timeout may fire during the hold.
+    settings = notifier_settings.model_copy(update={"notifier_batch_max_wait_s": 60.0,
+                                                    "notifier_timeout_s": 30.0})
+    async with InProcess(create_app(settings), settings) as notifier, httpx.AsyncClient(
+            base_url=notifier.url, timeout=10) as http:
+        await wait_ready(notifier.url)
+        sub = await subscribe(http, org[1], {"channel": "webhook", "url": f"{base}/held",
                                              "filter": {"facility_ids": ["fab-1"]}})
         assert sub["secret"].startswith("whsec_")
         shown = (await http.get(f"/v1/subscriptions/{sub['id']}", headers=auth(org[1]))).json()
         assert "secret" not in shown and sub["secret"] not in str(shown)
         pairs = [(f"design-{i}", "fab-1") for i in range(250)] + [("design-x", "fab-2")]
-        ids = await publish_matches(notifier.settings.nats_url, pairs)
-        await eventually(lambda: _count_events(app, "/ok", 250), timeout=20)
-        events = verified_events(sub["secret"], app.at("/ok"))
+        ids = await publish_matches(settings.nats_url, pairs)
+        await eventually(lambda: consumed(http, len(pairs)), timeout=20)
+        app.release.set()
+        await eventually(lambda: _count_events(app, "/held", 250), timeout=20)
+        calls = app.at("/held")
+        events = verified_events(sub["secret"], calls)
         assert sorted(e["event_id"] for e in events) == sorted(ids[:250])
-        assert len(app.at("/ok")) <= 4  # 250 matches in batches of at most 100
-        assert len({r.webhook_id for r in app.at("/ok")}) == len(app.at("/ok"))
+        sizes = [len(r.json["data"]["events"]) for r in calls]
+        # 250 matches: the first call, two or fewer full batches of 100, one remainder
+        assert len(calls) <= 4 and all(size == 100 for size in sizes[1:-1]), sizes
+        assert len({r.webhook_id for r in calls}) == len(calls)
 
         async def all_delivered() -> list[dict[str, Any]]:
             logged = await deliveries(http, org[1], sub["id"])
@@ -62,10 +77,9 @@ async def test_signed_batched_delivery(notifier: InProcess, org: tuple[str, str]
         assert sum(d["item_count"] for d in logged) == 250
         assert all(d["attempts_log"][0]["status_code"] == 200 for d in logged)
         # a replayed event (same id) is not delivered again
-        await publish_matches(notifier.settings.nats_url, pairs[:5], msg_id=False)
+        await publish_matches(settings.nats_url, pairs[:5], msg_id=False)
         await eventually(lambda: consumed(http, len(pairs) + 5))
         assert sum(d["item_count"] for d in await deliveries(http, org[1], sub["id"])) == 250
-
 
 
 async def _count_events(app: Receiver, path: str, n: int) -> bool:

@@ -53,6 +53,7 @@ async def test_verified_digest_with_one_click_unsubscribe(
         await eventually(lambda: _has_mail(mail_server, "maker@example.org", 1))
         # before confirmation: nothing but the verification message
         await publish_matches(nats_url, [("early", "f1")])
+        await eventually(lambda: consumed(http, 1))  # routed while still unconfirmed
         test = await http.post(f"/v1/subscriptions/{sub['id']}/test", headers=auth(org[1]))
         assert test.status_code == 409
         await confirm(http, mail_server, "maker@example.org")

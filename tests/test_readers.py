@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -167,3 +169,38 @@ def test_deep_nesting_is_refused_not_crashed() -> None:
         parse_document(deep, "json")
     except InvalidInput as exc:
         assert exc.code in ("syntax", "type")
+
+
+HOSTILE = {
+    "NaN": b'{"okhv": "OKH-LOSHv1.0", "name": "x", "part": [{"name": "p", "outer-dimensions":'
+           b' {"width": NaN, "height": 1, "depth": 1}}]}',
+    "Infinity": b'{"name": "x", "location": {"latitude": Infinity, "longitude": 1e999}}',
+    "a 5,000-digit number": b'{"okhv": "OKH-LOSHv1.0", "name": "x", "version": ' + b"9" * 5000
+                            + b', "part": [{"name": "p", "outer-dimensions": {"width": '
+                            + b"9" * 5000 + b', "height": 1, "depth": 1}}]}',
+    "invalid UTF-8": b'{"name": "\xff\xfe x"}',
+    "a NUL character": b'{"okhv": "OKH-LOSHv1.0", "name": "a\\u0000b"}',
+    "a NUL in a key": b'{"okhv": "OKH-LOSHv1.0", "name": "x", "k\\u0000": 1}',
+    "an unpaired surrogate": b'{"okhv": "OKH-LOSHv1.0", "name": "a\\ud800b"}',
+    "deep mappings": b'{"a": ' * 5000 + b"1" + b"}" * 5000,
+    "deep flow sequences": b"a: " + b"[" * 200_000 + b"]" * 200_000,
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_documents_are_refused_with_our_error_in_bounded_time(name: str) -> None:
+    """Every format and both readers: either a manifest comes out or our InvalidInput does,
+    within a couple of seconds, and nothing that PostgreSQL or UTF-8 cannot hold."""
+    for fmt in ("json", "yaml", "toml"):
+        for read in (read_design, read_facility):
+            started = time.monotonic()
+            try:
+                read(parse_document(HOSTILE[name], fmt)).model_dump_json()
+            except InvalidInput as exc:
+                assert exc.code and str(exc)
+            assert time.monotonic() - started < 5, (name, fmt)
+    for fmt in ("json", "yaml"):
+        if "NUL" in name or "surrogate" in name:
+            with pytest.raises(InvalidInput) as refused:
+                parse_document(HOSTILE[name], fmt)
+            assert refused.value.code == "invalid_character"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts import vocabulary
 from contracts.errors import InvalidInput
@@ -67,3 +69,23 @@ def test_lengths_convert_to_millimetres(text: str, mm: float) -> None:
 def test_bad_lengths_are_refused(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_length(text, field="f")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200) | st.sampled_from(["3D printing", "https://", "Q", "////", " "]))
+def test_any_name_resolves_to_a_known_entry_or_to_nothing(name: str) -> None:
+    for kind in ("process", "material"):
+        vocab = vocabulary.vocabulary(kind)
+        entry = vocab.resolve(name)
+        assert entry is None or vocab.ancestors(entry.id) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60) | st.from_regex(r"-?[0-9]{0,400}(\.[0-9]*)?(e[0-9]{1,4})? ?[a-z\"]*"))
+def test_any_length_text_is_millimetres_in_range_or_our_error(text: str) -> None:
+    try:
+        mm = parse_length(text, field="f")
+    except InvalidInput as exc:
+        assert exc.field == "f"
+    else:
+        assert 0 < mm <= 1_000_000

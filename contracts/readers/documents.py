@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from typing import Any
 
@@ -71,7 +72,29 @@ def parse_document(raw: bytes, fmt: str) -> dict[str, Any]:
         raise InvalidInput(f"unreadable {fmt.upper()}: {_first_line(exc)}", code="syntax") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"a manifest must be a mapping, not {type(doc).__name__}", code="type")
+    _refuse_unstorable(doc)
     return doc
+
+
+# NUL and unpaired surrogates (which JSON and YAML escapes can spell) cannot be stored in
+# PostgreSQL text or encoded as UTF-8: refused here, before anything reads them.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _refuse_unstorable(doc: dict[str, Any]) -> None:
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:  # iterative: a parsed document may be nested a thousand deep
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                raise InvalidInput("text holds a NUL character or an unpaired surrogate",
+                                   field=path or None, code="invalid_character")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((path, str(key)))  # (a bad key is not echoed as a field)
+                stack.append((f"{path}.{key}" if path else str(key), item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
 
 
 def _reject_constant(name: str) -> None:

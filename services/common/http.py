@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,56 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response of every service."""
+
+    error: ErrorDetail
+
+
+_ERROR_STATUSES = {
+    400: "the body could not be parsed (not JSON, or not UTF-8)",
+    401: "no API key, or one that is malformed, revoked or unknown",
+    404: "no such resource, or not this organization's",
+    409: "conflicts with the resource's current state",
+    412: "If-Match does not name the current version",
+    413: "request body too large",
+    415: "unsupported media type",
+    422: "invalid input; `field` names the offending field",
+    429: "too many writes with this key; retry after Retry-After seconds",
+}
+# Always JSON, also on the routes that answer HTML pages: so the content is spelled out
+# here rather than given as a model (FastAPI would file a model under the route's own
+# media type); document_errors puts the schema it names into the document.
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": _ERROR_CONTENT}
+    for status, description in _ERROR_STATUSES.items()}
+"""For APIRouter(responses=...): the error responses documented on every operation, so
+that clients (and the fuzzing tests) know their shape."""
+
+
+def document_errors(app: FastAPI) -> None:
+    """Add ErrorBody (and what it refers to) to the app's OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(body.pop("$defs", {}))
+            schemas["ErrorBody"] = body
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "field": field}}
@@ -46,6 +97,8 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    document_errors(app)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
@@ -64,8 +117,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), None,
+        code, field = {400: ("malformed_body", "body"), 404: ("not_found", None),
+                       405: ("method_not_allowed", None)}.get(exc.status_code,
+                                                              ("http_error", None))
+        return error_response(exc.status_code, code, str(exc.detail), field,
                               getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from contracts.geo import haversine_km
 from contracts.models import ID_PATTERN
-from services.common.http import ApiError, parse_near
+from services.common.http import ERROR_RESPONSES, ApiError, parse_near
 from services.matcher.index import CapabilityIndex
 from services.matcher.rules import Evaluation, evaluate
 
@@ -16,7 +16,7 @@ Id = Annotated[str, Query(pattern=ID_PATTERN)]
 
 
 def router(index: CapabilityIndex) -> APIRouter:
-    api = APIRouter(prefix="/v1", tags=["matches"])
+    api = APIRouter(prefix="/v1", tags=["matches"], responses=ERROR_RESPONSES)
 
     def design_of(design_id: str) -> Any:
         design = index.designs.get(design_id)

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from services.common.http import CHALLENGE, ApiError, WriteLimit, required_key
+from services.common.http import CHALLENGE, ERROR_RESPONSES, ApiError, WriteLimit, required_key
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
@@ -28,6 +28,12 @@ from services.notifier.subscriptions import (
 )
 
 _SUB_ID = re.compile(r"^sub_[0-9a-f]{16}$")
+# secrets.token_urlsafe's alphabet; anything else cannot be a token we issued
+Token = Annotated[str, Query(max_length=100, pattern=r"^[A-Za-z0-9_-]+$")]
+# Email links are opened by people: an unknown link answers a page, not JSON.
+_LINK_PAGES: dict[int | str, dict[str, Any]] = {404: {
+    "description": "the link is not valid: an HTML page says so",
+    "content": {"text/html": {"schema": {"type": "string"}}}}}
 NewSubscription = Annotated[WebhookSubscriptionIn | EmailSubscriptionIn,
                             Body(discriminator="channel")]
 
@@ -46,7 +52,7 @@ def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
 
 def router(store: Store, guard: Guard, settings: NotifierSettings,
            limit: WriteLimit) -> APIRouter:
-    api = APIRouter(tags=["subscriptions"])
+    api = APIRouter(tags=["subscriptions"], responses=ERROR_RESPONSES)
 
     async def owner(request: Request) -> str:
         """The organization of a valid key; a write also within the key's limit."""
@@ -100,7 +106,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                      {"Location": f"/v1/subscriptions/{subscription_id}"})
 
     @api.get("/v1/subscriptions")
-    async def list_(request: Request, after: str | None = None,
+    async def list_(request: Request,
+                    after: Annotated[str | None, Query(pattern=_SUB_ID.pattern)] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
         rows = await store.subscriptions(await owner(request), after, limit)
         return _json({"items": [represent(r) for r in rows],
@@ -200,15 +207,17 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
 
     # email links: no login, the token is the authority
 
-    @api.get("/v1/email/verify", response_class=HTMLResponse, tags=["email"])
-    async def verify(token: Annotated[str, Query(max_length=100)]) -> HTMLResponse:
+    @api.get("/v1/email/verify", response_class=HTMLResponse, tags=["email"],
+             responses=_LINK_PAGES)
+    async def verify(token: Token) -> HTMLResponse:
         ok = await store.verify_email(token)
         return _page("Address confirmed" if ok else "Link not valid",
                      "Match alerts will come to this address." if ok else
                      "This link was used already or is not valid.", 200 if ok else 404)
 
-    @api.get("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"])
-    async def unsubscribe_page(token: Annotated[str, Query(max_length=100)]) -> HTMLResponse:
+    @api.get("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"],
+             responses=_LINK_PAGES)
+    async def unsubscribe_page(token: Token) -> HTMLResponse:
         address = await store.unsubscribe_target(token)
         if address is None:
             return _page("Link not valid", "This unsubscribe link is not valid.", 404)
@@ -217,8 +226,9 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         return _page("Unsubscribe", f"Stop match alerts to {html.escape(address)}?", 200,
                      form)
 
-    @api.post("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"])
-    async def unsubscribe(token: Annotated[str, Query(max_length=100)]) -> HTMLResponse:
+    @api.post("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"],
+             responses=_LINK_PAGES)
+    async def unsubscribe(token: Token) -> HTMLResponse:
         if await store.unsubscribe_target(token) is None:
             return _page("Link not valid", "This unsubscribe link is not valid.", 404)
         await store.unsubscribe(token)

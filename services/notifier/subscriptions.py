@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from contracts import vocabulary
 from contracts.geo import cell, haversine_km, reach
@@ -57,6 +57,17 @@ class Filter(BaseModel):
         return sorted(set(out))
 
 
+def _storable_url(url: str) -> str:
+    # Control characters have no place in a URL; NUL and unpaired surrogates would not
+    # even reach the database (PostgreSQL text, UTF-8).
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in url):
+        raise ValueError("a URL may not hold control characters or unpaired surrogates")
+    return url
+
+
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_storable_url)]
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +76,7 @@ class _Common(BaseModel):
 
 class WebhookSubscriptionIn(_Common):
     channel: Literal["webhook"]
-    url: str = Field(min_length=1, max_length=2048)
+    url: WebhookUrl
     contact_email: EmailStr | None = Field(
         None, description="told when the subscription is disabled for failing")
 
@@ -80,7 +91,7 @@ class SubscriptionPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filter: Filter | None = None
-    url: str | None = Field(None, min_length=1, max_length=2048)
+    url: WebhookUrl | None = None
     digest: Digest | None = None
     enabled: bool | None = Field(None, description="true re-enables a disabled subscription")
     contact_email: EmailStr | None = None

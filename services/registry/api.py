@@ -14,7 +14,14 @@ from fastapi.responses import JSONResponse, Response
 from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
-from services.common.http import CHALLENGE, ApiError, WriteLimit, parse_near, required_key
+from services.common.http import (
+    CHALLENGE,
+    ERROR_RESPONSES,
+    ApiError,
+    WriteLimit,
+    parse_near,
+    required_key,
+)
 from services.registry.entities import expand, prepare
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
@@ -33,7 +40,7 @@ _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
 def router(kind: EntityKind, store: Store, limit: WriteLimit) -> APIRouter:
     plural = f"{kind.value}s" if kind is EntityKind.design else "facilities"
-    api = APIRouter(prefix=f"/v1/{plural}", tags=[plural])
+    api = APIRouter(prefix=f"/v1/{plural}", tags=[plural], responses=ERROR_RESPONSES)
 
     def key_of(request: Request) -> tuple[str, str]:
         """A well-formed key within its write limit, or 401 / 429 before the body is read;

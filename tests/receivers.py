@@ -38,7 +38,8 @@ class Received:
 class Receiver:
     """ASGI app. Paths: /ok; /flaky/N (500 for the first N calls); /slow (answers after
     5 s); /held (answers once `release` is set, 30 s at most); /gone (410); /limited/S
-    (429 with Retry-After: S once, then 200); /redirect (302 to /ok); /down (always 503)."""
+    (429 with Retry-After: S once, then 200); /redirect (302 to /ok); /redirect-inward (302
+    to the cloud metadata address); /down (always 503)."""
 
     requests: list[Received] = field(default_factory=list)
     calls: Counter = field(default_factory=Counter)
@@ -80,6 +81,8 @@ class Receiver:
             return 429, {"retry-after": parts[1]}
         if parts[0] == "redirect":
             return 302, {"location": "/ok"}
+        if parts[0] == "redirect-inward":
+            return 302, {"location": "http://169.254.169.254/latest/meta-data/"}
         if parts[0] == "down":
             return 503, {}
         return 200, {}

@@ -42,6 +42,7 @@ class Dispatcher:
         self.rng = rng or random.Random()
         s = settings
         self.batching = Batching(s.notifier_batch_max, s.notifier_batch_max_wait_s,
+                                 s.notifier_batch_in_flight,
                                  s.notifier_email_linger_s, s.notifier_email_max_wait_s,
                                  s.notifier_digest_hourly_s, s.notifier_digest_daily_s)
         self.smtp = SmtpServer(s.smtp_host, s.smtp_port, s.smtp_starttls, s.smtp_username,
@@ -51,6 +52,7 @@ class Dispatcher:
         self.lease_s = max(s.notifier_timeout_s, s.smtp_timeout_s) + s.notifier_lease_margin_s
         self.slots = asyncio.Semaphore(s.notifier_concurrency)
         self.in_flight: set[asyncio.Task] = set()
+        self._reserved = 0  # slots a claim under way may fill (two loops claim)
         self._items = asyncio.Event()  # items arrived: batches may be due
         self._deliveries = asyncio.Event()  # deliveries made or slots freed: claim
         self.successes = Batcher(store.delivered)
@@ -74,27 +76,46 @@ class Dispatcher:
 
     async def _assemble_loop(self) -> None:
         """Waiting items into deliveries: when items arrive, when an attempt ends (the
-        next batch of its subscription may go), and every sweep (digests, max wait)."""
+        next batch of its subscription may go), and every sweep (digests, max wait).
+        Webhook batches are claimed as they are made, up to the free slots."""
         while True:
-            if await self.store.assemble(self.batching, self._render):
+            made, claimed = await self._claiming(
+                lambda free: self.store.assemble_webhooks(self.batching, free, self.lease_s))
+            if made > len(claimed):
+                self._deliveries.set()
+            if await self.store.assemble_emails(self.batching, self._render):
                 self._deliveries.set()
             await _wait(self._items, self.settings.notifier_sweep_s)
 
     async def _claim_loop(self) -> None:
         """Due deliveries into attempts, as many as there are free slots. Slots freed one
         by one are gathered for a moment, so that a claim takes many at once."""
-        limit = self.settings.notifier_concurrency
         while True:
-            free = limit - len(self.in_flight)
-            claimed = await self.store.claim(free, self.lease_s) if free > 0 else []
-            for delivery in claimed:
-                task = asyncio.create_task(self._attempt(delivery))
-                self.in_flight.add(task)
-                task.add_done_callback(self._done)
+            free, claimed = await self._claiming(self._claim)
             if not claimed or len(claimed) == free:
                 await _wait(self._deliveries, self.settings.notifier_sweep_s)
                 if self.in_flight:
                     await asyncio.sleep(0.002)
+
+    async def _claim(self, free: int) -> tuple[int, list[asyncpg.Record]]:
+        return free, await self.store.claim(free, self.lease_s) if free > 0 else []
+
+    async def _claiming(self, claim: Callable[[int], Awaitable[tuple[int, list[Any]]]]
+                        ) -> tuple[int, list[Any]]:
+        """Run `claim(free slots)` and start an attempt for each delivery it claimed. The
+        slots are reserved meanwhile, so that the two loops never claim more than there
+        are: a claimed delivery waiting for a slot could outlive its lease."""
+        free = max(0, self.settings.notifier_concurrency - len(self.in_flight) - self._reserved)
+        self._reserved += free
+        try:
+            result, claimed = await claim(free)
+        finally:
+            self._reserved -= free
+        for delivery in claimed:
+            task = asyncio.create_task(self._attempt(delivery))
+            self.in_flight.add(task)
+            task.add_done_callback(self._done)
+        return result, claimed
 
     def _notified(self, _conn: object, _pid: object, _channel: object, table: object) -> None:
         (self._items if table == "items" else self._deliveries).set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
 from services.notifier.addresses import Network, parse_networks
@@ -24,8 +24,11 @@ class NotifierSettings(CommonSettings):
     notifier_retry_schedule: str = ",".join(f"{s:g}" for s in DEFAULT_SCHEDULE)
     notifier_timeout_s: float = 15.0
     notifier_batch_max: int = 100
-    # a partial webhook batch leaves when the subscription has nothing in flight, or once
-    # its oldest match waited `max_wait`; full batches leave at once
+    # a partial webhook batch leaves when the subscription has fewer than `in_flight`
+    # batches under way, or once its oldest match waited `max_wait`; full batches leave at
+    # once. 1 is Nagle's rule (fewest calls); 2 lets a batch go while the one before is
+    # answered, for a few more calls (on 2 cores it did not lower the latency measured)
+    notifier_batch_in_flight: int = Field(1, ge=1)
     notifier_batch_max_wait_s: float = 1.0
     notifier_email_linger_s: float = 5.0
     notifier_email_max_wait_s: float = 60.0

@@ -19,6 +19,13 @@ SUBSCRIPTION_FIELDS = (
     "id, owner, channel, url, address, filter, digest, verified, enabled, disabled_reason, "
     "contact_email, failing_since, last_success_at, created_at, updated_at, "
     "previous_until")
+# What an attempt needs of a delivery (d) and its subscription (s): claim() and
+# assemble_webhooks() hand out the same rows.
+ATTEMPT_FIELDS = (
+    "d.id, d.kind, d.body, d.attempts, d.item_count, d.oldest_change_at,"
+    " s.id AS subscription_id, s.channel, s.url, s.address, s.contact_email,"
+    " s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
+    " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret")
 EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
 
 
@@ -28,6 +35,7 @@ class Batching:
 
     max_items: int
     max_wait_s: float
+    in_flight: int
     email_linger_s: float
     email_max_wait_s: float
     hourly_s: float = 3600.0
@@ -150,12 +158,10 @@ class Store:
 
     # deliveries
 
-    async def assemble(self, batching: Batching, body_of: Any) -> int:
-        """Gather waiting items into deliveries for every subscription whose batch is
-        ready; returns the number of deliveries made. Webhook batches are made in one
-        statement for all subscriptions; email digests (few, large) one by one, each
-        rendered by `body_of(subscription, events, total)`."""
-        made = await self._assemble_webhooks(batching)
+    async def assemble_emails(self, batching: Batching, body_of: Any) -> int:
+        """Gather the waiting items of every email subscription whose digest is due into
+        one delivery each (few, large), rendered by `body_of(subscription, events, total)`;
+        returns the number of deliveries made."""
         b = batching
         ready = await self.pool.fetch(
             "SELECT i.subscription_id FROM items i JOIN subscriptions s"
@@ -166,17 +172,25 @@ class Store:
             " OR (s.digest = 'hourly' AND min(i.created_at) <= now() - make_interval(secs => $3))"
             " OR (s.digest = 'daily' AND min(i.created_at) <= now() - make_interval(secs => $4))"
             " LIMIT 200", b.email_linger_s, b.email_max_wait_s, b.hourly_s, b.daily_s)
+        made = 0
         for row in ready:
             made += await self._assemble_email(row["subscription_id"], body_of)
         return made
 
-    async def _assemble_webhooks(self, b: Batching) -> int:
+    async def assemble_webhooks(self, b: Batching, claim: int,
+                                lease_s: float) -> tuple[int, list[asyncpg.Record]]:
         """Every ready subscription's full batches of `max_items`, and its last partial
-        batch when nothing of it is in flight (like Nagle's algorithm: one round trip of
-        latency when quiet, batches under load) or its oldest item waited `max_wait_s`.
-        The body is built here, in SQL, in the same shape as messages.matches_body. A
-        subscription another process is assembling (row locked) is skipped."""
-        return int(await self.pool.fetchval(
+        batch when fewer than `in_flight` of its batches are under way (like Nagle's
+        algorithm: little latency when quiet, batches under load) or its oldest item
+        waited `max_wait_s`. The body is built here, in SQL, in the same shape as
+        messages.matches_body. A subscription another process is assembling (row locked)
+        is skipped.
+
+        The first `claim` deliveries made are claimed at once, as claim() would (the
+        caller attempts them now; should it die, they are due when the lease ends): a
+        round trip and a wake-up fewer between a match and its webhook. Returns (the
+        number of deliveries made, the claimed ones in claim()'s shape)."""
+        rows = await self.pool.fetch(
             """
             WITH waiting AS (
                 SELECT i.subscription_id, count(*) AS n,
@@ -186,9 +200,10 @@ class Store:
                 GROUP BY i.subscription_id),
             ready AS (
                 SELECT w.subscription_id, w.n,
-                       w.overdue OR NOT EXISTS (
-                           SELECT 1 FROM deliveries d WHERE d.subscription_id = w.subscription_id
-                           AND d.status = 'pending' AND d.kind = 'matches') AS flush
+                       w.overdue OR (
+                           SELECT count(*) FROM deliveries d
+                           WHERE d.subscription_id = w.subscription_id
+                           AND d.status = 'pending' AND d.kind = 'matches') < $5 AS flush
                 FROM waiting w),
             chosen AS (
                 SELECT * FROM ready WHERE n >= $1 OR flush LIMIT 2000),
@@ -208,29 +223,42 @@ class Store:
                        row_number() OVER (PARTITION BY c.subscription_id
                                           ORDER BY c.created_at, c.event_id) - 1 AS rn
                 FROM claimed c JOIN chosen r ON r.subscription_id = c.subscription_id),
-            chunks AS MATERIALIZED (
+            grouped AS (
                 SELECT subscription_id, chunk, gen_random_uuid() AS id, count(*) AS k,
                        min(occurred_at) AS oldest, array_agg(event_id ORDER BY rn) AS event_ids,
                        jsonb_agg(payload ORDER BY rn) AS events
                 FROM (SELECT *, rn / $1 AS chunk FROM numbered) x
                 WHERE chunk < n / $1 OR flush
                 GROUP BY subscription_id, chunk),
+            chunks AS MATERIALIZED (
+                SELECT *, row_number() OVER (ORDER BY oldest, subscription_id, chunk) <= $3
+                          AS claimed
+                FROM grouped),
             made AS (
                 INSERT INTO deliveries (id, subscription_id, kind, body, item_count,
-                                        oldest_change_at)
+                                        oldest_change_at, next_attempt_at, attempts)
                 SELECT id, subscription_id, 'matches', convert_to(jsonb_build_object(
                     'type', 'matches', 'timestamp', now(),
                     'data', jsonb_build_object('subscription_id', subscription_id,
                                                'count', k, 'events', events))::text, 'UTF8'),
-                       k, oldest
-                FROM chunks RETURNING 1),
+                       k, oldest,
+                       CASE WHEN claimed THEN now() + make_interval(secs => $4) ELSE now() END,
+                       CASE WHEN claimed THEN 1 ELSE 0 END
+                FROM chunks RETURNING *),
             assigned AS (
                 UPDATE items i SET delivery_id = c.id
                 FROM (SELECT id, subscription_id, unnest(event_ids) AS event_id FROM chunks) c
                 WHERE i.subscription_id = c.subscription_id AND i.event_id = c.event_id
                 RETURNING 1)
-            SELECT (SELECT count(*) FROM made) + 0 * (SELECT count(*) FROM assigned)
-            """, b.max_items, b.max_wait_s))
+            -- one row per delivery made: the claimed ones with what an attempt needs
+            SELECT (SELECT count(*) FROM assigned) AS assigned, d.claimed_row,
+                   {fields}
+            FROM (SELECT m.*, c.claimed AS claimed_row FROM made m
+                  JOIN chunks c ON c.id = m.id) d
+            JOIN subscriptions s ON s.id = d.subscription_id
+            """.replace("{fields}", ATTEMPT_FIELDS), b.max_items, b.max_wait_s, claim, lease_s,
+            b.in_flight)
+        return len(rows), [r for r in rows if r["claimed_row"]]
 
     async def _assemble_email(self, subscription_id: str, body_of: Any) -> int:
         """All of one subscription's waiting items as one digest."""
@@ -264,21 +292,15 @@ class Store:
     async def claim(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
         """Due deliveries, each taken by one process: its next attempt time moves past the
         lease, so if this process dies mid-attempt the delivery is due again after it."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await _relaxed(conn)
-            return await conn.fetch(
-                "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
-                "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
-                "  FOR UPDATE SKIP LOCKED)"
-                " UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2),"
-                "  attempts = d.attempts + 1"
-                " FROM due, subscriptions s WHERE d.id = due.id AND s.id = d.subscription_id"
-                " RETURNING d.id, d.kind, d.body, d.attempts, d.item_count, d.oldest_change_at,"
-                "  s.id AS subscription_id, s.channel, s.url, s.address, s.contact_email,"
-                "  s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
-                "  CASE WHEN s.previous_until > now() THEN s.previous_secret END"
-                "  AS previous_secret",
-                limit, lease_s)
+        return await self.pool.fetch(
+            f"WITH {RELAXED}, due AS (SELECT id FROM deliveries WHERE status = 'pending'"
+            "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
+            "  FOR UPDATE SKIP LOCKED)"
+            " UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2),"
+            "  attempts = d.attempts + 1"
+            " FROM due, subscriptions s, relaxed"
+            " WHERE d.id = due.id AND s.id = d.subscription_id"
+            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s)
 
     async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
                      duration_ms: float, error: str | None, response: str | None,
@@ -324,25 +346,22 @@ class Store:
     async def delivered(self, rows: list[tuple[uuid.UUID, str, int, float, str | None]]) -> None:
         """Successful attempts (delivery, subscription, status, duration ms, response), in
         one transaction: under load, one round of statements for a few hundred."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await _relaxed(conn)
-            await conn.execute(
-                "INSERT INTO attempts (delivery_id, status_code, duration_ms, response_body)"
-                " SELECT * FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])",
-                [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                [r[4] for r in rows])
-            await conn.execute(
-                "UPDATE deliveries d SET status = 'delivered', finished_at = now(),"
-                " last_status = u.status, last_error = NULL"
-                " FROM unnest($1::uuid[], $2::int[]) AS u(id, status) WHERE d.id = u.id",
-                [r[0] for r in rows], [r[2] for r in rows])
+        # One statement, one round trip.
+        await self.pool.execute(
+            f"WITH {RELAXED}, a AS ("
+            " INSERT INTO attempts (delivery_id, status_code, duration_ms, response_body)"
+            " SELECT * FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])),"
+            " d AS (UPDATE deliveries d SET status = 'delivered', finished_at = now(),"
+            "  last_status = u.status, last_error = NULL"
+            "  FROM unnest($1::uuid[], $2::int[]) AS u(id, status) WHERE d.id = u.id),"
             # A subscription's row is written only when there is news: most successes
             # follow others a moment ago.
-            await conn.execute(
-                "UPDATE subscriptions SET last_success_at = now(), failing_since = NULL"
-                " WHERE id = ANY($1::text[]) AND (failing_since IS NOT NULL"
-                " OR last_success_at IS NULL OR last_success_at < now() - interval '1 minute')",
-                sorted({r[1] for r in rows}))
+            " s AS (UPDATE subscriptions SET last_success_at = now(), failing_since = NULL"
+            "  WHERE id = ANY($5::text[]) AND (failing_since IS NOT NULL"
+            "  OR last_success_at IS NULL OR last_success_at < now() - interval '1 minute'))"
+            " SELECT count(*) FROM relaxed",
+            [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+            [r[4] for r in rows], sorted({r[1] for r in rows}))
 
     async def deliveries(self, subscription_id: str, owner: str, status: str | None,
                          limit: int) -> list[asyncpg.Record]:
@@ -414,11 +433,16 @@ async def _changed(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT nextval('subscription_changes')")
 
 
+# A commit that need not wait for the disk. Only for records whose loss in a database
+# crash repeats an attempt under the same webhook-id (a claim, an attempt's result): never
+# for items or the gathering of a delivery, whose loss would lose an alert or send one
+# under a second identity. RELAXED is a CTE for one-statement transactions: set_config
+# with is_local applies to the statement's own transaction, whose commit follows it.
+RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
+
+
 async def _relaxed(conn: asyncpg.Connection) -> None:
-    """This transaction's commit need not wait for the disk. Only for records whose loss
-    in a database crash repeats an attempt under the same webhook-id (a claim, an attempt's
-    result): never for items or the gathering of a delivery, whose loss would lose an
-    alert or send one under a second identity."""
+    """The same for a transaction of several statements."""
     await conn.execute("SET LOCAL synchronous_commit TO off")
 
 

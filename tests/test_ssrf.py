@@ -56,6 +56,23 @@ def resolver_with(answers: dict[str, Any]) -> Any:
     return resolve
 
 
+async def first_attempt_of(http: httpx.AsyncClient, key: str, url: str, facility: str,
+                           nats_url: str) -> dict[str, Any]:
+    """Subscribe `url` to one facility's matches, publish one, and return the first
+    attempt the delivery log shows."""
+    created = await http.post("/v1/subscriptions", headers=auth(key), json={
+        "channel": "webhook", "url": url, "filter": {"facility_ids": [facility]}})
+    assert created.status_code == 201, created.text
+    await publish_matches(nats_url, [(f"d-{facility}", facility)])
+
+    async def first() -> dict[str, Any] | None:
+        items = (await http.get(f"/v1/subscriptions/{created.json()['id']}/deliveries",
+                                headers=auth(key))).json()["items"]
+        return items[0]["attempts_log"][0] if items and items[0]["attempts_log"] else None
+
+    return await eventually(first)
+
+
 def _no_private_ranges(notifier_settings: Any) -> Any:
     return notifier_settings.model_copy(update={"notifier_allow_cidrs": ""})
 
@@ -95,20 +112,10 @@ async def test_a_name_that_turns_private_after_registration_is_refused_at_delive
     async with InProcess(create_app(settings, resolver_with(names)), settings) as notifier, \
             httpx.AsyncClient(base_url=notifier.url, timeout=20) as http:
         await wait_ready(notifier.url)
-        created = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-            "channel": "webhook", "url": f"http://rebind.test:{port}/ok",
-            "filter": {"facility_ids": ["fab-r"]}})
-        assert created.status_code == 201, created.text
-        await publish_matches(settings.nats_url, [("d-rebind", "fab-r")])
-
-        async def refused_attempt() -> list[dict[str, Any]]:
-            items = (await http.get(f"/v1/subscriptions/{created.json()['id']}/deliveries",
-                                    headers=auth(org[1]))).json()["items"]
-            return [a for d in items for a in d["attempts_log"]]
-
-        attempts = await eventually(refused_attempt)
-        assert attempts[0]["status_code"] == 0
-        assert attempts[0]["error"].startswith("refused: ")
+        attempt = await first_attempt_of(http, org[1], f"http://rebind.test:{port}/ok",
+                                         "fab-r", settings.nats_url)
+        assert attempt["status_code"] == 0
+        assert attempt["error"].startswith("refused: ")
         assert app.at("/ok") == []
         assert await metric(http, "makelocal_notifier_ssrf_blocked_total") >= 1
 
@@ -124,18 +131,8 @@ async def test_a_redirect_inward_is_not_followed(
     async with InProcess(create_app(notifier_settings), notifier_settings) as notifier, \
             httpx.AsyncClient(base_url=notifier.url, timeout=20) as http:
         await wait_ready(notifier.url)
-        created = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-            "channel": "webhook", "url": f"{base}/redirect-inward",
-            "filter": {"facility_ids": ["fab-3xx"]}})
-        assert created.status_code == 201, created.text
-        await publish_matches(notifier_settings.nats_url, [("d-3xx", "fab-3xx")])
-
-        async def first_attempt() -> dict[str, Any] | None:
-            items = (await http.get(f"/v1/subscriptions/{created.json()['id']}/deliveries",
-                                    headers=auth(org[1]))).json()["items"]
-            return items[0]["attempts_log"][0] if items and items[0]["attempts_log"] else None
-
-        attempt = await eventually(first_attempt)
+        attempt = await first_attempt_of(http, org[1], f"{base}/redirect-inward", "fab-3xx",
+                                         notifier_settings.nats_url)
         assert attempt["status_code"] == 302
         assert len(app.at("/redirect-inward")) >= 1
         assert [r for r in app.requests if r.path != "/redirect-inward"] == []

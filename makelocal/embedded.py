@@ -196,6 +196,22 @@ class PostgresServer:
                             f'CREATE DATABASE "{self.database}"'], check=True,
                            capture_output=True)
 
+    def kill(self) -> None:
+        """SIGKILL to the postmaster and every backend (its own session), as when the
+        machine dies; start() again recovers from the write-ahead log."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        group = self.proc.pid
+        os.killpg(group, signal.SIGKILL)
+        self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the backends, which the wait did not reap
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
     def stop(self) -> None:
         # SIGTERM is PostgreSQL's "smart" shutdown; SIGINT ("fast") does not wait for clients.
         if self.proc is not None and self.proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from makelocal.embedded import free_port, stop_process, wait_for_port
 from services.matcher.settings import MatcherSettings
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
+from tests.receivers import MailServer, text_of
 
 JSON = {"Content-Type": "application/json"}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -274,3 +276,16 @@ def okh(name: str, tsdc: list[str], material: str | None = None) -> bytes:
     if material:
         doc["material"] = material
     return json.dumps(doc).encode()
+
+
+async def confirm(http: Any, mail: MailServer, address: str) -> None:
+    """Open the verification link mailed to `address` (the notifier at `http`)."""
+    await eventually(lambda: has_mail(mail, address, 1))
+    link = re.search(r"(http://\S+/v1/email/verify\?token=\S+)", text_of(mail.to(address)[0]))
+    assert link is not None
+    page = await http.get(link.group(1).replace("http://127.0.0.1:8003", str(http.base_url)))
+    assert page.status_code == 200 and "confirmed" in page.text
+
+
+async def has_mail(mail: MailServer, address: str, n: int) -> bool:
+    return len(mail.to(address)) >= n

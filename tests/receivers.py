@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,7 +92,8 @@ class Receiver:
 
 class MailServer:
     """aiosmtpd on a free loopback port. Recipients starting with `bounce` get 550,
-    with `later` 451 on their first message; everyone else is accepted and kept."""
+    with `later` 451 on their first message, with `stall` no answer for 30 s; everyone
+    else is accepted and kept."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -105,6 +108,8 @@ class MailServer:
             return "550 5.1.1 no such user"
         if address.startswith("later") and self.tries[address] == 1:
             return "451 4.3.0 try again later"
+        if address.startswith("stall"):
+            await asyncio.sleep(30)  # a server that stops answering mid-conversation
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -128,3 +133,47 @@ def text_of(message: Message) -> str:
         if part.get_content_type() == "text/plain":
             return part.get_payload(decode=True).decode()
     return ""
+
+
+class BadPeers:
+    """Webhook receivers that misbehave, on one loopback port, chosen by the path:
+    /hang accepts and never answers; /trickle answers one byte a second; /huge answers
+    200 with a 100 MB body; /reset resets the connection."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.requests: Counter = Counter()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            self.requests[path] += 1
+            if path == "/hang":
+                await asyncio.sleep(3600)
+            elif path == "/trickle":
+                for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok":
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1)
+            elif path == "/huge":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 104857600\r\n\r\n")
+                chunk = b"x" * 65536
+                for _ in range(1600):
+                    writer.write(chunk)
+                    await writer.drain()
+            elif path == "/reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()

@@ -9,40 +9,17 @@ no two deliveries carry the same match event."""
 from __future__ import annotations
 
 import asyncio
-import random
-from collections import defaultdict
 from pathlib import Path
 
-import asyncpg
 import httpx
 import nats.errors
-import orjson
-from standardwebhooks import Webhook
 
-from contracts.matches import match_event_id
 from makelocal.cluster import Cluster, ClusterPorts
-from services.matcher.checkpoint import Change
-from services.matcher.consumer import match_messages
-from services.matcher.diff import apply_design, apply_facility
-from services.matcher.index import CapabilityIndex
-from services.matcher.profiles import design_profile, facility_profile
 from services.registry.settings import RegistrySettings
 from tests.conftest import TEST_SEALING_KEY, auth
-from tests.helpers import (
-    JSON,
-    eventually,
-    expected_matches,
-    lab,
-    okh,
-    reduce_matches,
-    stream_messages,
-    wait_ready,
-)
+from tests.helpers import eventually, expected_matches, reduce_matches, stream_messages, wait_ready
 from tests.receivers import MailServer, Receiver
-
-PROCESSES = [["FDM"], ["laser cutting"], ["FDM", "laser cutting"], ["CNC milling", "FDM"],
-             ["CNC milling"]]
-TSDC = [["3DP"], ["LAS"], ["3DP", "LAS"], ["CNC"], ["3DP", "CNC"]]
+from tests.scenario import DESCRIBED, Load, delivered_events, expected_events
 
 
 async def test_losing_a_node_and_one_process_of_each_service_loses_and_repeats_nothing(
@@ -70,7 +47,7 @@ async def test_losing_a_node_and_one_process_of_each_service_loses_and_repeats_n
                                    headers=key, json={"channel": "webhook", "url": f"{base}/ok"})
             assert hook.status_code == 201, hook.text
             load = Load(http, key, [s.url for s in cluster.of("registry")])
-            await load.facilities(20)
+            await load.facilities(range(20))
             await load.designs(range(0, 10))
             # mid-way: a NATS node and one process of each service die at once
             for victim in ("registry-0", "matcher-0", "notifier-0"):
@@ -119,7 +96,7 @@ async def test_losing_a_node_and_one_process_of_each_service_loses_and_repeats_n
 
 async def caught_up(live: str, settings: RegistrySettings, cluster: Cluster) -> list[str]:
     """Until MATCHES holds every match event the registry's changes so far imply; those."""
-    expected = await expected_events(settings)
+    expected = await expected_events(settings.database_url, settings.registry_db_schema)
 
     async def complete() -> bool:
         try:
@@ -153,103 +130,3 @@ async def _diagnosis(cluster: Cluster, live: str, expected: list[str]) -> str:
     return "\n".join(lines)
 
 
-class Load:
-    """Writes through the registries in turn, one at a time, a little apart: a steady
-    stream of changes in phases (facilities, designs, facility edits, design edits)."""
-
-    def __init__(self, http: httpx.AsyncClient, key: dict[str, str],
-                 registries: list[str]) -> None:
-        self.http, self.key, self.registries = http, key, registries
-        self.etags: dict[str, str] = {}
-        self.rng = random.Random(5)
-        self.n = 0
-
-    async def _write(self, method: str, path: str, body: bytes | None = None,
-                     etag: str | None = None) -> None:
-        self.n += 1
-        url = self.registries[self.n % len(self.registries)] + path
-        headers = self.key | JSON | ({"If-Match": etag} if etag else {})
-        answer = await self.http.request(method, url, headers=headers, content=body)
-        assert answer.status_code in (200, 201), answer.text
-        if method != "DELETE":
-            self.etags[path.split("?id=")[-1].rsplit("/", 1)[-1]] = answer.headers["ETag"]
-        await asyncio.sleep(0.05)
-
-    async def facilities(self, count: int) -> None:
-        for i in range(count):
-            await self._write("POST", f"/v1/facilities?id=lab-{i}",
-                              lab(f"Lab {i}", PROCESSES[i % len(PROCESSES)],
-                                  lat=40 + i * 0.1, lon=2.0))
-
-    async def designs(self, numbers: range) -> None:
-        for i in numbers:
-            await self._write("POST", f"/v1/designs?id=design-{i}",
-                              okh(f"Design {i}", TSDC[i % len(TSDC)]))
-
-    async def change_facilities(self, count: int) -> None:
-        for i in self.rng.sample(range(20), count):
-            status = "Closed" if i % 2 else "Active"
-            await self._write("PUT", f"/v1/facilities/lab-{i}",
-                              lab(f"Lab {i}", PROCESSES[(i + 1) % len(PROCESSES)],
-                                  status=status, lat=40 + i * 0.1, lon=2.0),
-                              self.etags[f"lab-{i}"])
-
-    async def change_designs(self, count: int) -> None:
-        for i in self.rng.sample(range(20), count):
-            if i % 3 == 0:
-                await self._write("DELETE", f"/v1/designs/design-{i}",
-                                  etag=self.etags[f"design-{i}"])
-            else:
-                await self._write("PUT", f"/v1/designs/design-{i}",
-                                  okh(f"Design {i}", TSDC[(i + 2) % len(TSDC)]),
-                                  self.etags[f"design-{i}"])
-
-
-async def expected_events(settings: RegistrySettings) -> list[str]:
-    """The match events one matcher makes of the same input: the registry's outbox, in
-    its order (REGISTRY's), through the index, as the consumer applies it."""
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        rows = await conn.fetch(f'SELECT position, payload FROM "{settings.registry_db_schema}"'
-                                ".outbox ORDER BY position")
-    finally:
-        await conn.close()
-    index = CapabilityIndex()
-    out = []
-    for row in rows:
-        event = orjson.loads(row["payload"])
-        kind = event["type"].split(".", 1)[0]
-        data, version = event["data"], event["version"]
-        make = design_profile if kind == "design" else facility_profile
-        new = None if data is None else make(data, version)
-        side = index.designs if kind == "design" else index.facilities
-        old = side.get(event["entity_id"])
-        diff = (apply_design if kind == "design" else apply_facility)(
-            index, event["entity_id"], new, version)  # type: ignore[arg-type]
-        change = Change(row["position"], kind, event["entity_id"], version, old, new,
-                        event["event_id"], event["occurred_at"])
-        out.extend(m.event_id for m in match_messages(diff, change, index))
-        for t in diff.transitions(index):
-            DESCRIBED[match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
-                                     t.facility_version)] = (
-                f"{t.kind} {t.design_id}@{t.design_version} {t.facility_id}@"
-                f"{t.facility_version} (cause {kind} {event['entity_id']}@{version})")
-    return out
-
-
-DESCRIBED: dict[str, str] = {}
-
-
-def delivered_events(app: Receiver, secret: str) -> dict[str, set[str]]:
-    """Each match event received -> the webhook ids of the deliveries that carried it. A
-    delivery sent again (a notifier killed before it recorded the answer) keeps its id
-    and its body."""
-    verify = Webhook(secret)
-    bodies: dict[str, bytes] = {}
-    carried: dict[str, set[str]] = defaultdict(set)
-    for request in list(app.at("/ok")):
-        payload = verify.verify(request.body, request.headers)
-        assert bodies.setdefault(request.webhook_id, request.body) == request.body
-        for event in payload["data"]["events"]:
-            carried[event["event_id"]].add(request.webhook_id)
-    return carried

@@ -4,14 +4,21 @@ one-click unsubscribe, 5xx suppresses the address, 4xx is retried."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
 import httpx
 
 from tests.conftest import auth
-from tests.helpers import InProcess, consumed, eventually, publish_matches, wait_ready
+from tests.helpers import (
+    InProcess,
+    confirm,
+    consumed,
+    eventually,
+    has_mail,
+    publish_matches,
+    wait_ready,
+)
 from tests.receivers import MailServer, text_of
 
 
@@ -22,18 +29,6 @@ async def email_subscription(http: httpx.AsyncClient, key: str, address: str,
     assert response.status_code == 201, response.text
     assert "secret" not in response.json() and response.json()["verified"] is False
     return response.json()
-
-
-async def confirm(http: httpx.AsyncClient, mail: MailServer, address: str) -> None:
-    await eventually(lambda: _has_mail(mail, address, 1))
-    link = re.search(r"(http://\S+/v1/email/verify\?token=\S+)", text_of(mail.to(address)[0]))
-    assert link is not None
-    page = await http.get(link.group(1).replace("http://127.0.0.1:8003", str(http.base_url)))
-    assert page.status_code == 200 and "confirmed" in page.text
-
-
-async def _has_mail(mail: MailServer, address: str, n: int) -> bool:
-    return len(mail.to(address)) >= n
 
 
 async def test_verified_digest_with_one_click_unsubscribe(
@@ -50,7 +45,7 @@ async def test_verified_digest_with_one_click_unsubscribe(
             base_url=notifier.url, timeout=10) as http:
         await wait_ready(notifier.url)
         sub = await email_subscription(http, org[1], "maker@example.org", facility_ids=["f1"])
-        await eventually(lambda: _has_mail(mail_server, "maker@example.org", 1))
+        await eventually(lambda: has_mail(mail_server, "maker@example.org", 1))
         # before confirmation: nothing but the verification message
         await publish_matches(nats_url, [("early", "f1")])
         await eventually(lambda: consumed(http, 1))  # routed while still unconfirmed
@@ -59,7 +54,7 @@ async def test_verified_digest_with_one_click_unsubscribe(
         await confirm(http, mail_server, "maker@example.org")
         # 300 matches close together: one digest email
         await publish_matches(nats_url, [(f"d{i}", "f1") for i in range(300)])
-        await eventually(lambda: _has_mail(mail_server, "maker@example.org", 2), timeout=20)
+        await eventually(lambda: has_mail(mail_server, "maker@example.org", 2), timeout=20)
         digest = mail_server.to("maker@example.org")[1]
         assert digest["Subject"] == "makelocal: 300 match changes"
         assert "early" not in text_of(digest)
@@ -126,7 +121,7 @@ async def test_an_hourly_digest_gathers_for_its_period(
         started = time.monotonic()
         await asyncio.sleep(0.5)
         await publish_matches(settings.nats_url, [(f"e{i}", "f1") for i in range(2)])
-        await eventually(lambda: _has_mail(mail_server, "hourly@example.org", 2), timeout=10)
+        await eventually(lambda: has_mail(mail_server, "hourly@example.org", 2), timeout=10)
         waited = time.monotonic() - started
         assert waited >= 1.4  # not before the period (less the time to consume)
         digest = mail_server.to("hourly@example.org")[1]

@@ -53,6 +53,10 @@ class Dispatcher:
         self.slots = asyncio.Semaphore(s.notifier_concurrency)
         self.in_flight: set[asyncio.Task] = set()
         self._reserved = 0  # slots a claim under way may fill (two loops claim)
+        # Attempts for failing subscriptions (their peers may hang until the timeout) take
+        # at most half the slots, so that healthy subscriptions always have the rest.
+        self.failing_lane = max(1, s.notifier_concurrency // 2)
+        self.failing_in_flight: set[asyncio.Task] = set()
         self._items = asyncio.Event()  # items arrived: batches may be due
         self._deliveries = asyncio.Event()  # deliveries made or slots freed: claim
         self.successes = Batcher(store.delivered)
@@ -98,7 +102,8 @@ class Dispatcher:
                     await asyncio.sleep(0.002)
 
     async def _claim(self, free: int) -> tuple[int, list[asyncpg.Record]]:
-        return free, await self.store.claim(free, self.lease_s) if free > 0 else []
+        lane = max(0, self.failing_lane - len(self.failing_in_flight))
+        return free, await self.store.claim(free, self.lease_s, lane) if free > 0 else []
 
     async def _claiming(self, claim: Callable[[int], Awaitable[tuple[int, list[Any]]]]
                         ) -> tuple[int, list[Any]]:
@@ -114,6 +119,8 @@ class Dispatcher:
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
             self.in_flight.add(task)
+            if delivery["failing"]:
+                self.failing_in_flight.add(task)
             task.add_done_callback(self._done)
         return result, claimed
 
@@ -122,6 +129,7 @@ class Dispatcher:
 
     def _done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
+        self.failing_in_flight.discard(task)
         self._deliveries.set()
         self._items.set()
         if not task.cancelled() and task.exception() is not None:

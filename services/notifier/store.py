@@ -25,7 +25,8 @@ ATTEMPT_FIELDS = (
     "d.id, d.kind, d.body, d.attempts, d.item_count, d.oldest_change_at,"
     " s.id AS subscription_id, s.channel, s.url, s.address, s.contact_email,"
     " s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
-    " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret")
+    " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret,"
+    " s.failing_since IS NOT NULL AS failing")
 EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
 
 
@@ -230,10 +231,12 @@ class Store:
                 FROM (SELECT *, rn / $1 AS chunk FROM numbered) x
                 WHERE chunk < n / $1 OR flush
                 GROUP BY subscription_id, chunk),
+            -- a failing subscription's batches wait for claim(), which rations them
             chunks AS MATERIALIZED (
-                SELECT *, row_number() OVER (ORDER BY oldest, subscription_id, chunk) <= $3
-                          AS claimed
-                FROM grouped),
+                SELECT g.*, s.failing_since IS NULL AND row_number() OVER (
+                           PARTITION BY s.failing_since IS NULL
+                           ORDER BY g.oldest, g.subscription_id, g.chunk) <= $3 AS claimed
+                FROM grouped g JOIN subscriptions s ON s.id = g.subscription_id),
             made AS (
                 INSERT INTO deliveries (id, subscription_id, kind, body, item_count,
                                         oldest_change_at, next_attempt_at, attempts)
@@ -289,18 +292,28 @@ class Store:
         async with self.pool.acquire() as conn:
             return await _insert_delivery(conn, subscription_id, kind, body)
 
-    async def claim(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
+    async def claim(self, limit: int, lease_s: float,
+                    failing_limit: int | None = None) -> list[asyncpg.Record]:
         """Due deliveries, each taken by one process: its next attempt time moves past the
-        lease, so if this process dies mid-attempt the delivery is due again after it."""
+        lease, so if this process dies mid-attempt the delivery is due again after it.
+        At most `failing_limit` of them belong to failing subscriptions (whose peers may
+        hang until the timeout): those cannot take the slots healthy ones need."""
+        due = ("SELECT d.id, d.next_attempt_at FROM deliveries d"
+               " JOIN subscriptions s ON s.id = d.subscription_id"
+               " WHERE d.status = 'pending' AND d.next_attempt_at <= now()"
+               " AND s.failing_since IS {} NULL"
+               " ORDER BY d.next_attempt_at LIMIT {} FOR UPDATE OF d SKIP LOCKED")
         return await self.pool.fetch(
-            f"WITH {RELAXED}, due AS (SELECT id FROM deliveries WHERE status = 'pending'"
-            "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
-            "  FOR UPDATE SKIP LOCKED)"
+            f"WITH {RELAXED}, healthy AS ({due.format('', '$1')}),"
+            f" failing AS ({due.format('NOT', '$3')}),"
+            " chosen AS (SELECT id FROM (SELECT * FROM healthy UNION ALL"
+            "  SELECT * FROM failing) u ORDER BY next_attempt_at LIMIT $1)"
             " UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2),"
             "  attempts = d.attempts + 1"
-            " FROM due, subscriptions s, relaxed"
-            " WHERE d.id = due.id AND s.id = d.subscription_id"
-            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s)
+            " FROM chosen, subscriptions s, relaxed"
+            " WHERE d.id = chosen.id AND s.id = d.subscription_id"
+            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s,
+            limit if failing_limit is None else failing_limit)
 
     async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
                      duration_ms: float, error: str | None, response: str | None,

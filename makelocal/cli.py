@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from makelocal.embedded import PortInUse
-from makelocal.stack import Ports, default_data_dir, running_stack, up
+from makelocal.stack import SERVICE_KINDS, Ports, default_data_dir, running_stack, up
 
 SERVICES = {
     "registry": ("services.registry.app:main", "the registry service"),
@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         from makelocal.status import status
 
         stack = running_stack(args.data_dir or default_data_dir())
-        urls = {service: stack.get(f"{service}_url",
-                                   f"http://127.0.0.1:{getattr(Ports(), service)}")
-                for service in ("registry", "matcher", "notifier")}
+        # every instance `up` started, else one of each where the environment says
+        urls = stack.get("services") or {
+            service: stack.get(f"{service}_url", f"http://127.0.0.1:{getattr(Ports(), service)}")
+            for service in SERVICE_KINDS}
         table, healthy = status(urls)
         print(table)
         return 0 if healthy else 1

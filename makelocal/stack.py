@@ -9,6 +9,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from makelocal.cluster import Cluster, ClusterPorts, Service
 from makelocal.embedded import (
@@ -19,6 +20,7 @@ from makelocal.embedded import (
 )
 
 STATE_FILE = "stack.json"
+SERVICE_KINDS = ("registry", "matcher", "notifier")
 
 
 @dataclass
@@ -142,6 +144,8 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
             "nats_url": nats_url, "database_url": postgres.url,
             "registry_url": first["registry"], "matcher_url": first["matcher"],
             "notifier_url": first["notifier"], "mail_dir": str(mail), "pid": os.getpid(),
+            # every instance, for `makelocal status` (a cluster runs two of each)
+            "services": {s.name: s.url for s in services if s.command in SERVICE_KINDS},
         }))
         say(f"data            {data_dir}  (logs in {logs})")
         say("ready; Ctrl-C stops everything")
@@ -181,9 +185,9 @@ def _start_prometheus(data_dir: Path, ports: Ports, services: list[Service], log
     return started
 
 
-def running_stack(data_dir: Path) -> dict[str, str]:
+def running_stack(data_dir: Path) -> dict[str, Any]:
     """URLs of the stack `up` started with this data directory, or of the environment."""
-    state: dict[str, str] = {}
+    state: dict[str, Any] = {}
     path = data_dir / STATE_FILE
     if path.exists():
         state = json.loads(path.read_text())

@@ -24,9 +24,11 @@ def read_metrics(text: str) -> dict[str, float]:
 
 
 def row(service: str, health: str, metrics: dict[str, float]) -> list[str]:
+    """`service` is a kind (registry) or an instance of one (registry-1)."""
+    kind = service.rsplit("-", 1)[0] if service[-1:].isdigit() else service
     cells = [service, health]
     for sources in COLUMNS.values():
-        name = sources.get(service)
+        name = sources.get(kind)
         value = metrics.get(name) if name else None
         cells.append("-" if value is None else f"{value:g}")
     return cells

@@ -1,5 +1,6 @@
 """Chaos: the whole stack with each part its own process (the registry's HTTP API, its
-outbox relay, the matcher, the notifier, PostgreSQL, NATS) under a steady load of changes.
+outbox relay (`registry-relay`), the matcher, the notifier, PostgreSQL, NATS) under a steady
+load of changes.
 At random moments one part after another is killed with SIGKILL and started again. Then it
 checks and prints:
 
@@ -81,24 +82,26 @@ class Stack:
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
         def service(name: str, command: str, extra: dict[str, str]) -> Service:
-            port = free_port()
+            port = free_port()  # (the relay listens on none: it is never asked to)
             return Service(name, command, port, env | extra | {
-                f"MAKELOCAL_{command.upper()}_PORT": str(port)}, work / "logs" / f"{name}.log")
+                f"MAKELOCAL_{command.upper().replace('-', '_')}_PORT": str(port)},
+                work / "logs" / f"{name}.log")
 
-        # The relay is a registry instance that takes no writes; the API instance runs
-        # without one, so that each dies on its own.
+        # The relay runs apart from the API (`registry-relay`, as a deployment may run
+        # it), so that each dies on its own. It serves no HTTP.
         self.services = {
             "registry": service("registry", "registry", {"MAKELOCAL_REGISTRY_RELAY": "false"}),
-            "relay": service("relay", "registry", {}),
+            "relay": service("relay", "registry-relay", {}),
             "matcher": service("matcher", "matcher", {}),
             "notifier": service("notifier", "notifier", {})}
+        self.http = [s for name, s in self.services.items() if name != "relay"]
 
     def start(self) -> None:
         self.postgres.start()
         self.nats.start()
         for service in self.services.values():
             service.start()
-        for service in self.services.values():
+        for service in self.http:
             service.wait_listening()
 
     def kill(self, part: str) -> None:
@@ -116,7 +119,8 @@ class Stack:
             self.nats.start()
         else:
             self.services[part].start()
-            self.services[part].wait_listening()
+            if self.services[part] in self.http:
+                self.services[part].wait_listening()
 
     def stop(self) -> None:
         for service in self.services.values():
@@ -185,7 +189,7 @@ async def _scenario(stack: Stack, mail: MailServer, minutes: float, rng: random.
     registry, notifier = stack.services["registry"].url, stack.services["notifier"].url
     receiver = Receiver()
     async with InProcess(receiver, None) as hooks, httpx.AsyncClient(timeout=20) as http:
-        for service in stack.services.values():
+        for service in stack.http:
             await wait_ready(service.url, timeout=60)
         hook = await http.post(f"{notifier}/v1/subscriptions", headers=auth,
                                json={"channel": "webhook", "url": f"{hooks.url}/ok"})
@@ -228,7 +232,7 @@ async def _scenario(stack: Stack, mail: MailServer, minutes: float, rng: random.
 
 async def _caught_up(stack: Stack, http: httpx.AsyncClient) -> None:
     """Every part up, and MATCHES holding every match event the changes so far imply."""
-    for service in stack.services.values():
+    for service in stack.http:
         await wait_ready(service.url, timeout=120)
     expected = await expected_events(stack.postgres.url, "registry")
 

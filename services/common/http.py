@@ -111,9 +111,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = list(first.get("loc", ()))
+        where = field_path(loc[1:], exc.body) if loc[:1] == ["body"] else [
+            str(p) for p in loc if p not in ("query", "path", "header")]
         return error_response(422, "invalid", str(first.get("msg", "invalid request")),
-                              ".".join(loc) or None)
+                              ".".join(where) or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -128,6 +130,28 @@ def install_error_handlers(app: FastAPI) -> None:
         # The traceback goes to our log, never to the client.
         log.error("unhandled error", exc_info=exc)
         return error_response(500, "internal", "internal error; it has been logged")
+
+
+def field_path(loc: list[Any], body: Any) -> list[str]:
+    """A body error's location as the client wrote the document. Pydantic puts a tagged
+    union's tag (the value of its discriminator, "webhook") and validator labels
+    ("function-after[...]") among the field names: those are left out."""
+    path: list[str] = []
+    node = body
+    for step in loc:
+        if isinstance(node, dict) and step not in node and (
+                step in node.values() or "[" in str(step)):
+            continue  # the tag of a tagged union, or a validator's label
+        if isinstance(node, dict):
+            node = node.get(step)
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            node = node[step]
+        elif "[" in str(step):
+            continue  # a validator's label below a value
+        else:
+            node = None
+        path.append(str(step))
+    return path
 
 
 class BodyLimit:

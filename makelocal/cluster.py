@@ -42,11 +42,12 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Service:
+    def start(self, **extra_env: str) -> Service:
+        """Start it (`extra_env` for this start only, a crash point say); no waiting."""
         self.proc = subprocess.Popen(
             self.program or [sys.executable, "-m", "makelocal.cli", self.command, *self.args],
-            env=os.environ | self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            env=os.environ | self.env | extra_env, stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def wait_listening(self, timeout: float = 60) -> None:

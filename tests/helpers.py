@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +16,8 @@ import uvicorn
 from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM
-from makelocal.embedded import free_port, stop_process, wait_for_port
+from makelocal.cluster import Service
+from makelocal.embedded import free_port
 from services.matcher.settings import MatcherSettings
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
@@ -158,32 +157,24 @@ async def _done(proc: subprocess.Popen) -> bool:
     return proc.poll() is not None
 
 
-class ServiceProcess:
-    """A service (`makelocal <command>`) as a real child process, to be killed for real."""
+class ServiceProcess(Service):
+    """A service (`makelocal <command>`) as a real child process, to be killed for real:
+    makelocal.cluster.Service on a free port, with waits that leave the test's event loop
+    free (in-process services may have to answer meanwhile)."""
 
-    PORT_VARIABLE = {"registry": "MAKELOCAL_REGISTRY_PORT", "matcher": "MAKELOCAL_MATCHER_PORT",
-                     "notifier": "MAKELOCAL_NOTIFIER_PORT"}
+    HTTP = ("registry", "matcher", "notifier")
 
     def __init__(self, env: dict[str, str], log: Path, command: str = "registry") -> None:
-        self.command = command
-        self.port = free_port()
-        self.env = os.environ | env | {self.PORT_VARIABLE.get(command, "UNUSED_PORT"):
-                                       str(self.port)}
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        port = free_port()
+        own = {f"MAKELOCAL_{command.upper()}_PORT": str(port)} if command in self.HTTP else {}
+        super().__init__(command, command, port, env | own, log)
 
     def start(self, wait: bool = True, **extra_env: str) -> ServiceProcess:
         """Start it; with `wait`, block until it listens (only where nothing in this event
         loop must answer meanwhile: else use `wait=False` and `await listening()`)."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "makelocal.cli", self.command], env=self.env | extra_env,
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        if wait and self.command in self.PORT_VARIABLE:
-            wait_for_port(self.port, 30, self.proc)
+        super().start(**extra_env)
+        if wait and self.command in self.HTTP:
+            self.wait_listening(30)
         return self
 
     async def listening(self, timeout: float = 30) -> None:
@@ -206,17 +197,6 @@ class ServiceProcess:
         assert proc is not None
         await eventually(lambda: _done(proc), timeout=timeout)
         return proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-
 
 
 async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],

@@ -23,12 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import nats
 import orjson
 from nats.aio.msg import Msg
 
 from bench.registry import RawHttpClient
 from makelocal.embedded import NatsServer, PostgresServer, free_port, stop_process, wait_for_port
+from makelocal.status import read_metrics
 from services.common import db
 from services.registry.store import Store
 from tests.helpers import lab, publish_matches
@@ -90,6 +92,14 @@ class BusWatch:
         async def note(msg: Msg) -> None:
             into.setdefault(msg.subject.split(".")[token], time.perf_counter())
         return note
+
+
+async def assemble_passes(url: str) -> tuple[float, float]:
+    """(passes, seconds in them) from the notifier's metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        values = read_metrics((await http.get(url)).text)
+    name = "makelocal_notifier_assemble_duration_seconds"
+    return values.get(f"{name}_count", 0.0), values.get(f"{name}_sum", 0.0)
 
 
 def start(command: str, env: dict[str, str], port: int) -> subprocess.Popen:
@@ -230,9 +240,15 @@ async def main() -> None:
         bus = BusWatch()
         await bus.start(nats_server.url)
         await stack_rate(registry, key, receiver, 50, 2, "warm", bus)
+        notifier_metrics = f"http://127.0.0.1:{ports['notifier']}/metrics"
         for rate in (float(r) for r in args.rates.split(",")):
+            passes_before = await assemble_passes(notifier_metrics)
             latencies, achieved, missing, split = await stack_rate(
                 registry, key, receiver, rate, args.seconds, f"r{int(rate)}", bus)
+            passes = await assemble_passes(notifier_metrics)
+            count = passes[0] - passes_before[0]
+            split += (f"; notifier assembly passes: {count:.0f},"
+                      f" mean {(passes[1] - passes_before[1]) / max(count, 1) * 1000:.1f} ms")
             print(f"stack at {rate:.0f} designs/s for {args.seconds:.0f} s (posted at "
                   f"{achieved:.0f}/s): "
                   f"{missing} webhooks missing after 30 s; registry response -> webhook "

@@ -81,14 +81,21 @@ class Dispatcher:
     async def _assemble_loop(self) -> None:
         """Waiting items into deliveries: when items arrive, when an attempt ends (the
         next batch of its subscription may go), and every sweep (digests, max wait).
-        Webhook batches are claimed as they are made, up to the free slots."""
+        Webhook batches are claimed as they are made, up to the free slots. Digests, which
+        linger for seconds anyway, are looked at once a sweep, not on every arrival: under
+        load this loop runs a hundred times a second, and a match waits for it."""
+        emails_due = 0.0
         while True:
-            made, claimed = await self._claiming(
-                lambda free: self.store.assemble_webhooks(self.batching, free, self.lease_s))
-            if made > len(claimed):
-                self._deliveries.set()
-            if await self.store.assemble_emails(self.batching, self._render):
-                self._deliveries.set()
+            with self.metrics.assemble_seconds.time():
+                made, claimed = await self._claiming(
+                    lambda free: self.store.assemble_webhooks(self.batching, free,
+                                                              self.lease_s))
+                if made > len(claimed):
+                    self._deliveries.set()
+                if time.monotonic() >= emails_due:
+                    emails_due = time.monotonic() + self.settings.notifier_sweep_s
+                    if await self.store.assemble_emails(self.batching, self._render):
+                        self._deliveries.set()
             await _wait(self._items, self.settings.notifier_sweep_s)
 
     async def _claim_loop(self) -> None:

@@ -25,6 +25,10 @@ class NotifierMetrics:
         self.end_to_end = Histogram(f"{p}_end_to_end_seconds",
                                     "From the registry change to a successful delivery",
                                     ["channel"], registry=registry, buckets=LATENCY_BUCKETS)
+        self.assemble_seconds = Histogram(
+            f"{p}_assemble_duration_seconds",
+            "One pass gathering waiting matches into deliveries (a match waits for up to two)",
+            registry=registry, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
         self.ssrf_blocked = Counter(f"{p}_ssrf_blocked_total",
                                     "Webhook destinations refused as non-public",
                                     registry=registry)

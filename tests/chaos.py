@@ -104,23 +104,16 @@ class Stack:
         for service in self.http:
             service.wait_listening()
 
-    def kill(self, part: str) -> None:
-        if part == "postgres":
-            self.postgres.kill()
-        elif part == "nats":
-            self.nats.kill()
-        else:
-            self.services[part].kill()
+    def part(self, name: str) -> PostgresServer | NatsServer | Service:
+        return {"postgres": self.postgres, "nats": self.nats}.get(name) or self.services[name]
 
-    def restart(self, part: str) -> None:
-        if part == "postgres":
-            self.postgres.start()
-        elif part == "nats":
-            self.nats.start()
-        else:
-            self.services[part].start()
-            if self.services[part] in self.http:
-                self.services[part].wait_listening()
+    def kill(self, name: str) -> None:
+        self.part(name).kill()
+
+    def restart(self, name: str) -> None:
+        part = self.part(name).start()  # the servers' start waits until they listen
+        if isinstance(part, Service) and part in self.http:
+            part.wait_listening()
 
     def stop(self) -> None:
         for service in self.services.values():

@@ -248,20 +248,17 @@ class Store:
                        CASE WHEN claimed THEN now() + make_interval(secs => $4) ELSE now() END,
                        CASE WHEN claimed THEN 1 ELSE 0 END
                 FROM chunks RETURNING *),
+            -- (a data-modifying CTE runs to completion though nothing reads it)
             assigned AS (
                 UPDATE items i SET delivery_id = c.id
                 FROM (SELECT id, subscription_id, unnest(event_ids) AS event_id FROM chunks) c
-                WHERE i.subscription_id = c.subscription_id AND i.event_id = c.event_id
-                RETURNING 1)
-            -- one row per delivery made: the claimed ones with what an attempt needs
-            SELECT (SELECT count(*) FROM assigned) AS assigned, d.claimed_row,
-                   {fields}
-            FROM (SELECT m.*, c.claimed AS claimed_row FROM made m
-                  JOIN chunks c ON c.id = m.id) d
-            JOIN subscriptions s ON s.id = d.subscription_id
+                WHERE i.subscription_id = c.subscription_id AND i.event_id = c.event_id)
+            -- one row per delivery made, with what an attempt needs (a claimed one was
+            -- made with its first attempt counted)
+            SELECT {fields} FROM made d JOIN subscriptions s ON s.id = d.subscription_id
             """.replace("{fields}", ATTEMPT_FIELDS), b.max_items, b.max_wait_s, claim, lease_s,
             b.in_flight)
-        return len(rows), [r for r in rows if r["claimed_row"]]
+        return len(rows), [r for r in rows if r["attempts"] == 1]
 
     async def _assemble_email(self, subscription_id: str, body_of: Any) -> int:
         """All of one subscription's waiting items as one digest."""
@@ -293,7 +290,7 @@ class Store:
             return await _insert_delivery(conn, subscription_id, kind, body)
 
     async def claim(self, limit: int, lease_s: float,
-                    failing_limit: int | None = None) -> list[asyncpg.Record]:
+                    failing_limit: int) -> list[asyncpg.Record]:
         """Due deliveries, each taken by one process: its next attempt time moves past the
         lease, so if this process dies mid-attempt the delivery is due again after it.
         At most `failing_limit` of them belong to failing subscriptions (whose peers may
@@ -312,8 +309,7 @@ class Store:
             "  attempts = d.attempts + 1"
             " FROM chosen, subscriptions s, relaxed"
             " WHERE d.id = chosen.id AND s.id = d.subscription_id"
-            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s,
-            limit if failing_limit is None else failing_limit)
+            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s, failing_limit)
 
     async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
                      duration_ms: float, error: str | None, response: str | None,

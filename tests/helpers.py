@@ -269,3 +269,17 @@ async def confirm(http: Any, mail: MailServer, address: str) -> None:
 
 async def has_mail(mail: MailServer, address: str, n: int) -> bool:
     return len(mail.to(address)) >= n
+
+
+# the secret part of what we issue: `mlk_<key id>_<secret>` and `whsec_<secret>`; the
+# secret's own alphabet has "_", so it is everything after the fixed prefix, not the last
+# "_"-separated piece (which can be a character or two, found in any log by chance)
+_ISSUED = re.compile(r"^(?:mlk_[0-9a-f]{16}_|whsec_)(.+)$")
+
+
+def assert_never_logged(issued: Sequence[str], logged: str) -> None:
+    """Neither an issued key or secret, nor its secret part alone, appears in the logs."""
+    for secret in issued:
+        match = _ISSUED.match(secret)
+        assert match, "not a key or secret that makelocal issues"
+        assert match.group(1) not in logged  # the whole is checked with its part

@@ -30,12 +30,14 @@ import asyncio
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats.errors
@@ -304,13 +306,31 @@ async def _check(stack: Stack, http: httpx.AsyncClient, load: Load, receiver: Re
                  counted() == wanted)
 
 
+async def _until_terminated(run: Coroutine[Any, Any, Report]) -> Report:
+    """SIGTERM cancels the run as Ctrl-C does, so that it stops the stack it started: a
+    killed script left every process of it running."""
+    task, loop = asyncio.ensure_future(run), asyncio.get_running_loop()
+
+    def terminate() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+        print("SIGTERM: stopping the stack", flush=True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    return await task
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="makelocal-chaos-"))
-    report = asyncio.run(run(args.minutes, args.seed, work, print))
+    try:
+        report = asyncio.run(_until_terminated(run(args.minutes, args.seed, work, print)))
+    except asyncio.CancelledError:
+        print(f"terminated before the end: no report; logs in {work / 'logs'}")
+        sys.exit(143)
     print("\n".join(report.lines))
     print(f"logs in {work / 'logs'}")
     print("PASS: nothing lost, nothing repeated" if not report.failures else

@@ -1,12 +1,15 @@
 """deploy/: the image, compose file and Kubernetes manifests, checked offline (no Docker
-engine or cluster here): they parse, and every command, variable, probe, port and file
-they name exists in the code and the repository."""
+engine or cluster here): they parse, the Kubernetes resources are valid against the API's
+schemas (kubernetes-validate), and every command, variable, probe, port and file they name
+exists in the code and the repository."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from makelocal.cli import SERVICES
@@ -69,10 +72,31 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
                 assert (DEPLOY / source).exists(), source
 
 
-def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
+def base_resources() -> list[dict]:
     base = DEPLOY / "k8s" / "base"
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
-    docs = [d for name in kustomization["resources"] for d in load_all(base / name)]
+    return [d for name in kustomization["resources"] for d in load_all(base / name)]
+
+
+def test_kubernetes_manifests_are_valid_against_the_api_schemas() -> None:
+    """Strict: an unknown or misplaced field (a probe under the pod, not the container)
+    is an error, as `kubectl apply --validate=strict` would make it."""
+    version = kubernetes_validate.latest_version()
+    docs = base_resources()
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Deployment", "Service",
+                                         "PodDisruptionBudget"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+    # and the check can fail: the first Deployment with its probe one level too high
+    broken = next(d for d in docs if d["kind"] == "Deployment")
+    pod = broken["spec"]["template"]["spec"]
+    pod["readinessProbe"] = pod["containers"][0].pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
+    docs = base_resources()
     known = variables()
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     assert set(config["data"]) <= known, set(config["data"]) - known

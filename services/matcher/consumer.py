@@ -40,6 +40,10 @@ from services.matcher.rules import Explainer
 log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 2000  # match events in flight before waiting for their acks
 EVENTS_HELD = 20_000  # match events read out before they are published (about 20 MB)
+# A fan-out makes about ten objects per match event and holds thousands: at the default
+# threshold (700 allocations) the young generation was collected every few dozen events,
+# a quarter of a fan-out's time (bench/matcher at 20,000 entities: 25 %, now under 5 %).
+GC_THRESHOLD = (50_000, 20, 10)
 
 
 
@@ -213,8 +217,7 @@ class MatcherWorker:
             await self._apply_and_publish(changes)
         last = max(m.metadata.sequence.stream for m in msgs)
         if not changes and last > self.position:
-            await self.checkpoint.commit(last)
-            log.info("batch committed", extra={"first_seq": None, "position": last})
+            await self._commit(None, last)
         self.position = max(self.position, last)
         if self.checkpoint.due:
             await self.checkpoint.snapshot(self.position, self.entities())
@@ -262,11 +265,15 @@ class MatcherWorker:
                 events = []
         await self._publish_after(written, events)
         crash_point("matcher.after_publish")
-        last = max(c.seq for c in changes)
-        await self.checkpoint.commit(last)
-        log.info("batch committed", extra={"first_seq": changes[0].seq, "position": last})
-        self.position = max(self.position, last)
+        await self._commit(changes[0].seq, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
+
+    async def _commit(self, first_seq: int | None, last: int) -> None:
+        """The checkpoint's position moves to `last` (first_seq: the batch record applied,
+        None when the batch changed nothing)."""
+        await self.checkpoint.commit(last)
+        log.info("batch committed", extra={"first_seq": first_seq, "position": last})
+        self.position = max(self.position, last)
 
     async def _publish_after(self, written: asyncio.Future[Any], events: list[Outgoing],
                              ) -> None:
@@ -301,12 +308,13 @@ def gc_paused() -> Iterator[None]:
     """Start-up allocates millions of objects that live as long as the process: the
     collector would scan them again and again (a 100,000-entity load took 20 s with it,
     1.5 s without). After, they are frozen out of its generations, so later collections
-    do not walk the whole index either."""
+    do not walk the whole index either; and they run less often (GC_THRESHOLD)."""
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
         gc.enable()
 
 

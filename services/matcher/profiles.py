@@ -110,8 +110,11 @@ def shared(value: T) -> T:
 
 
 def _terms(ids: Any) -> tuple[str, ...]:
-    # Vocabulary ids repeat across 100,000s of profiles: one string object each.
-    return shared(tuple(sys.intern(i) for i in ids))
+    # Vocabulary ids repeat across 100,000s of profiles: one string object each. A tuple
+    # seen before is found as it is, without interning its strings again.
+    key = tuple(ids)
+    found = _SHARED.get(key)
+    return found if found is not None else shared(tuple(sys.intern(i) for i in key))
 
 
 _NEEDS: dict[tuple[str, bool, bool], Need] = {}

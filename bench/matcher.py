@@ -3,7 +3,8 @@
 1. in process: index build time and memory per entity; per-change latency p50/p99 of the
    index (excluding publishing), and the same changes through a naive full-scan matcher;
 2. through NATS: start-up from REGISTRY alone and from the checkpoint; consumer
-   throughput end to end (changes/s) beside the raw nats-py consume-and-ack rate.
+   throughput end to end (changes/s) beside the raw nats-py consume-and-ack rate; the
+   worker logs as the service does (a JSON line per change, here to a file).
 
     python -m bench.matcher [--facilities 100000] [--designs 100000] [--changes 2000]
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import statistics
 import tempfile
@@ -38,6 +40,7 @@ from contracts.events import (
 )
 from contracts.matches import MATCHES_DUPLICATE_WINDOW_S, MATCHES_STREAM
 from makelocal.embedded import NatsServer, free_port
+from services.common import logs
 from services.common import nats as nats_util
 from services.matcher import profiles
 from services.matcher.checkpoint import Change
@@ -211,6 +214,9 @@ async def through_nats(args: argparse.Namespace) -> None:
               f"{time.perf_counter() - t0:.1f} s")
 
         bucket = f"bench{uuid.uuid4().hex[:6]}"
+        # the worker logs as the matcher service does (a JSON line per change), to a file
+        log_file = (work / "matcher.log").open("w")
+        logs.configure("matcher", "INFO", log_file)
 
         async def start_worker() -> tuple[MatcherWorker, float, float]:
             conn = await nats_util.connect(server.url, "matcher")
@@ -240,6 +246,11 @@ async def through_nats(args: argparse.Namespace) -> None:
         gc.collect()
         gc.freeze()
         await throughput(js, worker, "no match changes", quiet)
+        # the JSON line per change is a fixed cost of its own, shown apart
+        logging.getLogger().setLevel(logging.WARNING)
+        await throughput(js, worker, "the same, no log line per change",
+                         renames(gen, facilities, designs, args.throughput))
+        logging.getLogger().setLevel(logging.INFO)
         loud = model_edits(gen, args.facilities, args.designs, args.fanout_changes)
         elapsed, events = await throughput(js, worker, "with fan-out", loud)
         raw_events = await raw_publish(js, events)

@@ -330,6 +330,8 @@ def match_messages(diff: Diff, change: Change, index: CapabilityIndex) -> list[O
     as the change left them: read it out before the next change. Written as dicts, each
     distinct explanation serialised once: a fan-out makes thousands of events, and models
     or repeated work for each would cost more than the matching."""
+    if not diff.found and not diff.withdrawn:
+        return []  # most changes (a new name, a new description) move no match
     explainer = Explainer()
     cause = {"entity": change.kind, "entity_id": change.entity_id, "version": change.version,
              "event_id": change.cause_event_id, "occurred_at": change.occurred_at}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -204,3 +206,31 @@ def test_hostile_documents_are_refused_with_our_error_in_bounded_time(name: str)
             with pytest.raises(InvalidInput) as refused:
                 parse_document(HOSTILE[name], fmt)
             assert refused.value.code == "invalid_character"
+
+
+# Run in a child whose address space may grow by at most this much: a reader that builds
+# something huge from a small hostile input dies of MemoryError there, named by the case.
+MEMORY_HEADROOM = 64 * 2**20  # the worst case (200,000 nested YAML brackets) peaks at 2 MB
+_BOUNDED = """
+import resource, sys
+from tests.test_readers import HOSTILE, InvalidInput, parse_document, read_design, read_facility
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))
+for name, raw in HOSTILE.items():
+    for fmt in ("json", "yaml", "toml"):
+        for read in (read_design, read_facility):
+            try:
+                read(parse_document(raw, fmt)).model_dump_json()
+            except InvalidInput:
+                pass
+            except MemoryError:
+                sys.exit(f"out of memory on {{name}} as {{fmt}}")
+print("bounded")
+"""
+
+
+def test_hostile_documents_are_read_within_bounded_memory() -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _BOUNDED.format(headroom=MEMORY_HEADROOM)],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "bounded", done.stderr[-2000:]

@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from makelocal.cluster import SERVICE_KINDS
 from makelocal.embedded import PortInUse
-from makelocal.stack import SERVICE_KINDS, Ports, default_data_dir, running_stack, up
+from makelocal.stack import Ports, default_data_dir, running_stack, up
 
 SERVICES = {
     "registry": ("services.registry.app:main", "the registry service"),

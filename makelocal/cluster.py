@@ -22,6 +22,13 @@ from makelocal.embedded import (
 )
 
 NODES, PARTITIONS, INSTANCES = 3, 2, 2
+SERVICE_KINDS = ("registry", "matcher", "notifier")  # the services that serve HTTP
+
+
+def port_env(command: str, port: int) -> dict[str, str]:
+    """The variable giving a service its HTTP port (none for the relay or the mail sink,
+    which take no such variable)."""
+    return {f"MAKELOCAL_{command.upper()}_PORT": str(port)} if command in SERVICE_KINDS else {}
 
 
 @dataclass
@@ -122,13 +129,12 @@ class Cluster:
             "MAKELOCAL_NOTIFIER_STREAM_REPLICAS": str(NODES),
         }
         self.services: list[Service] = []
-        for command, variable, ports_of, extra in (
-                ("registry", "MAKELOCAL_REGISTRY_PORT", ports.registry, None),
-                ("matcher", "MAKELOCAL_MATCHER_PORT", ports.matcher,
-                 "MAKELOCAL_MATCHER_PARTITION"),
-                ("notifier", "MAKELOCAL_NOTIFIER_PORT", ports.notifier, None)):
+        for command, ports_of, extra in (
+                ("registry", ports.registry, None),
+                ("matcher", ports.matcher, "MAKELOCAL_MATCHER_PARTITION"),
+                ("notifier", ports.notifier, None)):
             for i, port in enumerate(ports_of):
-                own = {variable: str(port)} | ({extra: str(i)} if extra else {})
+                own = port_env(command, port) | ({extra: str(i)} if extra else {})
                 self.services.append(Service(f"{command}-{i}", command, port, common | own,
                                              self.logs / f"{command}-{i}.log"))
 

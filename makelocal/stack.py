@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from makelocal.cluster import Cluster, ClusterPorts, Service
+from makelocal.cluster import SERVICE_KINDS, Cluster, ClusterPorts, Service
 from makelocal.embedded import (
     NatsServer,
     PortInUse,
@@ -20,7 +20,6 @@ from makelocal.embedded import (
 )
 
 STATE_FILE = "stack.json"
-SERVICE_KINDS = ("registry", "matcher", "notifier")
 
 
 @dataclass
@@ -128,7 +127,7 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
             nodes = [nats.start()]
             nats_url = nats.url
             say(f"NATS JetStream  {nats.url}  (monitoring http://127.0.0.1:{ports.nats_monitor})")
-            for name in ("registry", "matcher", "notifier"):
+            for name in SERVICE_KINDS:
                 service = Service(name, name, getattr(ports, name),
                                   env | {"MAKELOCAL_NATS_URL": nats.url}, logs / f"{name}.log")
                 services.append(service.start())

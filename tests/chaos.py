@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import nats.errors
 
-from makelocal.cluster import Service
+from makelocal.cluster import Service, port_env
 from makelocal.embedded import NatsServer, PostgresServer, free_port
 from services.common import db
 from services.registry.store import Store
@@ -84,10 +84,9 @@ class Stack:
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
         def service(name: str, command: str, extra: dict[str, str]) -> Service:
-            port = free_port()  # (the relay listens on none: it is never asked to)
-            return Service(name, command, port, env | extra | {
-                f"MAKELOCAL_{command.upper().replace('-', '_')}_PORT": str(port)},
-                work / "logs" / f"{name}.log")
+            port = free_port()  # (the relay serves no HTTP: its port goes unused)
+            return Service(name, command, port, env | extra | port_env(command, port),
+                           work / "logs" / f"{name}.log")
 
         # The relay runs apart from the API (`registry-relay`, as a deployment may run
         # it), so that each dies on its own. It serves no HTTP.

@@ -16,7 +16,7 @@ import uvicorn
 from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM
-from makelocal.cluster import Service
+from makelocal.cluster import SERVICE_KINDS, Service, port_env
 from makelocal.embedded import free_port
 from services.matcher.settings import MatcherSettings
 from services.registry.app import create_app
@@ -162,18 +162,15 @@ class ServiceProcess(Service):
     makelocal.cluster.Service on a free port, with waits that leave the test's event loop
     free (in-process services may have to answer meanwhile)."""
 
-    HTTP = ("registry", "matcher", "notifier")
-
     def __init__(self, env: dict[str, str], log: Path, command: str = "registry") -> None:
         port = free_port()
-        own = {f"MAKELOCAL_{command.upper()}_PORT": str(port)} if command in self.HTTP else {}
-        super().__init__(command, command, port, env | own, log)
+        super().__init__(command, command, port, env | port_env(command, port), log)
 
     def start(self, wait: bool = True, **extra_env: str) -> ServiceProcess:
         """Start it; with `wait`, block until it listens (only where nothing in this event
         loop must answer meanwhile: else use `wait=False` and `await listening()`)."""
         super().start(**extra_env)
-        if wait and self.command in self.HTTP:
+        if wait and self.command in SERVICE_KINDS:
             self.wait_listening(30)
         return self
 

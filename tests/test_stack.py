@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from makelocal.cluster import SERVICE_KINDS
 from makelocal.embedded import free_port, port_is_free
 from tests.monitoring import alert_expressions, every_named_metric
 
@@ -56,7 +57,7 @@ def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
         assert str(tmp_path / "data") in printed
         assert f"127.0.0.1:{ports['smtp']}" in printed and str(tmp_path / "data" / "mail") \
             in printed
-        for service in ("registry", "matcher", "notifier"):
+        for service in SERVICE_KINDS:
             url = f"http://127.0.0.1:{ports[service]}/readyz"
             deadline = time.monotonic() + 30
             while (ready := httpx.get(url, timeout=10)).status_code != 200:
@@ -100,8 +101,7 @@ def _email_reaches_the_mail_sink(data_dir: Path, notifier_port: int) -> None:
 
 
 def _status_shows_every_service_ready(
-        data_dir: Path, names: tuple[str, ...] | list[str] = ("registry", "matcher",
-                                                             "notifier")) -> None:
+        data_dir: Path, names: tuple[str, ...] | list[str] = SERVICE_KINDS) -> None:
     """`makelocal status`: a row per service instance, each ready; in the single stack,
     the registry's outbox drained and the matcher caught up (in a cluster only the
     registry holding the relay's lock reports the outbox)."""
@@ -165,7 +165,7 @@ def test_up_cluster_runs_three_nats_nodes_and_two_of_each_service(tmp_path: Path
     try:
         printed = _read_until(proc, "ready", timeout=120)
         assert "3 nodes clustered" in printed
-        services = [(kind, base[kind] + 10 * i) for kind in ("registry", "matcher", "notifier")
+        services = [(kind, base[kind] + 10 * i) for kind in SERVICE_KINDS
                     for i in range(2)]
         for kind, port in services:
             assert f"http://127.0.0.1:{port}" in printed
@@ -181,7 +181,7 @@ def test_up_cluster_runs_three_nats_nodes_and_two_of_each_service(tmp_path: Path
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 11  # 3 NATS, PostgreSQL, mail sink, 6 services
         _status_shows_every_service_ready(tmp_path / "data", [
-            f"{kind}-{i}" for kind in ("registry", "matcher", "notifier") for i in range(2)])
+            f"{kind}-{i}" for kind in SERVICE_KINDS for i in range(2)])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(90)

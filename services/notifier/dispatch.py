@@ -10,10 +10,11 @@ and a receiver that deduplicates by webhook-id sees it once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -87,9 +88,10 @@ class Dispatcher:
         emails_due = 0.0
         while True:
             with self.metrics.assemble_seconds.time():
-                made, claimed = await self._claiming(
-                    lambda free: self.store.assemble_webhooks(self.batching, free,
-                                                              self.lease_s))
+                async with self._free_slots() as free:
+                    made, claimed = await self.store.assemble_webhooks(self.batching, free,
+                                                                       self.lease_s)
+                    self._start(claimed)
                 if made > len(claimed):
                     self._deliveries.set()
                 if time.monotonic() >= emails_due:
@@ -102,34 +104,34 @@ class Dispatcher:
         """Due deliveries into attempts, as many as there are free slots. Slots freed one
         by one are gathered for a moment, so that a claim takes many at once."""
         while True:
-            free, claimed = await self._claiming(self._claim)
+            async with self._free_slots() as free:
+                lane = max(0, self.failing_lane - len(self.failing_in_flight))
+                claimed = await self.store.claim(free, self.lease_s, lane) if free else []
+                self._start(claimed)
             if not claimed or len(claimed) == free:
                 await _wait(self._deliveries, self.settings.notifier_sweep_s)
                 if self.in_flight:
                     await asyncio.sleep(0.002)
 
-    async def _claim(self, free: int) -> tuple[int, list[asyncpg.Record]]:
-        lane = max(0, self.failing_lane - len(self.failing_in_flight))
-        return free, await self.store.claim(free, self.lease_s, lane) if free > 0 else []
-
-    async def _claiming(self, claim: Callable[[int], Awaitable[tuple[int, list[Any]]]]
-                        ) -> tuple[int, list[Any]]:
-        """Run `claim(free slots)` and start an attempt for each delivery it claimed. The
-        slots are reserved meanwhile, so that the two loops never claim more than there
-        are: a claimed delivery waiting for a slot could outlive its lease."""
+    @contextlib.asynccontextmanager
+    async def _free_slots(self) -> AsyncIterator[int]:
+        """The slots free now, reserved while a claim is under way, so that the two loops
+        never claim more than there are: a claimed delivery waiting for a slot could
+        outlive its lease. Start the claimed attempts within (they take the slots)."""
         free = max(0, self.settings.notifier_concurrency - len(self.in_flight) - self._reserved)
         self._reserved += free
         try:
-            result, claimed = await claim(free)
+            yield free
         finally:
             self._reserved -= free
+
+    def _start(self, claimed: list[asyncpg.Record]) -> None:
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
             self.in_flight.add(task)
             if delivery["failing"]:
                 self.failing_in_flight.add(task)
             task.add_done_callback(self._done)
-        return result, claimed
 
     def _notified(self, _conn: object, _pid: object, _channel: object, table: object) -> None:
         (self._items if table == "items" else self._deliveries).set()

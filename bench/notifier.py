@@ -85,7 +85,7 @@ class BusWatch:
     async def start(self, nats_url: str) -> None:
         self.nc = await nats.connect(nats_url)
         await self.nc.subscribe("registry.design.>", cb=self._noted(self.registry, 2))
-        await self.nc.subscribe("matches.found.>", cb=self._noted(self.matches, 2))
+        await self.nc.subscribe("matches.design.>", cb=self._noted(self.matches, 2))
 
     @staticmethod
     def _noted(into: dict[str, float], token: int):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 
 from contracts.events import REGISTRY_STREAM, DesignEvent, FacilityEvent
-from contracts.matches import MATCHES_STREAM, MatchEvent
+from contracts.matches import ENCODING, ENCODING_HEADER, MATCHES_STREAM, MatchChange
 
 Direction = Literal["publishes", "consumes"]
 
@@ -25,19 +25,34 @@ CHANNELS: dict[str, dict[str, Any]] = {
     "registry.facility.{facility_id}": {
         "stream": REGISTRY_STREAM, "model": FacilityEvent,
         "description": "Every facility change (upsert or delete), latest per facility kept."},
-    "matches.{kind}.{design_id}.{facility_id}": {
-        "stream": MATCHES_STREAM, "model": MatchEvent,
-        "description": "A pair that matches now and did not before (kind found), or matched "
-                       "and no longer does (kind withdrawn). Nats-Msg-Id is the event_id."},
+    "matches.design.{design_id}": {
+        "stream": MATCHES_STREAM, "model": MatchChange,
+        "description": "The pairs a design change made match (found) or stop matching "
+                       "(withdrawn): one message per change, in numbered pieces under the "
+                       "server's max_payload. contracts.matches.match_events rebuilds each "
+                       "pair with its explanation."},
+    "matches.facility.{facility_id}": {
+        "stream": MATCHES_STREAM, "model": MatchChange,
+        "description": "The same for a facility change."},
 }
+# What every MATCHES message carries beside its payload.
+MATCH_HEADERS = {
+    "type": "object", "required": ["Nats-Msg-Id", ENCODING_HEADER],
+    "properties": {
+        "Nats-Msg-Id": {"type": "string", "description": "message_id: a replay of the same "
+                        "piece has the same, and JetStream drops it"},
+        ENCODING_HEADER: {"type": "string", "const": ENCODING,
+                          "description": "the payload is the JSON compressed with zlib"}}}
 
 SERVICES: dict[str, dict[str, Direction]] = {
     "registry": {"registry.design.{design_id}": "publishes",
                  "registry.facility.{facility_id}": "publishes"},
     "matcher": {"registry.design.{design_id}": "consumes",
                 "registry.facility.{facility_id}": "consumes",
-                "matches.{kind}.{design_id}.{facility_id}": "publishes"},
-    "notifier": {"matches.{kind}.{design_id}.{facility_id}": "consumes"},
+                "matches.design.{design_id}": "publishes",
+                "matches.facility.{facility_id}": "publishes"},
+    "notifier": {"matches.design.{design_id}": "consumes",
+                 "matches.facility.{facility_id}": "consumes"},
 }
 
 
@@ -69,10 +84,18 @@ def document(service: str, nats_url: str) -> dict[str, Any]:
         "defaultContentType": "application/json",
         "channels": channels,
         "components": {
-            "messages": {name: {"name": name, "payload": {"$ref": f"#/components/schemas/{name}"}}
+            "messages": {name: _message(name)
                          for name in {CHANNELS[c]["model"].__name__ for c in SERVICES[service]}},
             "schemas": schemas},
     }
+
+
+def _message(name: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"name": name,
+                               "payload": {"$ref": f"#/components/schemas/{name}"}}
+    if name == MatchChange.__name__:
+        message["headers"] = MATCH_HEADERS
+    return message
 
 
 def _parameters(channel: str) -> list[str]:

@@ -1,12 +1,26 @@
-"""Match events: a design and a facility that can (found) or no longer can (withdrawn)
-make it, with the reasons."""
+"""Match changes: the pairs (design, facility) one registry change made match (found) or
+stop matching (withdrawn), with the reasons. Pure: encoding and decoding both live here.
+
+One MATCHES message per change, in numbered pieces under the server's largest message.
+What a change's pairs share is written once per piece: the cause, the changed entity, a
+table of the distinct reasons its pairs give and of the distinct process lists of its
+designs; a pair holds only its counterpart (id, version, place or process list), its
+score and the indexes of its reasons. The piece is JSON compressed with zlib
+(`Content-Encoding: deflate`): about 25 bytes a pair where one event per pair took 882.
+
+`match_events` rebuilds every pair as the MatchEvent webhook bodies carry (with its
+explanation and the id a per-pair event always had), from the message alone."""
 
 from __future__ import annotations
 
 import hashlib
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.models import EntityId
@@ -15,9 +29,29 @@ MATCHES_STREAM = "MATCHES"
 MATCHES_SUBJECTS = "matches.>"
 MATCHES_DUPLICATE_WINDOW_S = 20 * 60
 MATCHES_MAX_AGE_S = 30 * 24 * 3600
+# 16 GiB: fits a 20 GiB volume with room for JetStream's indexes and compaction. At about
+# 25 bytes a pair that is ~600 million pairs, more than a month of steady use.
+MATCHES_MAX_BYTES = 16 * 1024**3
+SCHEMA_VERSION = 2
+ENCODING_HEADER = "Content-Encoding"
+ENCODING = "deflate"  # zlib's format, as HTTP's "deflate" means
+
+# Bounds on what grows with the input, so that every pair fits a piece whatever it is made
+# of: a design of 5,000 sized parts explains its 63 most telling requirements and counts
+# the rest; a 1,000-character label is cut to 200.
+MAX_REASONS = 64
+MAX_TEXT = 200
+MAX_PROCESSES = 100
+
+
+def headroom(max_bytes: int) -> int:
+    """Room kept under max_payload for the headers and zlib's worst case (0.1 %)."""
+    return 1024 + max_bytes // 500
 
 Outcome = Literal["met", "weak", "unknown", "unmet"]
 MatchKind = Literal["found", "withdrawn"]
+EntityKind = Literal["design", "facility"]
+_SEVERITY = {"unmet": 0, "unknown": 1, "weak": 2, "met": 3}
 
 
 class Requirement(BaseModel):
@@ -35,7 +69,7 @@ class Requirement(BaseModel):
 class Cause(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    entity: Literal["design", "facility"]
+    entity: EntityKind
     entity_id: EntityId
     version: int
     event_id: str | None = None
@@ -43,6 +77,8 @@ class Cause(BaseModel):
 
 
 class MatchEvent(BaseModel):
+    """One pair, as a webhook body's entry carries it (rebuilt by match_events)."""
+
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = 1
@@ -60,12 +96,314 @@ class MatchEvent(BaseModel):
     cause: Cause
 
 
+class ChangedDesign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: EntityId
+    version: int
+    processes: list[str] = Field(description="the processes it needs (vocabulary ids)")
+
+
+class ChangedFacility(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: EntityId
+    version: int
+    lat: float | None = None
+    lon: float | None = None
+
+
+class Pair(BaseModel):
+    """The counterpart of the changed entity: a facility (with lat, lon) for a design
+    change, a design (with p) for a facility change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: EntityId
+    v: int = Field(description="the counterpart's version")
+    s: float = Field(ge=0, le=1, description="score (0 for a withdrawn pair)")
+    r: list[int] = Field(description="indexes into reasons: the explanation, in order")
+    lat: float | None = None
+    lon: float | None = None
+    p: int | None = Field(None, description="index into process_sets: the design's processes")
+
+
+class MatchChange(BaseModel):
+    """One piece of the match difference of one registry change. Subject
+    matches.<design|facility>.<id of the changed entity>; Nats-Msg-Id is message_id;
+    the payload is this JSON compressed with zlib (header Content-Encoding: deflate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[2] = 2
+    message_id: str = Field(description="the same for a replay of the same piece")
+    partition: int = Field(0, ge=0, description="the matcher partition that made it: a "
+                           "facility change comes from each partition, with its designs")
+    piece: int = Field(ge=0, description="this piece's number, from 0, within the partition's")
+    pieces: int = Field(ge=1)
+    cause: Cause
+    design: ChangedDesign | None = Field(None, description="the changed design")
+    facility: ChangedFacility | None = Field(None, description="the changed facility")
+    reasons: list[Requirement]
+    process_sets: list[list[str]] = []
+    found: list[Pair] = []
+    withdrawn: list[Pair] = []
+
+
 def match_event_id(kind: MatchKind, design_id: str, design_version: int, facility_id: str,
                    facility_version: int) -> str:
-    """The same transition always gets the same id, so a replay is a duplicate."""
+    """The same transition always gets the same id: a receiver's key across replays."""
     key = f"{kind}|{design_id}|{design_version}|{facility_id}|{facility_version}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def match_subject(kind: MatchKind, design_id: str, facility_id: str) -> str:
-    return f"matches.{kind}.{design_id}.{facility_id}"
+def change_message_id(entity: str, entity_id: str, version: int, partition: int,
+                      piece: int) -> str:
+    """A replay of the same change makes the same pieces, which JetStream then drops. A
+    facility change is matched by every partition, each against its own designs: each
+    makes its own pieces."""
+    key = f"change|{entity}|{entity_id}|{version}|{partition}|{piece}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def change_subject(entity: str, entity_id: str) -> str:
+    return f"matches.{entity}.{entity_id}"
+
+
+# encoding (the matcher)
+
+Reason = tuple[str, str, str, str | None, str | None]  # Requirement's fields, in order
+
+
+@dataclass(frozen=True, slots=True)
+class PairOut:
+    """One transition as the matcher hands it over: the counterpart and its answer."""
+
+    kind: MatchKind
+    id: str
+    version: int
+    score: float
+    reasons: Sequence[Reason]
+    lat: float | None = None  # a facility counterpart's place
+    lon: float | None = None
+    processes: tuple[str, ...] | None = None  # a design counterpart's processes
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    subject: str
+    message_id: str
+    payload: bytes
+    found: int
+    withdrawn: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": self.message_id, ENCODING_HEADER: ENCODING}
+
+
+def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
+                  pairs: Iterable[PairOut], max_bytes: int, partition: int = 0) -> list[Piece]:
+    """The pieces of one change, each at most `max_bytes` (the server's max_payload)
+    compressed, and at most `max_bytes - headroom(max_bytes)` before. Pairs go in order of
+    kind and counterpart id, so that a replay cuts the same pieces."""
+    budget = max_bytes - headroom(max_bytes)
+    entity = cause["entity"]
+    head = {"schema_version": SCHEMA_VERSION, "cause": dict(cause),
+            entity: _bounded_changed(entity, changed)}
+    head_bytes = len(orjson.dumps(head)) + 120  # ids, piece numbers, empty lists
+    if head_bytes > budget // 4:
+        raise ValueError(f"a change's shared part takes {head_bytes} bytes of {budget}")
+    ordered = sorted(pairs, key=lambda p: (p.kind != "found", p.id))
+    pieces: list[_Builder] = [_Builder()]
+    for pair in ordered:
+        reasons = bound_reasons(pair.reasons)
+        if not pieces[-1].fits(pair, reasons, budget - head_bytes):
+            pieces.append(_Builder())
+        pieces[-1].add(pair, reasons)
+    out = []
+    for n, builder in enumerate(pieces):
+        message_id = change_message_id(entity, cause["entity_id"], cause["version"],
+                                       partition, n)
+        body = {**head, "message_id": message_id, "partition": partition, "piece": n,
+                "pieces": len(pieces),
+                **builder.columns()}
+        payload = zlib.compress(orjson.dumps(body), 6)
+        if len(payload) > max_bytes - 512:  # never: the budget leaves zlib's worst case
+            raise ValueError(f"piece of {len(payload)} bytes over {max_bytes}")
+        out.append(Piece(change_subject(entity, cause["entity_id"]), message_id, payload,
+                         len(builder.found), len(builder.withdrawn)))
+    return out
+
+
+class _Builder:
+    """One piece's pairs and the tables they index, with its size as JSON so far."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[Reason, int] = {}
+        self.process_sets: dict[tuple[str, ...], int] = {}
+        self.found: list[orjson.Fragment] = []
+        self.withdrawn: list[orjson.Fragment] = []
+        self.size = 0
+        self._tables = 0
+
+    def fits(self, pair: PairOut, reasons: Sequence[Reason], budget: int) -> bool:
+        tables = sum(len(orjson.dumps(_reason_dict(r))) + 1 for r in set(reasons)
+                     if r not in self.reasons)
+        processes = _bounded_processes(pair.processes)
+        if processes is not None and processes not in self.process_sets:
+            tables += len(orjson.dumps(processes)) + 1
+        self._tables = tables
+        # an index is at most as long as the table's size in digits
+        row = len(orjson.dumps(self._row(pair, reasons, dry=True))) + 1
+        # a piece always takes its first pair: bound_reasons keeps any pair far smaller
+        return not (self.found or self.withdrawn) or self.size + row + tables <= budget
+
+    def add(self, pair: PairOut, reasons: Sequence[Reason]) -> None:
+        row = orjson.dumps(self._row(pair, reasons, dry=False))
+        self.size += len(row) + 1 + self._tables
+        (self.found if pair.kind == "found" else self.withdrawn).append(orjson.Fragment(row))
+
+    def _row(self, pair: PairOut, reasons: Sequence[Reason], *, dry: bool) -> dict[str, Any]:
+        table = self.reasons
+        indexes = []
+        for r in reasons:
+            i = table.get(r)
+            if i is None:
+                i = len(table) + len(reasons) if dry else table.setdefault(r, len(table))
+            indexes.append(i)
+        row: dict[str, Any] = {"id": pair.id, "v": pair.version, "s": pair.score, "r": indexes}
+        if pair.processes is not None:
+            processes = _bounded_processes(pair.processes)
+            i = self.process_sets.get(processes)  # type: ignore[arg-type]
+            if i is None:
+                i = len(self.process_sets) + 1 if dry else self.process_sets.setdefault(
+                    processes, len(self.process_sets))  # type: ignore[arg-type]
+            row["p"] = i
+        else:
+            row["lat"], row["lon"] = pair.lat, pair.lon
+        return row
+
+    def columns(self) -> dict[str, Any]:
+        return {"reasons": [_reason_dict(r) for r in self.reasons],
+                "process_sets": [list(p) for p in self.process_sets],
+                "found": self.found, "withdrawn": self.withdrawn}
+
+
+def _reason_dict(r: Reason) -> dict[str, str | None]:
+    return {"kind": r[0], "need": r[1], "outcome": r[2], "by": r[3], "note": r[4]}
+
+
+def _text(value: str | None) -> str | None:
+    if value is None or len(value) <= MAX_TEXT:
+        return value
+    return value[:MAX_TEXT - 1] + "\u2026"
+
+
+def bound_reasons(reasons: Sequence[Reason]) -> tuple[Reason, ...]:
+    """At most MAX_REASONS reasons of at most MAX_TEXT characters a field. Over the limit,
+    size reasons past the first ones (the least met first) give way to one that counts
+    them; the matcher's API explains the pair in full."""
+    out = [r if all(len(x or "") <= MAX_TEXT for x in r[1:]) else
+           (r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4])) for r in reasons]
+    if len(out) <= MAX_REASONS:
+        return tuple(out)
+    fixed = [r for r in out if r[0] != "size"][:MAX_REASONS // 2]
+    sizes = sorted((r for r in out if r[0] == "size"), key=lambda r: _SEVERITY[r[2]])
+    room = MAX_REASONS - 1 - len(fixed)
+    kept, rest = sizes[:room], sizes[room:]
+    skipped = len(out) - len(fixed) - len(kept)
+    worst = min((r[2] for r in rest), key=_SEVERITY.__getitem__, default="met")
+    summary = ("size", f"{skipped} more requirements", worst, None,
+               "not listed here; GET /v1/match on the matcher explains the pair in full")
+    return (*fixed, *kept, summary)
+
+
+def _bounded_processes(processes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if processes is None:
+        return None
+    return tuple(_text(p) or "" for p in processes[:MAX_PROCESSES])
+
+
+def _bounded_changed(entity: str, changed: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(changed)
+    if entity == "design":
+        out["processes"] = list(_bounded_processes(tuple(changed["processes"])) or ())
+    return out
+
+
+# decoding (any consumer)
+
+def decode(data: bytes, headers: Mapping[str, str] | None) -> dict[str, Any]:
+    """A MATCHES message's JSON body (a MatchChange). Raises ValueError when it is not one
+    (not zlib, not JSON, not an object of our schema version)."""
+    if (headers or {}).get(ENCODING_HEADER) == ENCODING:
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise ValueError(f"not deflate data: {exc}") from None
+    change = orjson.loads(data)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(change, dict) or change.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError("not a match change of schema version 2")
+    return change
+
+
+@dataclass(frozen=True, slots=True)
+class PairView:
+    """A pair of a decoded change with what routing asks of it; `row` is its raw entry."""
+
+    kind: MatchKind
+    design_id: str
+    design_version: int
+    facility_id: str
+    facility_version: int
+    facility_lat: float | None
+    facility_lon: float | None
+    design_processes: Sequence[str]
+    row: Mapping[str, Any]
+
+    @property
+    def type(self) -> str:
+        return f"matches.{self.kind}"
+
+
+def pairs(change: Mapping[str, Any]) -> list[PairView]:
+    """Every pair of a decoded change. Raises KeyError, TypeError or IndexError (all
+    LookupError or TypeError) on a malformed one."""
+    design, facility = change.get("design"), change.get("facility")
+    process_sets = change.get("process_sets") or []
+    out = []
+    for kind in ("found", "withdrawn"):
+        for row in change.get(kind) or ():
+            if design is not None:
+                out.append(PairView(kind, design["id"], design["version"], row["id"],  # type: ignore[arg-type]
+                                    row["v"], row.get("lat"), row.get("lon"),
+                                    design["processes"], row))
+            else:
+                out.append(PairView(kind, row["id"], row["v"], facility["id"],  # type: ignore[arg-type,index]
+                                    facility["version"], facility.get("lat"),  # type: ignore[union-attr]
+                                    facility.get("lon"),  # type: ignore[union-attr]
+                                    process_sets[row["p"]], row))
+    return out
+
+
+def match_event(change: Mapping[str, Any], pair: PairView) -> dict[str, Any]:
+    """The pair as one MatchEvent (a webhook body's entry), explanation included."""
+    reasons = change["reasons"]
+    return {
+        "schema_version": 1,
+        "event_id": match_event_id(pair.kind, pair.design_id, pair.design_version,
+                                   pair.facility_id, pair.facility_version),
+        "type": pair.type, "design_id": pair.design_id,
+        "design_version": pair.design_version, "facility_id": pair.facility_id,
+        "facility_version": pair.facility_version, "score": pair.row["s"],
+        "explanation": [reasons[i] for i in pair.row["r"]],
+        "facility_lat": pair.facility_lat, "facility_lon": pair.facility_lon,
+        "design_processes": list(pair.design_processes), "cause": change["cause"],
+    }
+
+
+def match_events(change: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every pair of a decoded change as a MatchEvent dict."""
+    for pair in pairs(change):
+        yield match_event(change, pair)

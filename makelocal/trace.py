@@ -8,9 +8,9 @@ from datetime import UTC
 from typing import Any
 
 import asyncpg
-import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from contracts import matches
 from contracts.matches import MATCHES_STREAM, MATCHES_SUBJECTS
 from services.common import nats as nats_util
 
@@ -23,8 +23,10 @@ async def registry_change(conn: asyncpg.Connection, schema: str,
     return dict(row) if row else None
 
 
-async def match_events(nats_url: str, event_id: str, since: Any, limit: int) -> list[dict]:
-    """Match events whose cause is this change, scanning MATCHES from its time (bounded)."""
+async def match_events(nats_url: str, event_id: str, since: Any, limit: int,
+                       subject: str = MATCHES_SUBJECTS) -> list[dict]:
+    """The pairs of the match change this registry change caused, scanning MATCHES (the
+    changed entity's subject, when known) from its time (bounded)."""
     nc = await nats_util.connect(nats_url, "makelocal-trace")
     found: list[dict] = []
     try:
@@ -37,7 +39,7 @@ async def match_events(nats_url: str, event_id: str, since: Any, limit: int) -> 
         if since is not None:  # a match event is never older than its cause
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
                                     opt_start_time=since.astimezone(UTC).isoformat())
-        sub = await js.subscribe(MATCHES_SUBJECTS, stream=MATCHES_STREAM, ordered_consumer=True,
+        sub = await js.subscribe(subject, stream=MATCHES_STREAM, ordered_consumer=True,
                                  config=config)
         try:
             for _ in range(limit):
@@ -45,10 +47,13 @@ async def match_events(nats_url: str, event_id: str, since: Any, limit: int) -> 
                     msg = await sub.next_msg(timeout=2)
                 except TimeoutError:
                     break
-                event = orjson.loads(msg.data)
-                if (event.get("cause") or {}).get("event_id") == event_id:
-                    found.append(event)
-                if msg.metadata.sequence.stream >= last:
+                try:
+                    change = matches.decode(msg.data, msg.headers)
+                except ValueError:
+                    continue  # not a match change (an older schema): not this one's
+                if (change.get("cause") or {}).get("event_id") == event_id:
+                    found.extend(matches.match_events(change))
+                if msg.metadata.sequence.stream >= last or not msg.metadata.num_pending:
                     break
         finally:
             await sub.unsubscribe()
@@ -83,7 +88,12 @@ async def trace(database_url: str, nats_url: str, event_id: str, *, registry_sch
             lines.append(f"registry change {event_id}: {change['subject']} {change['entity_id']}"
                          f" v{change['version']} at {change['created_at']:%Y-%m-%d %H:%M:%S},"
                          f" published {change['published_at'] or 'not yet'}")
-        events = await match_events(nats_url, event_id, change and change["created_at"], limit)
+        subject = MATCHES_SUBJECTS
+        if change is not None:  # registry.<kind>.[<partition>.]<id>
+            subject = matches.change_subject(change["subject"].split(".")[1],
+                                             change["entity_id"])
+        events = await match_events(nats_url, event_id, change and change["created_at"], limit,
+                                    subject)
         lines.append(f"match events: {len(events)}")
         sent = {}
         for row in await deliveries(conn, notifier_schema, [e["event_id"] for e in events]):

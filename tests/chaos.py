@@ -52,6 +52,7 @@ from tests.helpers import (
     confirm,
     eventually,
     expected_matches,
+    match_events,
     reduce_matches,
     stream_messages,
     wait_ready,
@@ -232,14 +233,14 @@ async def _caught_up(stack: Stack, http: httpx.AsyncClient) -> None:
 
     async def complete() -> bool:
         try:
-            return len(await stream_messages(stack.nats.url, "MATCHES")) >= len(expected)
+            return len(await match_events(stack.nats.url)) >= len(expected)
         except (nats.errors.Error, OSError):
             return False
 
     try:
         await eventually(complete, timeout=180, interval=0.5)
     except AssertionError:
-        published = {m["event_id"] for m in await stream_messages(stack.nats.url, "MATCHES")}
+        published = {m["event_id"] for m in await match_events(stack.nats.url)}
         missing = [DESCRIBED.get(e, e) for e in expected if e not in published]
         raise AssertionError(f"MATCHES holds {len(published)} of {len(expected)} expected;"
                              f" missing {len(missing)}: " + "; ".join(missing[:20])) from None
@@ -260,7 +261,7 @@ async def _check(stack: Stack, http: httpx.AsyncClient, load: Load, receiver: Re
     # match events vs. a clean run of the same input
     expected = await expected_events(stack.postgres.url, "registry")
     await asyncio.sleep(2)  # anything extra, late, would show now
-    published = await stream_messages(live, "MATCHES")
+    published = await match_events(live)
     ids = [m["event_id"] for m in published]
     report.check("match events in MATCHES (each once) = a clean run's", len(expected),
                  f"{len(ids)} ({len(set(expected) - set(ids))} missing,"

@@ -15,6 +15,7 @@ import nats
 import uvicorn
 from nats.js.errors import NotFoundError
 
+from contracts import matches
 from contracts.events import REGISTRY_STREAM
 from makelocal.cluster import SERVICE_KINDS, Service, port_env
 from makelocal.embedded import free_port
@@ -41,8 +42,8 @@ async def eventually(check: Any, timeout: float = 15.0, interval: float = 0.05) 
         await asyncio.sleep(interval)
 
 
-async def stream_messages(nats_url: str, stream: str = REGISTRY_STREAM) -> list[dict[str, Any]]:
-    """Every message the stream holds, oldest first, with its Nats-Msg-Id."""
+async def _stream(nats_url: str, stream: str) -> list[Any]:
+    """Every message the stream holds, oldest first (raw)."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
@@ -50,21 +51,41 @@ async def stream_messages(nats_url: str, stream: str = REGISTRY_STREAM) -> list[
             info = await js.stream_info(stream)
         except NotFoundError:
             return []
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         if info.state.messages == 0:
             return out
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             try:
-                msg = await js.get_msg(stream, seq)
+                out.append(await js.get_msg(stream, seq))
             except NotFoundError:
                 continue
-            body = json.loads(msg.data)
-            body["_msg_id"] = (msg.headers or {}).get("Nats-Msg-Id")
-            body["_seq"] = seq
-            out.append(body)
         return out
     finally:
         await nc.close()
+
+
+async def stream_messages(nats_url: str, stream: str = REGISTRY_STREAM) -> list[dict[str, Any]]:
+    """Every message the stream holds, oldest first, with its Nats-Msg-Id (MATCHES:
+    decoded)."""
+    out = []
+    for msg in await _stream(nats_url, stream):
+        body = (matches.decode(msg.data, msg.headers) if stream == matches.MATCHES_STREAM
+                else json.loads(msg.data))
+        body["_msg_id"] = (msg.headers or {}).get("Nats-Msg-Id")
+        body["_seq"] = msg.seq
+        out.append(body)
+    return out
+
+
+async def match_events(nats_url: str) -> list[dict[str, Any]]:
+    """Every pair MATCHES holds, oldest first, as a MatchEvent (with its message's
+    Nats-Msg-Id and sequence)."""
+    out = []
+    for change in await stream_messages(nats_url, matches.MATCHES_STREAM):
+        for event in matches.match_events(change):
+            event["_msg_id"], event["_seq"] = change["_msg_id"], change["_seq"]
+            out.append(event)
+    return out
 
 
 class InProcess:
@@ -112,7 +133,7 @@ def InProcessMatcher(settings: MatcherSettings) -> InProcess:
 async def reduce_matches(nats_url: str) -> set[tuple[str, str]]:
     """Replay MATCHES: check found/withdrawn alternate per pair; the pairs left found."""
     state: dict[tuple[str, str], str] = {}
-    for event in await stream_messages(nats_url, "MATCHES"):
+    for event in await match_events(nats_url):
         pair = (event["design_id"], event["facility_id"])
         kind = event["type"].split(".")[1]
         assert state.get(pair, "withdrawn") != kind, f"{kind} twice in a row for {pair}"
@@ -197,32 +218,39 @@ class ServiceProcess(Service):
 
 
 async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
-                          kind: str = "found", msg_id: bool = True, **fields: Any) -> list[str]:
-    """Match events as the matcher publishes them (pipelined); returns their ids. Without
-    `msg_id`, JetStream cannot drop a repeat: as a replay after its duplicate window."""
+                          kind: str = "found", msg_id: bool = True,
+                          facility_lat: float | None = None,
+                          facility_lon: float | None = None,
+                          design_processes: tuple[str, ...] = ()) -> list[str]:
+    """Pairs as the matcher publishes them: one match change per design (version 1) with
+    its facilities (version 1), pipelined; returns each pair's event id. Without `msg_id`,
+    JetStream cannot drop a repeat: as a replay after its duplicate window."""
     from datetime import UTC, datetime
 
-    from contracts.matches import MatchEvent, match_event_id, match_subject
+    from contracts.matches import PairOut, encode_change, match_event_id
 
+    by_design: dict[str, list[str]] = {}
+    for design_id, facility_id in pairs:
+        by_design.setdefault(design_id, []).append(facility_id)
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        ids, futures = [], []
-        for design_id, facility_id in pairs:
-            event_id = match_event_id(kind, design_id, 1, facility_id, 1)  # type: ignore[arg-type]
-            event = MatchEvent(
-                event_id=event_id, type=f"matches.{kind}", design_id=design_id,  # type: ignore[arg-type]
-                design_version=1, facility_id=facility_id, facility_version=1, score=0.9,
-                explanation=[], cause={"entity": "design", "entity_id": design_id,
-                                       "version": 1, "occurred_at": datetime.now(UTC)},
-                **fields)
-            futures.append(await js.publish_async(
-                match_subject(kind, design_id, facility_id),  # type: ignore[arg-type]
-                event.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": event_id} if msg_id else None))
-            ids.append(event_id)
+        futures = []
+        for design_id, facilities in by_design.items():
+            cause = {"entity": "design", "entity_id": design_id, "version": 1,
+                     "event_id": None, "occurred_at": datetime.now(UTC).isoformat()}
+            changed = {"id": design_id, "version": 1, "processes": list(design_processes)}
+            out = [PairOut(kind, f, 1, 0.9 if kind == "found" else 0.0,  # type: ignore[arg-type]
+                           [("status", "active", "met", None, None)],
+                           lat=facility_lat, lon=facility_lon) for f in facilities]
+            for piece in encode_change(cause, changed, out, nc.max_payload):
+                headers = piece.headers
+                if not msg_id:
+                    del headers["Nats-Msg-Id"]
+                futures.append(await js.publish_async(piece.subject, piece.payload,
+                                                      headers=headers))
         await asyncio.gather(*futures)
-        return ids
+        return [match_event_id(kind, d, 1, f, 1) for d, f in pairs]  # type: ignore[arg-type]
     finally:
         await nc.close()
 
@@ -236,8 +264,8 @@ async def metric(http: Any, name: str) -> float:
 
 
 async def consumed(http: Any, n: int) -> bool:
-    """Whether the notifier has consumed at least n match events."""
-    return await metric(http, "makelocal_notifier_events_consumed_total") >= n
+    """Whether the notifier has read at least n match pairs."""
+    return await metric(http, "makelocal_notifier_pairs_consumed_total") >= n
 
 
 def lab(name: str, processes: list[str], *, status: str = "Active", lat: float = 48.85,

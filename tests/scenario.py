@@ -14,8 +14,6 @@ import orjson
 from standardwebhooks import Webhook
 
 from contracts.matches import match_event_id
-from services.matcher.checkpoint import Change
-from services.matcher.consumer import match_messages
 from services.matcher.diff import apply_design, apply_facility
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import design_profile, facility_profile
@@ -163,16 +161,13 @@ async def expected_events(database_url: str, schema: str) -> list[str]:
         data, version = event["data"], event["version"]
         make = design_profile if kind == "design" else facility_profile
         new = None if data is None else make(data, version)
-        side = index.designs if kind == "design" else index.facilities
-        old = side.get(event["entity_id"])
         diff = (apply_design if kind == "design" else apply_facility)(
             index, event["entity_id"], new, version)  # type: ignore[arg-type]
-        change = Change(row["position"], kind, event["entity_id"], version, old, new,
-                        event["event_id"], event["occurred_at"])
-        out.extend(m.event_id for m in match_messages(diff, change, index))
         for t in diff.transitions(index):
-            DESCRIBED[match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
-                                     t.facility_version)] = (
+            event_id = match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
+                                      t.facility_version)
+            out.append(event_id)
+            DESCRIBED[event_id] = (
                 f"{t.kind} {t.design_id}@{t.design_version} {t.facility_id}@"
                 f"{t.facility_version} (cause {kind} {event['entity_id']}@{version})")
     return out

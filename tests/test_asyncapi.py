@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.asyncapi import SERVICES, document
-from contracts.matches import MatchEvent
+from contracts.matches import MatchChange
 
 
 def refs(node: Any) -> list[str]:
@@ -36,8 +36,12 @@ def test_every_service_documents_its_channels_with_resolvable_payloads() -> None
             assert set(channel["parameters"]) == {p[1:-1] for p in name.split(".")
                                                   if p.startswith("{")}
     matcher = document("matcher", "nats://x:4222")["channels"]
-    assert "publish" in matcher["matches.{kind}.{design_id}.{facility_id}"]
+    assert "publish" in matcher["matches.design.{design_id}"]
+    assert "publish" in matcher["matches.facility.{facility_id}"]
     assert "subscribe" in matcher["registry.facility.{facility_id}"]
-    schema = document("notifier", "nats://x:4222")["components"]["schemas"]["MatchEvent"]
-    assert set(schema["required"]) == {n for n, f in MatchEvent.model_fields.items()
+    notifier = document("notifier", "nats://x:4222")["components"]
+    schema = notifier["schemas"]["MatchChange"]
+    assert set(schema["required"]) == {n for n, f in MatchChange.model_fields.items()
                                        if f.is_required()}
+    assert notifier["messages"]["MatchChange"]["headers"]["properties"][
+        "Content-Encoding"]["const"] == "deflate"

@@ -21,8 +21,8 @@ from tests.helpers import (
     assert_never_logged,
     eventually,
     expected_matches,
+    match_events,
     reduce_matches,
-    stream_messages,
     wait_ready,
 )
 from tests.receivers import MailServer, Receiver
@@ -81,7 +81,7 @@ async def test_losing_a_node_and_one_process_of_each_service_loses_and_repeats_n
         assert len(expected) > 100  # the input makes real fan-outs
         live = cluster.nodes[1].url
         await asyncio.sleep(2)  # anything extra, late, would show now
-        published = [m["event_id"] for m in await stream_messages(live, "MATCHES")]
+        published = [m["event_id"] for m in await match_events(live)]
         assert sorted(published) == sorted(expected)
         assert await reduce_matches(live) == await expected_matches(live)
 
@@ -106,7 +106,7 @@ async def caught_up(live: str, settings: RegistrySettings, cluster: Cluster) -> 
 
     async def complete() -> bool:
         try:
-            return len(await stream_messages(live, "MATCHES")) >= len(expected)
+            return len(await match_events(live)) >= len(expected)
         except nats.errors.Error:  # the cluster electing leaders after a node's restart
             return False
 
@@ -119,7 +119,7 @@ async def caught_up(live: str, settings: RegistrySettings, cluster: Cluster) -> 
 
 async def _diagnosis(cluster: Cluster, live: str, expected: list[str]) -> str:
     """What each matcher has done, for a failure message."""
-    published = await stream_messages(live, "MATCHES")
+    published = await match_events(live)
     missing = set(expected) - {m["event_id"] for m in published}
     lines = [f"MATCHES holds {len(published)} events, {len(expected)} expected; missing "
              f"{len(missing)}", *sorted(DESCRIBED.get(m, m) for m in missing)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.matches import MatchEvent
+from contracts.matches import MatchChange, MatchEvent
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
 from tests.helpers import (
@@ -21,6 +21,7 @@ from tests.helpers import (
     eventually,
     expected_matches,
     lab,
+    match_events,
     okh,
     reduce_matches,
     stream_messages,
@@ -73,11 +74,19 @@ async def test_a_new_design_is_matched_and_a_closed_facility_withdrawn(
                           headers=key)
         assert await settled(registry) == {("clip", "paris"), ("clip", "lyon")}
 
-        events = await stream_messages(registry.settings.nats_url, "MATCHES")
-        for event in events:  # every published event is a valid MatchEvent
+        changes = await stream_messages(registry.settings.nats_url, "MATCHES")
+        for change in changes:  # every message is a valid MatchChange, with its id
+            MatchChange.model_validate({k: v for k, v in change.items() if k[0] != "_"})
+            assert change["_msg_id"] == change["message_id"]
+        # one message per change that moved a match: the clip design found two at once
+        [clip] = [c for c in changes if c["cause"]["entity_id"] == "clip"]
+        assert clip["design"]["processes"] == ["3d-printing"]
+        assert sorted(p["id"] for p in clip["found"]) == ["lyon", "paris"]
+        events = await match_events(registry.settings.nats_url)
+        for event in events:  # every pair rebuilds to a valid MatchEvent
             MatchEvent.model_validate({k: v for k, v in event.items() if k[0] != "_"})
         found = [e for e in events if e["facility_id"] == "paris"]
-        assert found[0]["type"] == "matches.found" and found[0]["_msg_id"] == found[0]["event_id"]
+        assert found[0]["type"] == "matches.found"
         assert {r["kind"] for r in found[0]["explanation"]} == {"status", "process", "material"}
         assert found[0]["facility_lat"] == 48.85
 
@@ -108,6 +117,8 @@ async def test_sigkill_mid_fan_out_leaves_matches_exact_after_restart(
         client: httpx.AsyncClient, org: tuple[str, str], registry: InProcess,
         matcher_env: dict[str, str], tmp_path: Path) -> None:
     key = auth(org[1]) | JSON
+    # small pieces (about 40 pairs each), so that one change's fan-out takes several
+    matcher_env = matcher_env | {"MAKELOCAL_MATCHER_PIECE_BYTES": "4096"}
     matcher = ServiceProcess(matcher_env, tmp_path / "matcher.log", "matcher").start(
         MAKELOCAL_CRASH_AT="matcher.mid_publish")
     await wait_ready(matcher.url)
@@ -117,14 +128,18 @@ async def test_sigkill_mid_fan_out_leaves_matches_exact_after_restart(
     await client.post("/v1/designs?id=bracket", content=okh("Bracket", ["3DP"]), headers=key)
     assert await matcher.wait_dead(30) == -signal.SIGKILL
     half = await reduce_matches(registry.settings.nats_url)
-    assert 0 < len(half) < 80  # the fan-out was cut in the middle
+    assert 0 < len(half) < 80  # the fan-out was cut in the middle, between its pieces
+    pieces = await stream_messages(registry.settings.nats_url, "MATCHES")
+    assert 0 < len(pieces) < pieces[0]["pieces"]
 
     matcher.start()
     try:
         final = await settled(registry)
         assert len(final) == 80
-        events = await stream_messages(registry.settings.nats_url, "MATCHES")
-        assert len(events) == 80  # replayed events were duplicates, dropped by JetStream
+        events = await match_events(registry.settings.nats_url)
+        assert len(events) == 80  # replayed pieces were duplicates, dropped by JetStream
+        pieces = await stream_messages(registry.settings.nats_url, "MATCHES")
+        assert sorted(p["piece"] for p in pieces) == list(range(pieces[0]["pieces"]))
     finally:
         matcher.stop()
 
@@ -180,7 +195,7 @@ async def test_a_matcher_without_checkpoint_builds_silently_then_goes_live(
         old = {("old", f"f{i}") for i in range(5)}
         assert await settled(registry, silent=old) == {("new", f"f{i}") for i in range(5)} | old
         # ... yet MATCHES holds events for "new" only: "old" was indexed silently
-        events = await stream_messages(registry.settings.nats_url, "MATCHES")
+        events = await match_events(registry.settings.nats_url)
         assert {e["design_id"] for e in events} == {"new"}
 
 
@@ -204,7 +219,7 @@ async def _scenario(registry: InProcess, key: str) -> set[str]:
                          headers=headers | {"If-Match": '"1"'})
         await client.delete("/v1/designs/d3", headers=auth(key))
     await settled(registry)
-    return {e["event_id"] for e in await stream_messages(registry.settings.nats_url, "MATCHES")}
+    return {e["event_id"] for e in await match_events(registry.settings.nats_url)}
 
 
 async def test_two_partitions_emit_exactly_the_events_of_one_process(

@@ -7,10 +7,12 @@ import ipaddress
 import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from contracts.matches import PairView
 from services.notifier import schedule, signing
 from services.notifier.addresses import Refused, check_url, parse_networks, why_refused
 from services.notifier.guard import Guard
@@ -131,11 +133,11 @@ async def test_guard_checks_what_the_name_resolves_to_each_time() -> None:
     assert len(refused) == 7
 
 
-def _event(**over: object) -> dict:
-    event = {"type": "matches.found", "event_id": "e1", "design_id": "d1",
-             "facility_id": "f1", "design_processes": ["fdm"], "facility_lat": 52.52,
-             "facility_lon": 13.40}
-    return event | over
+def _event(type: str = "matches.found", **over: Any) -> PairView:
+    pair = {"design_id": "d1", "design_version": 1, "facility_id": "f1",
+            "facility_version": 1, "design_processes": ["fdm"], "facility_lat": 52.52,
+            "facility_lon": 13.40, "row": {}} | over
+    return PairView(kind=type.split(".")[1], **pair)  # type: ignore[arg-type]
 
 
 def test_routing_by_every_filter_field() -> None:

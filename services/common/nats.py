@@ -15,6 +15,7 @@ from nats.js.errors import NotFoundError
 from contracts.matches import (
     MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_AGE_S,
+    MATCHES_MAX_BYTES,
     MATCHES_STREAM,
     MATCHES_SUBJECTS,
 )
@@ -53,11 +54,13 @@ def compacted_stream(name: str, subjects: list[str], duplicate_window_s: float,
     )
 
 
-def matches_stream(replicas: int) -> StreamConfig:
-    """Match events, kept for a month: the matcher publishes, the notifier consumes."""
+def matches_stream(replicas: int, max_bytes: int = MATCHES_MAX_BYTES) -> StreamConfig:
+    """Match changes, kept for a month and at most `max_bytes` (the oldest go first): the
+    matcher publishes, the notifier consumes."""
     return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
                         storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
-                        max_age=MATCHES_MAX_AGE_S, num_replicas=replicas)
+                        max_age=MATCHES_MAX_AGE_S, max_bytes=max_bytes,
+                        discard=DiscardPolicy.OLD, num_replicas=replicas)
 
 
 async def consume_batches(sub: JetStreamContext.PullSubscription, batch: int,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.matches import MATCHES_MAX_BYTES
 
 
 class CommonSettings(BaseSettings):
@@ -19,3 +22,6 @@ class CommonSettings(BaseSettings):
     # Design events are spread over this many matcher partitions by the REGISTRY stream's
     # subject transform; the registry and every matcher must agree on it.
     partitions: int = 1
+    # MATCHES keeps a month of match changes and at most this many bytes (oldest dropped
+    # first); the matcher and the notifier must agree on it
+    matches_max_bytes: int = Field(MATCHES_MAX_BYTES, ge=1024 * 1024)

@@ -45,7 +45,10 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
                                                                      settings.matcher_partition),
                                    batch=settings.matcher_batch,
                                    replicas=settings.matcher_stream_replicas,
-                                   snapshot_every=settings.matcher_snapshot_every)
+                                   snapshot_every=settings.matcher_snapshot_every,
+                                   piece_bytes=settings.matcher_piece_bytes,
+                                   partition=settings.matcher_partition,
+                                   matches_max_bytes=settings.matches_max_bytes)
             state["worker"] = worker
             await worker.start()
             await worker.run()

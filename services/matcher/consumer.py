@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from nats.aio.client import Client
@@ -24,22 +24,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS
-from contracts.matches import (
-    match_event_id,
-    match_subject,
-)
+from contracts.matches import MATCHES_MAX_BYTES, Piece
 from services.common import nats as nats_util
 from services.common.faults import crash_point
 from services.matcher.checkpoint import Change, Checkpoint, Entity, Loaded
-from services.matcher.diff import Diff, apply_design, apply_facility
+from services.matcher.diff import apply_design, apply_facility
 from services.matcher.index import CapabilityIndex
 from services.matcher.metrics import MatcherMetrics
+from services.matcher.outgoing import change_pieces
 from services.matcher.profiles import design_profile, facility_profile
-from services.matcher.rules import Explainer
 
 log = logging.getLogger(__name__)
-PUBLISH_WINDOW = 2000  # match events in flight before waiting for their acks
-EVENTS_HELD = 20_000  # match events read out before they are published (about 20 MB)
+PUBLISH_WINDOW = 256  # MATCHES pieces in flight before waiting for their acks
+PAIRS_HELD = 200_000  # pairs read out before they are published (about 5 MB of pieces)
 # A fan-out makes about ten objects per match event and holds thousands: at the default
 # threshold (700 allocations) the young generation was collected every few dozen events,
 # a quarter of a fan-out's time (bench/matcher at 20,000 entities: 25 %, now under 5 %).
@@ -51,20 +48,28 @@ GC_THRESHOLD = (50_000, 20, 10)
 class MatcherWorker:
     def __init__(self, nc: Client, index: CapabilityIndex, metrics: MatcherMetrics, *,
                  bucket: str, durable: str, filter_subjects: list[str], batch: int = 1000,
-                 replicas: int = 1, snapshot_every: int = 50_000) -> None:
+                 replicas: int = 1, snapshot_every: int = 50_000,
+                 piece_bytes: int | None = None, partition: int = 0,
+                 matches_max_bytes: int = MATCHES_MAX_BYTES) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.index, self.metrics = index, metrics
         self.checkpoint = Checkpoint(self.js, bucket, replicas, snapshot_every)
         self.durable, self.filter_subjects = durable, filter_subjects
         self.batch, self.replicas = batch, replicas
         self.position = 0
+        # MATCHES pieces stay under the server's largest message (its INFO says which),
+        # or under `piece_bytes` when that is smaller
+        self.piece_bytes = min(nc.max_payload, piece_bytes or nc.max_payload)
+        self.partition = partition
+        self.matches_max_bytes = matches_max_bytes
         self.ready = asyncio.Event()
 
     # start-up
 
     async def start(self) -> None:
         started = time.perf_counter()
-        await nats_util.ensure_stream(self.nc, nats_util.matches_stream(self.replicas))
+        await nats_util.ensure_stream(self.nc, nats_util.matches_stream(
+            self.replicas, self.matches_max_bytes))
         await self.checkpoint.open()
         with gc_paused():
             loaded = await self.checkpoint.load()
@@ -246,7 +251,8 @@ class MatcherWorker:
         # The record is written while the batch is applied; events go out once it is
         # durable, in slices, so that a batch of large fan-outs never holds them all.
         written = await self.checkpoint.begin(changes)
-        events: list[Outgoing] = []
+        pieces: list[Piece] = []
+        held = 0
         for change in changes:
             started = time.perf_counter()
             apply = apply_design if change.kind == "design" else apply_facility
@@ -254,16 +260,18 @@ class MatcherWorker:
                          change.version)
             self.metrics.change_seconds.observe(time.perf_counter() - started)
             # read out now: the next change may give a slot of this diff to another entity
-            made = match_messages(diff, change, self.index)
+            made = change_pieces(diff, change, self.index, self.piece_bytes, self.partition)
+            pairs = sum(p.found + p.withdrawn for p in made)
             log.info("change applied", extra={
                 "event_id": change.cause_event_id, "entity_id": change.entity_id,
                 "kind": change.kind, "version": change.version, "seq": change.seq,
-                "transitions": len(made)})
-            events.extend(made)
-            if len(events) >= EVENTS_HELD:
-                await self._publish_after(written, events)
-                events = []
-        await self._publish_after(written, events)
+                "transitions": pairs})
+            pieces.extend(made)
+            held += pairs
+            if held >= PAIRS_HELD:
+                await self._publish_after(written, pieces)
+                pieces, held = [], 0
+        await self._publish_after(written, pieces)
         crash_point("matcher.after_publish")
         await self._commit(changes[0].seq, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
@@ -275,25 +283,24 @@ class MatcherWorker:
         log.info("batch committed", extra={"first_seq": first_seq, "position": last})
         self.position = max(self.position, last)
 
-    async def _publish_after(self, written: asyncio.Future[Any], events: list[Outgoing],
+    async def _publish_after(self, written: asyncio.Future[Any], pieces: list[Piece],
                              ) -> None:
         await asyncio.wait_for(written, 30)
         crash_point("matcher.after_begin")
-        await self._publish(events)
+        await self._publish(pieces)
 
-    async def _publish(self, events: list[Outgoing]) -> None:
+    async def _publish(self, pieces: list[Piece]) -> None:
         """Pipelined: a window of publishes in flight, then their acks, then the next."""
-        window = min(PUBLISH_WINDOW, max(1, (len(events) + 1) // 2))
-        for start in range(0, len(events), window):
-            futures = [await self.js.publish_async(e.subject, e.payload,
-                                                   headers={"Nats-Msg-Id": e.event_id})
-                       for e in events[start:start + window]]
+        window = min(PUBLISH_WINDOW, max(1, (len(pieces) + 1) // 2))
+        for start in range(0, len(pieces), window):
+            futures = [await self.js.publish_async(p.subject, p.payload, headers=p.headers)
+                       for p in pieces[start:start + window]]
             await asyncio.wait_for(asyncio.gather(*futures), 30)
-            if start == 0 and window < len(events):
+            if start == 0 and window < len(pieces):
                 crash_point("matcher.mid_publish")
-        found = sum(1 for e in events if e.kind == "found")
-        self.metrics.found.inc(found)
-        self.metrics.withdrawn.inc(len(events) - found)
+        self.metrics.messages.inc(len(pieces))
+        self.metrics.found.inc(sum(p.found for p in pieces))
+        self.metrics.withdrawn.inc(sum(p.withdrawn for p in pieces))
 
     async def _observe_lag(self) -> None:
         try:
@@ -316,43 +323,6 @@ def gc_paused() -> Iterator[None]:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLD)
         gc.enable()
-
-
-class Outgoing(NamedTuple):
-    kind: str
-    subject: str
-    event_id: str
-    payload: bytes
-
-
-def match_messages(diff: Diff, change: Change, index: CapabilityIndex) -> list[Outgoing]:
-    """The diff's MatchEvents (contracts.matches) as bytes, explained against the entities
-    as the change left them: read it out before the next change. Written as dicts, each
-    distinct explanation serialised once: a fan-out makes thousands of events, and models
-    or repeated work for each would cost more than the matching."""
-    if not diff.found and not diff.withdrawn:
-        return []  # most changes (a new name, a new description) move no match
-    explainer = Explainer()
-    cause = {"entity": change.kind, "entity_id": change.entity_id, "version": change.version,
-             "event_id": change.cause_event_id, "occurred_at": change.occurred_at}
-    out = []
-    for t in diff.transitions(index):
-        event_id = match_event_id(t.kind, t.design_id, t.design_version, t.facility_id,
-                                  t.facility_version)
-        evaluation = explainer.evaluate(t.design, t.facility)
-        explanation = orjson.Fragment(explainer.explanation_json(evaluation))
-        body = {
-            "schema_version": 1, "event_id": event_id, "type": f"matches.{t.kind}",
-            "design_id": t.design_id, "design_version": t.design_version,
-            "facility_id": t.facility_id, "facility_version": t.facility_version,
-            "score": evaluation.score if t.kind == "found" else 0.0,
-            "explanation": explanation,
-            "facility_lat": t.facility.lat, "facility_lon": t.facility.lon,
-            "design_processes": t.design.known_processes, "cause": cause,
-        }
-        out.append(Outgoing(t.kind, match_subject(t.kind, t.design_id, t.facility_id),
-                            event_id, orjson.dumps(body)))
-    return out
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:

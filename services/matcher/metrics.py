@@ -12,10 +12,12 @@ class MatcherMetrics:
         p = "makelocal_matcher"
         self.consumed = Counter(f"{p}_events_consumed_total", "REGISTRY events consumed",
                                 registry=registry)
-        self.found = Counter(f"{p}_matches_found_total", "matches.found events published",
+        self.found = Counter(f"{p}_matches_found_total", "Pairs published as found",
                              registry=registry)
         self.withdrawn = Counter(f"{p}_matches_withdrawn_total",
-                                 "matches.withdrawn events published", registry=registry)
+                                 "Pairs published as withdrawn", registry=registry)
+        self.messages = Counter(f"{p}_match_messages_total", "MATCHES messages (pieces of "
+                                "changes) published", registry=registry)
         self.errors = Counter(f"{p}_batch_failures_total", "Batches that failed and were "
                               "redelivered", registry=registry)
         self.unreadable = Counter(f"{p}_unreadable_events_total", "REGISTRY messages that "

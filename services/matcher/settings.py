@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from services.common.settings import CommonSettings
 
 
@@ -14,6 +16,8 @@ class MatcherSettings(CommonSettings):
     # deltas written before the checkpoint is rewritten as one snapshot: fewer make
     # restarts faster and cost a snapshot write (about 1 s per 100,000 entities) more often
     matcher_snapshot_every: int = 50_000
+    # MATCHES pieces at most this large; unset: the NATS server's max_payload
+    matcher_piece_bytes: int | None = Field(None, ge=4096)
 
     @property
     def durable(self) -> str:

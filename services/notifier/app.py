@@ -44,7 +44,8 @@ def create_app(settings: NotifierSettings | None = None,
         nc = await nats_util.connect(settings.nats_url, "notifier")
         try:
             consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
-                                     replicas=settings.notifier_stream_replicas)
+                                     replicas=settings.notifier_stream_replicas,
+                                     matches_max_bytes=settings.matches_max_bytes)
             await consumer.start()
             state["consumer"] = consumer
             await consumer.run()

@@ -1,9 +1,11 @@
-"""MATCHES in, items out: each match event becomes one row per subscription that wants it.
+"""MATCHES in, items out: each pair of a match change becomes one row per subscription that
+wants it.
 
-A batch of events is routed and its items inserted in one transaction, then acked. What a
-crash at each step leaves: before the commit, nothing (the events are redelivered); after
-the commit and before the acks, the same items again, which the (subscription, event)
-key drops. Several notifier processes share the durable consumer."""
+A batch of messages (each a piece of one change's pairs) is routed and its items inserted
+in one transaction, then acked. What a crash at each step leaves: before the commit,
+nothing (the messages are redelivered); after the commit and before the acks, the same
+items again, which the (subscription, event) key drops. Several notifier processes share
+the durable consumer."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from contracts.matches import MATCHES_STREAM
+from contracts import matches
+from contracts.matches import MATCHES_MAX_BYTES, MATCHES_STREAM
 from services.common import nats as nats_util
 from services.common.faults import crash_point
 from services.notifier.metrics import NotifierMetrics
@@ -29,16 +32,19 @@ log = logging.getLogger(__name__)
 
 class MatchConsumer:
     def __init__(self, nc: Client, store: Store, metrics: NotifierMetrics, *, durable: str,
-                 replicas: int = 1, batch: int = 256) -> None:
+                 replicas: int = 1, batch: int = 256,
+                 matches_max_bytes: int = MATCHES_MAX_BYTES) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.store, self.metrics = store, metrics
         self.durable, self.replicas, self.batch = durable, replicas, batch
         self.index = RoutingIndex()
         self._seen_changes = -1
+        self.matches_max_bytes = matches_max_bytes
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        await nats_util.ensure_stream(self.nc, nats_util.matches_stream(self.replicas))
+        await nats_util.ensure_stream(self.nc, nats_util.matches_stream(
+            self.replicas, self.matches_max_bytes))
         try:
             await self.js.consumer_info(MATCHES_STREAM, self.durable)
         except NotFoundError:
@@ -69,22 +75,32 @@ class MatchConsumer:
         rows: list[tuple[str, str, str, datetime | None]] = []
         for msg in msgs:
             try:
-                event = orjson.loads(msg.data)
-                wanted = self.index.route(event)
-                event_id = str(event["event_id"])
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                log.error("unreadable match event skipped",
+                rows.extend(self._items(msg))
+            except (ValueError, LookupError, TypeError) as exc:
+                log.error("unreadable match message skipped",
                           extra={"subject": msg.subject, "error": repr(exc)})
-                continue
-            occurred = _occurred_at(event)
-            text = msg.data.decode()
-            rows.extend((s, event_id, text, occurred) for s in wanted)
         added = await self.store.add_items(rows)
         crash_point("notifier.after_items")
         self.metrics.events.inc(len(msgs))
         self.metrics.items.inc(added)
         for msg in msgs:
             await msg.ack()
+
+    def _items(self, msg: Msg) -> list[tuple[str, str, str, datetime | None]]:
+        """(subscription, event id, the pair as a MatchEvent, time of the change) for each
+        pair of the message and each subscription that wants it. A pair nobody wants is
+        never expanded."""
+        change = matches.decode(msg.data, msg.headers)
+        pairs = matches.pairs(change)
+        self.metrics.pairs.inc(len(pairs))
+        occurred = _occurred_at(change)
+        rows = []
+        for pair, wanted in zip(pairs, self.index.route_all(pairs), strict=True):
+            if wanted:
+                event = matches.match_event(change, pair)
+                text = orjson.dumps(event).decode()
+                rows.extend((s, event["event_id"], text, occurred) for s in wanted)
+        return rows
 
     async def _observe_lag(self) -> None:
         try:
@@ -94,8 +110,8 @@ class MatchConsumer:
             log.debug("consumer info failed", extra={"error": repr(exc)})
 
 
-def _occurred_at(event: dict) -> datetime | None:
-    cause = event.get("cause") or {}
+def _occurred_at(change: dict) -> datetime | None:
+    cause = change.get("cause") or {}
     value = cause.get("occurred_at")
     if not value:
         return None

@@ -13,8 +13,11 @@ LATENCY_BUCKETS = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 3600
 class NotifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         p = "makelocal_notifier"
-        self.events = Counter(f"{p}_events_consumed_total", "Match events consumed",
+        self.events = Counter(f"{p}_events_consumed_total",
+                              "MATCHES messages consumed (pieces of match changes)",
                               registry=registry)
+        self.pairs = Counter(f"{p}_pairs_consumed_total", "Match pairs read from MATCHES",
+                             registry=registry)
         self.items = Counter(f"{p}_items_routed_total",
                              "(subscription, match event) pairs recorded", registry=registry)
         self.deliveries = Counter(f"{p}_deliveries_total", "Delivery attempts by outcome",

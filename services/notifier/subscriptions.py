@@ -7,7 +7,7 @@ whole filters: the number of subscriptions does not enter the cost of an event."
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, fie
 
 from contracts import vocabulary
 from contracts.geo import cell, haversine_km, reach
+from contracts.matches import PairView
 from contracts.models import EntityId
 
 EventType = Literal["matches.found", "matches.withdrawn"]
@@ -118,17 +119,17 @@ class Route:
         return cls(subscription_id, frozenset(f.facility_ids), frozenset(f.design_ids),
                    frozenset(processes), f.region, frozenset(f.event_types))
 
-    def wants(self, event: Mapping[str, Any]) -> bool:
-        if event["type"] not in self.event_types:
+    def wants(self, pair: PairView) -> bool:
+        if pair.type not in self.event_types:
             return False
-        if self.facility_ids and event["facility_id"] not in self.facility_ids:
+        if self.facility_ids and pair.facility_id not in self.facility_ids:
             return False
-        if self.design_ids and event["design_id"] not in self.design_ids:
+        if self.design_ids and pair.design_id not in self.design_ids:
             return False
-        if self.processes and self.processes.isdisjoint(event.get("design_processes") or ()):
+        if self.processes and self.processes.isdisjoint(pair.design_processes):
             return False
         if self.region is not None:
-            lat, lon = event.get("facility_lat"), event.get("facility_lon")
+            lat, lon = pair.facility_lat, pair.facility_lon
             if lat is None or lon is None:
                 return False
             r = self.region
@@ -165,18 +166,35 @@ class RoutingIndex:
                 if not ids:
                     del self._by[key]
 
-    def route(self, event: Mapping[str, Any]) -> list[str]:
-        """The subscriptions that want this event."""
-        keys = [("all", None), ("facility", event["facility_id"]),
-                ("design", event["design_id"])]
-        keys.extend(("process", p) for p in event.get("design_processes") or ())
-        lat, lon = event.get("facility_lat"), event.get("facility_lon")
-        if lat is not None and lon is not None:
-            keys.append(("cell", cell(lat, lon)))
-        candidates: set[str] = set()
-        for key in keys:
-            candidates |= self._by.get(key, set())
-        return sorted(s for s in candidates if self._routes[s].wants(event))
+    def route(self, pair: PairView) -> list[str]:
+        """The subscriptions that want this pair."""
+        return self.route_all([pair])[0]
+
+    def route_all(self, pairs: Sequence[PairView]) -> list[list[str]]:
+        """For each pair of a change, the subscriptions that want it. The pairs of one
+        change share one side (its design, or its facility and place): what is filed under
+        a key is looked up once per key, not once per pair."""
+        by, looked = self._by, {}  # key -> candidates filed under it
+        everyone = by.get(("all", None), set())
+        out = []
+        for pair in pairs:
+            keys = [("facility", pair.facility_id), ("design", pair.design_id)]
+            keys.extend(("process", p) for p in pair.design_processes)
+            lat, lon = pair.facility_lat, pair.facility_lon
+            if lat is not None and lon is not None:
+                keys.append(("cell", cell(lat, lon)))
+            candidates = set(everyone)
+            for key in keys:
+                found = looked.get(key)
+                if found is None:
+                    found = looked[key] = by.get(key, _NONE)
+                candidates |= found
+            routes = self._routes
+            out.append(sorted(s for s in candidates if routes[s].wants(pair)))
+        return out
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 def _anchors(route: Route) -> list[tuple[str, Any]]:

@@ -348,9 +348,10 @@ def decode(data: bytes, headers: Mapping[str, str] | None) -> dict[str, Any]:
     return change
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PairView:
-    """A pair of a decoded change with what routing asks of it; `row` is its raw entry."""
+    """A pair of a decoded change with what routing asks of it; `row` is its raw entry.
+    (Not frozen: a change has thousands, and a frozen dataclass's __init__ costs twice.)"""
 
     kind: MatchKind
     design_id: str
@@ -368,23 +369,31 @@ class PairView:
 
 
 def pairs(change: Mapping[str, Any]) -> list[PairView]:
-    """Every pair of a decoded change. Raises KeyError, TypeError or IndexError (all
-    LookupError or TypeError) on a malformed one."""
-    design, facility = change.get("design"), change.get("facility")
-    process_sets = change.get("process_sets") or []
-    out = []
-    for kind in ("found", "withdrawn"):
-        for row in change.get(kind) or ():
-            if design is not None:
-                out.append(PairView(kind, design["id"], design["version"], row["id"],  # type: ignore[arg-type]
-                                    row["v"], row.get("lat"), row.get("lon"),
-                                    design["processes"], row))
-            else:
-                out.append(PairView(kind, row["id"], row["v"], facility["id"],  # type: ignore[arg-type,index]
-                                    facility["version"], facility.get("lat"),  # type: ignore[union-attr]
-                                    facility.get("lon"),  # type: ignore[union-attr]
-                                    process_sets[row["p"]], row))
-    return out
+    """Every pair of a decoded change, found ones first: a pair's place in this list is
+    its number (pair_at). Raises KeyError, TypeError or IndexError (all LookupError or
+    TypeError) on a malformed one."""
+    found = change.get("found") or ()
+    return [_view(change, "found" if n < len(found) else "withdrawn", row)
+            for n, row in enumerate([*found, *(change.get("withdrawn") or ())])]
+
+
+def pair_at(change: Mapping[str, Any], n: int) -> PairView:
+    """pairs(change)[n], without making the others."""
+    found = change.get("found") or ()
+    if n < len(found):
+        return _view(change, "found", found[n])
+    return _view(change, "withdrawn", change["withdrawn"][n - len(found)])
+
+
+def _view(change: Mapping[str, Any], kind: str, row: Mapping[str, Any]) -> PairView:
+    design = change.get("design")
+    if design is not None:
+        return PairView(kind, design["id"], design["version"], row["id"],  # type: ignore[arg-type]
+                        row["v"], row.get("lat"), row.get("lon"), design["processes"], row)
+    facility = change["facility"]
+    return PairView(kind, row["id"], row["v"], facility["id"],  # type: ignore[arg-type]
+                    facility["version"], facility.get("lat"), facility.get("lon"),
+                    change["process_sets"][row["p"]], row)
 
 
 def match_event(change: Mapping[str, Any], pair: PairView) -> dict[str, Any]:

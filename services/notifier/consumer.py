@@ -13,7 +13,6 @@ import asyncio
 import logging
 from datetime import datetime
 
-import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -72,34 +71,42 @@ class MatchConsumer:
 
     async def handle(self, msgs: list[Msg]) -> None:
         await self.refresh()
-        rows: list[tuple[str, str, str, datetime | None]] = []
+        stored: list[tuple[str, bytes, str | None]] = []
+        rows: list[tuple[str, str, str, int, datetime | None]] = []
         for msg in msgs:
             try:
-                rows.extend(self._items(msg))
+                items = self._items(msg)
             except (ValueError, LookupError, TypeError) as exc:
                 log.error("unreadable match message skipped",
                           extra={"subject": msg.subject, "error": repr(exc)})
-        added = await self.store.add_items(rows)
+                continue
+            if items:
+                rows.extend(items)
+                stored.append((items[0][2], msg.data,
+                               (msg.headers or {}).get(matches.ENCODING_HEADER)))
+        added = await self.store.add_items(stored, rows)
         crash_point("notifier.after_items")
         self.metrics.events.inc(len(msgs))
         self.metrics.items.inc(added)
         for msg in msgs:
             await msg.ack()
 
-    def _items(self, msg: Msg) -> list[tuple[str, str, str, datetime | None]]:
-        """(subscription, event id, the pair as a MatchEvent, time of the change) for each
-        pair of the message and each subscription that wants it. A pair nobody wants is
-        never expanded."""
+    def _items(self, msg: Msg) -> list[tuple[str, str, str, int, datetime | None]]:
+        """(subscription, event id, message id, pair, time of the change) for each pair
+        of the message and each subscription that wants it."""
         change = matches.decode(msg.data, msg.headers)
         pairs = matches.pairs(change)
         self.metrics.pairs.inc(len(pairs))
         occurred = _occurred_at(change)
+        message_id = str(change["message_id"])
         rows = []
-        for pair, wanted in zip(pairs, self.index.route_all(pairs), strict=True):
+        for n, (pair, wanted) in enumerate(zip(pairs, self.index.route_all(pairs),
+                                               strict=True)):
             if wanted:
-                event = matches.match_event(change, pair)
-                text = orjson.dumps(event).decode()
-                rows.extend((s, event["event_id"], text, occurred) for s in wanted)
+                event_id = matches.match_event_id(pair.kind, pair.design_id,
+                                                  pair.design_version, pair.facility_id,
+                                                  pair.facility_version)
+                rows.extend((s, event_id, message_id, n, occurred) for s in wanted)
         return rows
 
     async def _observe_lag(self) -> None:

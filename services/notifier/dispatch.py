@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import asyncpg
 import orjson
@@ -96,7 +96,7 @@ class Dispatcher:
                     self._deliveries.set()
                 if time.monotonic() >= emails_due:
                     emails_due = time.monotonic() + self.settings.notifier_sweep_s
-                    if await self.store.assemble_emails(self.batching, self._render):
+                    if await self.store.assemble_emails(self.batching):
                         self._deliveries.set()
             await _wait(self._items, self.settings.notifier_sweep_s)
 
@@ -143,9 +143,6 @@ class Dispatcher:
         self._items.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery attempt failed to record", exc_info=task.exception())
-
-    def _render(self, subscription: asyncpg.Record, events: list[Any], total: int) -> bytes:
-        return messages.matches_body(subscription["id"], events, total)
 
     # one attempt
 

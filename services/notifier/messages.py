@@ -7,7 +7,8 @@ Message-ID for email), so receivers can deduplicate."""
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -16,6 +17,8 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+
+from contracts import matches
 
 _POLICY = policy.SMTP.clone(max_line_length=998)
 
@@ -30,6 +33,40 @@ def matches_body(subscription_id: str, events: Sequence[Mapping[str, Any]],
                  total: int) -> bytes:
     return body("matches", {"subscription_id": subscription_id, "count": total,
                             "events": list(events)})
+
+
+class PairReader:
+    """Items as the MatchEvents their webhook entries carry, rebuilt from the MATCHES
+    messages they point into. A message is decoded once and kept (the last `keep`), so
+    that the pairs of one change that several passes gather for their subscriptions do not
+    decode it again each time. An item recorded with its own payload (before
+    match_messages) is that payload."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._decoded: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def missing(self, message_ids: Iterable[str | None]) -> list[str]:
+        """The messages it must be given (add) before events() can read these."""
+        return sorted({m for m in message_ids if m is not None and m not in self._decoded})
+
+    def add(self, message_id: str, body: bytes, encoding: str | None) -> None:
+        self._decoded[message_id] = matches.decode(
+            body, {matches.ENCODING_HEADER: encoding} if encoding else None)
+
+    def events(self, items: Iterable[tuple[Any, str | None, int | None]]) -> list[Any]:
+        """(payload, message id, pair) of each item -> its event."""
+        out: list[Any] = []
+        for payload, message_id, pair in items:
+            if message_id is None or pair is None:
+                out.append(orjson.Fragment(payload) if isinstance(payload, str) else payload)
+                continue
+            change = self._decoded[message_id]
+            self._decoded.move_to_end(message_id)
+            out.append(matches.match_event(change, matches.pair_at(change, pair)))
+        while len(self._decoded) > self.keep:
+            self._decoded.popitem(last=False)
+        return out
 
 
 def test_body(subscription_id: str) -> bytes:

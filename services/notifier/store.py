@@ -14,6 +14,7 @@ import asyncpg
 
 from services.common import keys
 from services.common.db import checked_schema
+from services.notifier import messages
 
 SUBSCRIPTION_FIELDS = (
     "id, owner, channel, url, address, filter, digest, verified, enabled, disabled_reason, "
@@ -47,6 +48,7 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, keys_schema: str) -> None:
         self.pool = pool
         self.keys_table = f'"{checked_schema(keys_schema)}".api_keys'
+        self.reader = messages.PairReader()
 
     # keys
 
@@ -143,25 +145,32 @@ class Store:
             "SELECT id, filter FROM subscriptions WHERE enabled"
             " AND (channel = 'webhook' OR verified)")
 
-    async def add_items(self, rows: Iterable[tuple[str, str, str, datetime | None]]) -> int:
-        """(subscription, event id, payload JSON, time of the change); a pair already
-        present (a redelivered or replayed event) is skipped."""
-        rows = list(rows)
+    async def add_items(self, stored: Iterable[tuple[str, bytes, str | None]],
+                        rows: Iterable[tuple[str, str, str, int, datetime | None]]) -> int:
+        """The messages (id, body as received, its Content-Encoding) the rows point into,
+        and the rows: (subscription, event id, message id, pair, time of the change). A
+        pair already present (a redelivered or replayed message) is skipped."""
+        rows, stored = list(rows), list(stored)
         if not rows:
             return 0
         result = await self.pool.fetchval(
-            "WITH added AS (INSERT INTO items (subscription_id, event_id, payload, occurred_at)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])"
-            " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM added",
+            "WITH kept AS (INSERT INTO match_messages (message_id, body, encoding)"
+            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[])"
+            " ON CONFLICT DO NOTHING),"
+            " added AS (INSERT INTO items (subscription_id, event_id, message_id, pair,"
+            " occurred_at) SELECT * FROM unnest($4::text[], $5::text[], $6::text[],"
+            " $7::int[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING 1)"
+            " SELECT count(*) FROM added",
+            [m[0] for m in stored], [m[1] for m in stored], [m[2] for m in stored],
             [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-            [r[3] for r in rows])
+            [r[3] for r in rows], [r[4] for r in rows])
         return int(result)
 
     # deliveries
 
-    async def assemble_emails(self, batching: Batching, body_of: Any) -> int:
+    async def assemble_emails(self, batching: Batching) -> int:
         """Gather the waiting items of every email subscription whose digest is due into
-        one delivery each (few, large), rendered by `body_of(subscription, events, total)`;
+        one delivery each (few, large), rendered as messages.matches_body;
         returns the number of deliveries made."""
         b = batching
         ready = await self.pool.fetch(
@@ -175,7 +184,7 @@ class Store:
             " LIMIT 200", b.email_linger_s, b.email_max_wait_s, b.hourly_s, b.daily_s)
         made = 0
         for row in ready:
-            made += await self._assemble_email(row["subscription_id"], body_of)
+            made += await self._assemble_email(row["subscription_id"])
         return made
 
     async def assemble_webhooks(self, b: Batching, claim: int,
@@ -183,84 +192,63 @@ class Store:
         """Every ready subscription's full batches of `max_items`, and its last partial
         batch when fewer than `in_flight` of its batches are under way (like Nagle's
         algorithm: little latency when quiet, batches under load) or its oldest item
-        waited `max_wait_s`. The body is built here, in SQL, in the same shape as
-        messages.matches_body. A subscription another process is assembling (row locked)
-        is skipped.
+        waited `max_wait_s`. A subscription another process is assembling (row locked)
+        is skipped. In one transaction: the batches are chosen and their items locked,
+        their bodies rendered here from the match messages (messages.matches_body), then
+        the deliveries recorded and the items assigned to them.
 
         The first `claim` deliveries made are claimed at once, as claim() would (the
         caller attempts them now; should it die, they are due when the lease ends): a
         round trip and a wake-up fewer between a match and its webhook. Returns (the
         number of deliveries made, the claimed ones in claim()'s shape)."""
-        rows = await self.pool.fetch(
-            """
-            WITH waiting AS (
-                SELECT i.subscription_id, count(*) AS n,
-                       min(i.created_at) <= now() - make_interval(secs => $2) AS overdue
-                FROM items i JOIN subscriptions s ON s.id = i.subscription_id
-                WHERE i.delivery_id IS NULL AND s.enabled AND s.channel = 'webhook'
-                GROUP BY i.subscription_id),
-            ready AS (
-                SELECT w.subscription_id, w.n,
-                       w.overdue OR (
-                           SELECT count(*) FROM deliveries d
-                           WHERE d.subscription_id = w.subscription_id
-                           AND d.status = 'pending' AND d.kind = 'matches') < $5 AS flush
-                FROM waiting w),
-            chosen AS (
-                SELECT * FROM ready WHERE n >= $1 OR flush LIMIT 2000),
-            locked AS (
-                SELECT s.id FROM subscriptions s JOIN chosen r ON r.subscription_id = s.id
-                FOR UPDATE OF s SKIP LOCKED),
-            -- Locking the items rechecks them against concurrent commits: another process
-            -- that gathered them after this statement's snapshot was taken has set their
-            -- delivery, and they drop out here instead of going out twice.
-            claimed AS (
-                SELECT i.subscription_id, i.event_id, i.payload, i.occurred_at, i.created_at
-                FROM items i JOIN locked l ON l.id = i.subscription_id
-                WHERE i.delivery_id IS NULL
-                FOR UPDATE OF i SKIP LOCKED),
-            numbered AS (
-                SELECT c.*, r.flush, count(*) OVER (PARTITION BY c.subscription_id) AS n,
-                       row_number() OVER (PARTITION BY c.subscription_id
-                                          ORDER BY c.created_at, c.event_id) - 1 AS rn
-                FROM claimed c JOIN chosen r ON r.subscription_id = c.subscription_id),
-            grouped AS (
-                SELECT subscription_id, chunk, gen_random_uuid() AS id, count(*) AS k,
-                       min(occurred_at) AS oldest, array_agg(event_id ORDER BY rn) AS event_ids,
-                       jsonb_agg(payload ORDER BY rn) AS events
-                FROM (SELECT *, rn / $1 AS chunk FROM numbered) x
-                WHERE chunk < n / $1 OR flush
-                GROUP BY subscription_id, chunk),
-            -- a failing subscription's batches wait for claim(), which rations them
-            chunks AS MATERIALIZED (
-                SELECT g.*, s.failing_since IS NULL AND row_number() OVER (
-                           PARTITION BY s.failing_since IS NULL
-                           ORDER BY g.oldest, g.subscription_id, g.chunk) <= $3 AS claimed
-                FROM grouped g JOIN subscriptions s ON s.id = g.subscription_id),
-            made AS (
-                INSERT INTO deliveries (id, subscription_id, kind, body, item_count,
-                                        oldest_change_at, next_attempt_at, attempts)
-                SELECT id, subscription_id, 'matches', convert_to(jsonb_build_object(
-                    'type', 'matches', 'timestamp', now(),
-                    'data', jsonb_build_object('subscription_id', subscription_id,
-                                               'count', k, 'events', events))::text, 'UTF8'),
-                       k, oldest,
-                       CASE WHEN claimed THEN now() + make_interval(secs => $4) ELSE now() END,
-                       CASE WHEN claimed THEN 1 ELSE 0 END
-                FROM chunks RETURNING *),
-            -- (a data-modifying CTE runs to completion though nothing reads it)
-            assigned AS (
-                UPDATE items i SET delivery_id = c.id
-                FROM (SELECT id, subscription_id, unnest(event_ids) AS event_id FROM chunks) c
-                WHERE i.subscription_id = c.subscription_id AND i.event_id = c.event_id)
-            -- one row per delivery made, with what an attempt needs (a claimed one was
-            -- made with its first attempt counted)
-            SELECT {fields} FROM made d JOIN subscriptions s ON s.id = d.subscription_id
-            """.replace("{fields}", ATTEMPT_FIELDS), b.max_items, b.max_wait_s, claim, lease_s,
-            b.in_flight)
+        async with self.pool.acquire() as conn, conn.transaction():
+            chunks = await conn.fetch(ASSEMBLE_WEBHOOKS, b.max_items, b.max_wait_s, claim,
+                                      b.in_flight)
+            if not chunks:
+                return 0, []
+            reader = await _read(conn, self.reader,
+                                 [m for c in chunks for m in c["message_ids"]])
+            ids, subs, bodies, counts, oldest, claimed = [], [], [], [], [], []
+            item_ids, item_subs, item_events = [], [], []
+            for c in chunks:
+                delivery_id = uuid.uuid4()
+                events = reader.events(zip(c["payloads"], c["message_ids"], c["pairs"],
+                                           strict=True))
+                ids.append(delivery_id)
+                subs.append(c["subscription_id"])
+                bodies.append(messages.matches_body(c["subscription_id"], events, c["k"]))
+                counts.append(c["k"])
+                oldest.append(c["oldest"])
+                claimed.append(c["claimed"])
+                item_ids.extend([delivery_id] * len(c["event_ids"]))
+                item_subs.extend([c["subscription_id"]] * len(c["event_ids"]))
+                item_events.extend(c["event_ids"])
+            rows = await conn.fetch(
+                """
+                WITH made AS (
+                    INSERT INTO deliveries (id, subscription_id, kind, body, item_count,
+                                            oldest_change_at, next_attempt_at, attempts)
+                    SELECT u.id, u.sub, 'matches', u.body, u.k, u.oldest,
+                           CASE WHEN u.claimed THEN now() + make_interval(secs => $7)
+                                ELSE now() END,
+                           CASE WHEN u.claimed THEN 1 ELSE 0 END
+                    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int[],
+                                $5::timestamptz[], $6::bool[])
+                         AS u(id, sub, body, k, oldest, claimed)
+                    RETURNING *),
+                -- (a data-modifying CTE runs to completion though nothing reads it)
+                assigned AS (
+                    UPDATE items i SET delivery_id = a.id
+                    FROM unnest($8::uuid[], $9::text[], $10::text[]) AS a(id, sub, event_id)
+                    WHERE i.subscription_id = a.sub AND i.event_id = a.event_id)
+                -- one row per delivery made, with what an attempt needs (a claimed one was
+                -- made with its first attempt counted)
+                SELECT {fields} FROM made d JOIN subscriptions s ON s.id = d.subscription_id
+                """.replace("{fields}", ATTEMPT_FIELDS), ids, subs, bodies, counts, oldest,
+                claimed, lease_s, item_ids, item_subs, item_events)
         return len(rows), [r for r in rows if r["attempts"] == 1]
 
-    async def _assemble_email(self, subscription_id: str, body_of: Any) -> int:
+    async def _assemble_email(self, subscription_id: str) -> int:
         """All of one subscription's waiting items as one digest."""
         async with self.pool.acquire() as conn, conn.transaction():
             # One process assembles a subscription at a time; the others skip it.
@@ -270,12 +258,16 @@ class Store:
             if sub is None:
                 return 0
             items = await conn.fetch(
-                "SELECT event_id, payload, occurred_at FROM items WHERE subscription_id = $1"
-                " AND delivery_id IS NULL ORDER BY created_at, event_id", subscription_id)
+                "SELECT event_id, payload, message_id, pair, occurred_at FROM items"
+                " WHERE subscription_id = $1 AND delivery_id IS NULL"
+                " ORDER BY created_at, event_id", subscription_id)
             if not items:
                 return 0
             delivery_id = uuid.uuid4()
-            body = body_of(sub, [r["payload"] for r in items[:EMAIL_SAMPLE]], len(items))
+            sample = items[:EMAIL_SAMPLE]
+            reader = await _read(conn, self.reader, [r["message_id"] for r in sample])
+            events = reader.events((r["payload"], r["message_id"], r["pair"]) for r in sample)
+            body = messages.matches_body(subscription_id, events, len(items))
             oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
             await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
                                    item_count=len(items), oldest=oldest)
@@ -435,6 +427,69 @@ class Store:
             " (SELECT count(*) FROM deliveries WHERE status = 'failed') AS failed,"
             " (SELECT count(*) FROM subscriptions WHERE NOT enabled) AS disabled")
         return row["pending"], float(row["oldest"]), row["failed"], row["disabled"]
+
+
+# The batches ready now ($1 max items, $2 max wait s, $3 deliveries to claim, $4 in flight),
+# their subscriptions and items locked; one row per batch, its items in order.
+ASSEMBLE_WEBHOOKS = """
+    WITH waiting AS (
+        SELECT i.subscription_id, count(*) AS n,
+               min(i.created_at) <= now() - make_interval(secs => $2) AS overdue
+        FROM items i JOIN subscriptions s ON s.id = i.subscription_id
+        WHERE i.delivery_id IS NULL AND s.enabled AND s.channel = 'webhook'
+        GROUP BY i.subscription_id),
+    ready AS (
+        SELECT w.subscription_id, w.n,
+               w.overdue OR (
+                   SELECT count(*) FROM deliveries d
+                   WHERE d.subscription_id = w.subscription_id
+                   AND d.status = 'pending' AND d.kind = 'matches') < $4 AS flush
+        FROM waiting w),
+    chosen AS (
+        SELECT * FROM ready WHERE n >= $1 OR flush LIMIT 2000),
+    locked AS (
+        SELECT s.id FROM subscriptions s JOIN chosen r ON r.subscription_id = s.id
+        FOR UPDATE OF s SKIP LOCKED),
+    -- Locking the items rechecks them against concurrent commits: another process that
+    -- gathered them after this statement's snapshot was taken has set their delivery, and
+    -- they drop out here instead of going out twice.
+    claimed AS (
+        SELECT i.subscription_id, i.event_id, i.payload, i.message_id, i.pair,
+               i.occurred_at, i.created_at
+        FROM items i JOIN locked l ON l.id = i.subscription_id
+        WHERE i.delivery_id IS NULL
+        FOR UPDATE OF i SKIP LOCKED),
+    numbered AS (
+        SELECT c.*, r.flush, count(*) OVER (PARTITION BY c.subscription_id) AS n,
+               row_number() OVER (PARTITION BY c.subscription_id
+                                  ORDER BY c.created_at, c.event_id) - 1 AS rn
+        FROM claimed c JOIN chosen r ON r.subscription_id = c.subscription_id),
+    grouped AS (
+        SELECT subscription_id, chunk, count(*) AS k, min(occurred_at) AS oldest,
+               array_agg(event_id ORDER BY rn) AS event_ids,
+               array_agg(message_id ORDER BY rn) AS message_ids,
+               array_agg(pair ORDER BY rn) AS pairs,
+               array_agg(payload::text ORDER BY rn) AS payloads
+        FROM (SELECT *, rn / $1 AS chunk FROM numbered) x
+        WHERE chunk < n / $1 OR flush
+        GROUP BY subscription_id, chunk)
+    -- a failing subscription's batches wait for claim(), which rations them
+    SELECT g.*, s.failing_since IS NULL AND row_number() OVER (
+               PARTITION BY s.failing_since IS NULL
+               ORDER BY g.oldest, g.subscription_id, g.chunk) <= $3 AS claimed
+    FROM grouped g JOIN subscriptions s ON s.id = g.subscription_id
+    """
+
+
+async def _read(conn: asyncpg.Connection, reader: messages.PairReader,
+                message_ids: list[str | None]) -> messages.PairReader:
+    """The reader, given the match messages these items point into that it lacks."""
+    wanted = reader.missing(message_ids)
+    if wanted:
+        for r in await conn.fetch("SELECT message_id, body, encoding FROM match_messages"
+                                  " WHERE message_id = ANY($1::text[])", wanted):
+            reader.add(r["message_id"], bytes(r["body"]), r["encoding"])
+    return reader
 
 
 async def _changed(conn: asyncpg.Connection) -> None:

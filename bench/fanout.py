@@ -350,7 +350,8 @@ async def main() -> None:
         bus = BusWatch()
         await bus.start(nats_server.url)
         for rate in (float(r) for r in args.rates.split(",")):
-            await steady(world, receiver, ports["registry"], key, rate, args.seconds, bus)
+            await steady(world, receiver, ports["registry"], key, rate, args.seconds, bus,
+                         ports["notifier"])
 
         # wide change
         await wide_change(world, receiver, registry_url, key)
@@ -396,8 +397,15 @@ class BusWatch:
             if (d := [after[k] - before[k] for k in answered if k in before and k in after]))
 
 
+async def assembly(port: int) -> tuple[float, float]:
+    """(passes, seconds in them) of the notifier's assembly loop."""
+    m = await metrics(port)
+    name = "makelocal_notifier_assemble_duration_seconds"
+    return m.get(f"{name}_count", 0.0), m.get(f"{name}_sum", 0.0)
+
+
 async def steady(world: World, receiver: Receiver, port: int, key: str, rate: float,
-                 seconds: float, bus: BusWatch) -> None:
+                 seconds: float, bus: BusWatch, notifier_port: int) -> None:
     tag = f"bench-s{int(rate)}"
     bodies, expected = [], 0
     for n in range(int(rate * seconds)):
@@ -408,9 +416,11 @@ async def steady(world: World, receiver: Receiver, port: int, key: str, rate: fl
     before = receiver.entries
     receiver.arrivals, receiver.recording = [], True
     answered: dict[str, float] = {}
+    passes = await assembly(notifier_port)
     achieved = await post_designs(port, key, bodies, rate, answered)
     done = await until(lambda: receiver.entries - before >= expected, 120)
     receiver.recording = False
+    count, spent = (a - b for a, b in zip(await assembly(notifier_port), passes, strict=True))
     latencies = [t - answered[d] for d, t in receiver.arrivals if d in answered]
     last: dict[str, float] = {}
     first: dict[str, float] = {}
@@ -426,7 +436,8 @@ async def steady(world: World, receiver: Receiver, port: int, key: str, rate: fl
           f"last entry p50 {pct(list(last.values()), 50):.0f} ms, p99 "
           f"{pct(list(last.values()), 99):.0f} ms"
           + (" (target p99 <= 100 ms)" if rate == 20 else "")
-          + f"\n  by hop: {bus.hops(answered, first)}")
+          + f"\n  by hop: {bus.hops(answered, first)}; notifier assembly passes: "
+            f"{count:.0f}, mean {spent / max(count, 1) * 1000:.1f} ms")
 
 
 WIDE = "bench-wide"

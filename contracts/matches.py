@@ -175,7 +175,7 @@ def change_subject(entity: str, entity_id: str) -> str:
 Reason = tuple[str, str, str, str | None, str | None]  # Requirement's fields, in order
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PairOut:
     """One transition as the matcher hands it over: the counterpart and its answer."""
 
@@ -215,11 +215,19 @@ def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
     if head_bytes > budget // 4:
         raise ValueError(f"a change's shared part takes {head_bytes} bytes of {budget}")
     ordered = sorted(pairs, key=lambda p: (p.kind != "found", p.id))
-    pieces: list[_Builder] = [_Builder()]
+    # A fan-out's pairs share a few reason tuples (the matcher's Explainer makes one per
+    # kind of answer): each is bounded, and each reason measured, once. The pairs hold
+    # their tuples alive, so an id stays theirs.
+    bounded: dict[int, tuple[Reason, ...]] = {}
+    costs: dict[Reason, int] = {}
+    pieces: list[_Builder] = [_Builder(costs)]
+    room = budget - head_bytes
     for pair in ordered:
-        reasons = bound_reasons(pair.reasons)
-        if not pieces[-1].fits(pair, reasons, budget - head_bytes):
-            pieces.append(_Builder())
+        reasons = bounded.get(id(pair.reasons))
+        if reasons is None:
+            reasons = bounded[id(pair.reasons)] = bound_reasons(pair.reasons)
+        if not pieces[-1].fits(pair, reasons, room):
+            pieces.append(_Builder(costs))
         pieces[-1].add(pair, reasons)
     out = []
     for n, builder in enumerate(pieces):
@@ -236,53 +244,57 @@ def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
     return out
 
 
+# A row's JSON apart from its id and reason indexes is at most this long: the keys, a
+# version, a score and two coordinates (a float is at most 24 characters), or a
+# process-set index.
+ROW_FIXED = 140
+
+
 class _Builder:
     """One piece's pairs and the tables they index, with its size as JSON so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, costs: dict[Reason, int]) -> None:
         self.reasons: dict[Reason, int] = {}
         self.process_sets: dict[tuple[str, ...], int] = {}
         self.found: list[orjson.Fragment] = []
         self.withdrawn: list[orjson.Fragment] = []
         self.size = 0
+        self._costs = costs  # a reason's bytes in the table, shared by a change's pieces
         self._tables = 0
 
-    def fits(self, pair: PairOut, reasons: Sequence[Reason], budget: int) -> bool:
-        tables = sum(len(orjson.dumps(_reason_dict(r))) + 1 for r in set(reasons)
-                     if r not in self.reasons)
+    def fits(self, pair: PairOut, reasons: Sequence[Reason], room: int) -> bool:
+        """Whether the pair surely fits: its row's size is bounded from above (ids are
+        [A-Za-z0-9_-], written as they are), what it adds to the tables is exact."""
+        tables = 0
+        for r in reasons:
+            if r not in self.reasons:
+                cost = self._costs.get(r)
+                if cost is None:
+                    cost = self._costs[r] = len(orjson.dumps(_reason_dict(r))) + 1
+                tables += cost
         processes = _bounded_processes(pair.processes)
         if processes is not None and processes not in self.process_sets:
             tables += len(orjson.dumps(processes)) + 1
         self._tables = tables
-        # an index is at most as long as the table's size in digits
-        row = len(orjson.dumps(self._row(pair, reasons, dry=True))) + 1
+        digits = len(str(len(self.reasons) + len(reasons))) + 1
+        row = len(pair.id) + ROW_FIXED + digits * len(reasons)
         # a piece always takes its first pair: bound_reasons keeps any pair far smaller
-        return not (self.found or self.withdrawn) or self.size + row + tables <= budget
+        return not (self.found or self.withdrawn) or self.size + row + tables <= room
 
     def add(self, pair: PairOut, reasons: Sequence[Reason]) -> None:
-        row = orjson.dumps(self._row(pair, reasons, dry=False))
-        self.size += len(row) + 1 + self._tables
-        (self.found if pair.kind == "found" else self.withdrawn).append(orjson.Fragment(row))
-
-    def _row(self, pair: PairOut, reasons: Sequence[Reason], *, dry: bool) -> dict[str, Any]:
+        """The pair, after fits() was asked about it."""
         table = self.reasons
-        indexes = []
-        for r in reasons:
-            i = table.get(r)
-            if i is None:
-                i = len(table) + len(reasons) if dry else table.setdefault(r, len(table))
-            indexes.append(i)
+        indexes = [table.setdefault(r, len(table)) for r in reasons]
         row: dict[str, Any] = {"id": pair.id, "v": pair.version, "s": pair.score, "r": indexes}
         if pair.processes is not None:
-            processes = _bounded_processes(pair.processes)
-            i = self.process_sets.get(processes)  # type: ignore[arg-type]
-            if i is None:
-                i = len(self.process_sets) + 1 if dry else self.process_sets.setdefault(
-                    processes, len(self.process_sets))  # type: ignore[arg-type]
-            row["p"] = i
+            sets = self.process_sets
+            row["p"] = sets.setdefault(_bounded_processes(pair.processes),  # type: ignore[arg-type]
+                                       len(sets))
         else:
             row["lat"], row["lon"] = pair.lat, pair.lon
-        return row
+        data = orjson.dumps(row)
+        self.size += len(data) + 1 + self._tables
+        (self.found if pair.kind == "found" else self.withdrawn).append(orjson.Fragment(data))
 
     def columns(self) -> dict[str, Any]:
         return {"reasons": [_reason_dict(r) for r in self.reasons],

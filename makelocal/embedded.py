@@ -172,7 +172,10 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             [pg_bin("postgres"), "-D", str(pgdata), "-p", str(self.port), "-h", "127.0.0.1",
              "-k", str(self.data_dir), "-c", "max_connections=300",
-             "-c", "shared_buffers=256MB"],
+             "-c", "shared_buffers=256MB",
+             # the notifier's queue tables turn over fast: dead rows are cleared within
+             # seconds, not the default minute (see the notifier's migration 003)
+             "-c", "autovacuum_naptime=5s"],
             stdout=open(log, "ab"), stderr=subprocess.STDOUT,
             user=user, cwd=self.data_dir, start_new_session=True)
         wait_for_port(self.port, timeout, self.proc)

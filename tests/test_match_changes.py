@@ -158,7 +158,8 @@ def test_a_design_of_5000_sized_parts_stays_under_max_payload_with_a_bounded_exp
              for i in range(5000)]
     design = Design(id="huge", name="huge", okh_format="t", processes=[term("fdm")],
                     parts=parts)
-    printer = Equipment(equipment_type="printer", make="M" * 1000, model="N" * 1000,  # a label of 2,001
+    # a machine label of 2,001 characters (make and model)
+    printer = Equipment(equipment_type="printer", make="M" * 1000, model="N" * 1000,
                         processes=[term("fdm")],
                         working_volume=Box(x_mm=250, y_mm=250, z_mm=250))
     labs = [facility_profile(Facility(id=f"lab-{i}", name="L", processes=[term("fdm")],

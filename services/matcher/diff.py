@@ -17,7 +17,7 @@ from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, FacilityProfile
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a fan-out makes thousands, and frozen costs twice
 class Transition:
     kind: MatchKind
     design: DesignProfile

@@ -73,9 +73,10 @@ class MatchConsumer:
         await self.refresh()
         stored: list[tuple[str, bytes, str | None]] = []
         rows: list[tuple[str, str, str, int, datetime | None]] = []
+        decoded = []
         for msg in msgs:
             try:
-                items = self._items(msg)
+                change, items = self._items(msg)
             except (ValueError, LookupError, TypeError) as exc:
                 log.error("unreadable match message skipped",
                           extra={"subject": msg.subject, "error": repr(exc)})
@@ -84,16 +85,20 @@ class MatchConsumer:
                 rows.extend(items)
                 stored.append((items[0][2], msg.data,
                                (msg.headers or {}).get(matches.ENCODING_HEADER)))
+                decoded.append((items[0][2], change))
         added = await self.store.add_items(stored, rows)
         crash_point("notifier.after_items")
+        for message_id, change in decoded:  # its pairs are gathered soon: spare a decoding
+            self.store.decoded.put(message_id, change)
         self.metrics.events.inc(len(msgs))
         self.metrics.items.inc(added)
         for msg in msgs:
             await msg.ack()
 
-    def _items(self, msg: Msg) -> list[tuple[str, str, str, int, datetime | None]]:
-        """(subscription, event id, message id, pair, time of the change) for each pair
-        of the message and each subscription that wants it."""
+    def _items(self, msg: Msg,
+               ) -> tuple[dict, list[tuple[str, str, str, int, datetime | None]]]:
+        """The message decoded, and (subscription, event id, message id, pair, time of the
+        change) for each of its pairs and each subscription that wants it."""
         change = matches.decode(msg.data, msg.headers)
         pairs = matches.pairs(change)
         self.metrics.pairs.inc(len(pairs))
@@ -107,7 +112,7 @@ class MatchConsumer:
                                                   pair.design_version, pair.facility_id,
                                                   pair.facility_version)
                 rows.extend((s, event_id, message_id, n, occurred) for s in wanted)
-        return rows
+        return change, rows
 
     async def _observe_lag(self) -> None:
         try:

@@ -35,38 +35,53 @@ def matches_body(subscription_id: str, events: Sequence[Mapping[str, Any]],
                             "events": list(events)})
 
 
-class PairReader:
-    """Items as the MatchEvents their webhook entries carry, rebuilt from the MATCHES
-    messages they point into. A message is decoded once and kept (the last `keep`), so
-    that the pairs of one change that several passes gather for their subscriptions do not
-    decode it again each time. An item recorded with its own payload (before
-    match_messages) is that payload."""
+class Decoded:
+    """MATCHES messages this process decoded lately (the last `keep`), so that the pairs
+    of one change that several passes gather for their subscriptions, and that its own
+    consumer has just read, are not decoded again each time."""
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 128) -> None:
         self.keep = keep
-        self._decoded: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def missing(self, message_ids: Iterable[str | None]) -> list[str]:
-        """The messages it must be given (add) before events() can read these."""
-        return sorted({m for m in message_ids if m is not None and m not in self._decoded})
+    def take(self, message_ids: Iterable[str | None],
+             ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """(those of the messages held, the ids of the others)."""
+        held, missing = {}, []
+        for m in {m for m in message_ids if m is not None}:
+            change = self._changes.get(m)
+            if change is None:
+                missing.append(m)
+            else:
+                held[m] = change
+                self._changes.move_to_end(m)
+        return held, sorted(missing)
 
-    def add(self, message_id: str, body: bytes, encoding: str | None) -> None:
-        self._decoded[message_id] = matches.decode(
-            body, {matches.ENCODING_HEADER: encoding} if encoding else None)
+    def put(self, message_id: str, change: dict[str, Any]) -> None:
+        self._changes[message_id] = change
+        self._changes.move_to_end(message_id)
+        while len(self._changes) > self.keep:
+            self._changes.popitem(last=False)
 
-    def events(self, items: Iterable[tuple[Any, str | None, int | None]]) -> list[Any]:
-        """(payload, message id, pair) of each item -> its event."""
-        out: list[Any] = []
-        for payload, message_id, pair in items:
-            if message_id is None or pair is None:
-                out.append(orjson.Fragment(payload) if isinstance(payload, str) else payload)
-                continue
-            change = self._decoded[message_id]
-            self._decoded.move_to_end(message_id)
+
+def decode_stored(body: bytes, encoding: str | None) -> dict[str, Any]:
+    """A MATCHES message as match_messages keeps it (body and Content-Encoding)."""
+    return matches.decode(body, {matches.ENCODING_HEADER: encoding} if encoding else None)
+
+
+def item_events(items: Iterable[tuple[Any, str | None, int | None]],
+                changes: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """Items ((payload, message id, pair) each) as the MatchEvents their webhook entries
+    carry, rebuilt from the decoded messages they point into; an item recorded with its
+    own payload (before match_messages) is that payload."""
+    out: list[Any] = []
+    for payload, message_id, pair in items:
+        if message_id is None or pair is None:
+            out.append(orjson.Fragment(payload) if isinstance(payload, str) else payload)
+        else:
+            change = changes[message_id]
             out.append(matches.match_event(change, matches.pair_at(change, pair)))
-        while len(self._decoded) > self.keep:
-            self._decoded.popitem(last=False)
-        return out
+    return out
 
 
 def test_body(subscription_id: str) -> bytes:

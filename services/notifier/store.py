@@ -48,7 +48,7 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, keys_schema: str) -> None:
         self.pool = pool
         self.keys_table = f'"{checked_schema(keys_schema)}".api_keys'
-        self.reader = messages.PairReader()
+        self.decoded = messages.Decoded()
 
     # keys
 
@@ -206,14 +206,14 @@ class Store:
                                       b.in_flight)
             if not chunks:
                 return 0, []
-            reader = await _read(conn, self.reader,
-                                 [m for c in chunks for m in c["message_ids"]])
+            changes = await _changes(conn, self.decoded,
+                                     [m for c in chunks for m in c["message_ids"]])
             ids, subs, bodies, counts, oldest, claimed = [], [], [], [], [], []
             item_ids, item_subs, item_events = [], [], []
             for c in chunks:
                 delivery_id = uuid.uuid4()
-                events = reader.events(zip(c["payloads"], c["message_ids"], c["pairs"],
-                                           strict=True))
+                events = messages.item_events(
+                    zip(c["payloads"], c["message_ids"], c["pairs"], strict=True), changes)
                 ids.append(delivery_id)
                 subs.append(c["subscription_id"])
                 bodies.append(messages.matches_body(c["subscription_id"], events, c["k"]))
@@ -265,8 +265,9 @@ class Store:
                 return 0
             delivery_id = uuid.uuid4()
             sample = items[:EMAIL_SAMPLE]
-            reader = await _read(conn, self.reader, [r["message_id"] for r in sample])
-            events = reader.events((r["payload"], r["message_id"], r["pair"]) for r in sample)
+            changes = await _changes(conn, self.decoded, [r["message_id"] for r in sample])
+            events = messages.item_events(
+                ((r["payload"], r["message_id"], r["pair"]) for r in sample), changes)
             body = messages.matches_body(subscription_id, events, len(items))
             oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
             await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
@@ -481,15 +482,17 @@ ASSEMBLE_WEBHOOKS = """
     """
 
 
-async def _read(conn: asyncpg.Connection, reader: messages.PairReader,
-                message_ids: list[str | None]) -> messages.PairReader:
-    """The reader, given the match messages these items point into that it lacks."""
-    wanted = reader.missing(message_ids)
-    if wanted:
+async def _changes(conn: asyncpg.Connection, decoded: messages.Decoded,
+                   message_ids: list[str | None]) -> dict[str, dict[str, Any]]:
+    """The match messages these items point into, decoded: those held, the rest read."""
+    held, missing = decoded.take(message_ids)
+    if missing:
         for r in await conn.fetch("SELECT message_id, body, encoding FROM match_messages"
-                                  " WHERE message_id = ANY($1::text[])", wanted):
-            reader.add(r["message_id"], bytes(r["body"]), r["encoding"])
-    return reader
+                                  " WHERE message_id = ANY($1::text[])", missing):
+            held[r["message_id"]] = change = messages.decode_stored(bytes(r["body"]),
+                                                                    r["encoding"])
+            decoded.put(r["message_id"], change)
+    return held
 
 
 async def _changed(conn: asyncpg.Connection) -> None:

@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -62,6 +63,7 @@ from services.registry.store import Store
 from tests.helpers import DATA, lab
 
 OLD_EVENT_BYTES = 882  # one match event per pair, as MATCHES held them before
+COUNT = re.compile(rb'"count":(\d+)')  # a webhook body's entries, near its start
 
 
 def pct(values: list[float], q: int) -> float:
@@ -93,11 +95,16 @@ class Receiver:
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length)
                 now = self.changed = time.perf_counter()
-                events = orjson.loads(body)["data"]["events"]
                 self.calls += 1
-                self.entries += len(events)
+                # parsed only when timed: a real receiver parses on its own machine, not
+                # on the two cores the stack is measured on
                 if self.recording:
+                    events = orjson.loads(body)["data"]["events"]
                     self.arrivals.extend((e["design_id"], now) for e in events)
+                    self.entries += len(events)
+                else:
+                    found = COUNT.search(body, 0, 400)
+                    self.entries += int(found.group(1)) if found else 0
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -341,6 +348,9 @@ async def main() -> None:
         print(f"MATCHES: {stored:,} bytes in {messages:,} messages for {published:,.0f} pairs: "
               f"{stored / max(published, 1):.1f} bytes per pair (target <= 40; was "
               f"{OLD_EVENT_BYTES}), {stored / max(messages, 1):,.0f} bytes per message")
+        consumed = (await metrics(ports["notifier"])).get(
+            "makelocal_notifier_events_consumed_total", 0.0)
+        print(f"notifier: {consumed:,.0f} MATCHES messages consumed")
         rows, size = await notifier_storage(postgres.url)
         print(f"notifier PostgreSQL: {rows:,} rows, {size / 2**20:,.0f} MiB for "
               f"{receiver.entries:,} delivered entries: {rows / max(receiver.entries, 1):.2f} "

@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 
 from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS
 from contracts.matches import MATCHES_MAX_BYTES, Piece
+from services.common import collector
 from services.common import nats as nats_util
 from services.common.faults import crash_point
 from services.matcher.checkpoint import Change, Checkpoint, Entity, Loaded
@@ -37,10 +38,6 @@ from services.matcher.profiles import design_profile, facility_profile
 log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 256  # MATCHES pieces in flight before waiting for their acks
 PAIRS_HELD = 200_000  # pairs read out before they are published (about 5 MB of pieces)
-# A fan-out makes about ten objects per match event and holds thousands: at the default
-# threshold (700 allocations) the young generation was collected every few dozen events,
-# a quarter of a fan-out's time (bench/matcher at 20,000 entities: 25 %, now under 5 %).
-GC_THRESHOLD = (50_000, 20, 10)
 
 
 
@@ -315,13 +312,13 @@ def gc_paused() -> Iterator[None]:
     """Start-up allocates millions of objects that live as long as the process: the
     collector would scan them again and again (a 100,000-entity load took 20 s with it,
     1.5 s without). After, they are frozen out of its generations, so later collections
-    do not walk the whole index either; and they run less often (GC_THRESHOLD)."""
+    do not walk the whole index either; and they run less often (collector.THRESHOLD)."""
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLD)
+        collector.collect_less_often()
         gc.enable()
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from contracts import asyncapi
-from services.common import db, logs
+from services.common import collector, db, logs
 from services.common import nats as nats_util
 from services.common.http import (
     BodyLimit,
@@ -64,6 +64,7 @@ def create_app(settings: NotifierSettings | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        collector.collect_less_often()  # it keeps decoded changes of thousands of pairs
         await db.migrate(settings.database_url, settings.notifier_db_schema, "services.notifier")
         store.pool = await db.create_pool(settings.database_url, settings.notifier_db_schema,
                                           max_size=20)

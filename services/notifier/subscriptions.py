@@ -173,23 +173,44 @@ class RoutingIndex:
     def route_all(self, pairs: Sequence[PairView]) -> list[list[str]]:
         """For each pair of a change, the subscriptions that want it. The pairs of one
         change share one side (its design, or its facility and place): what is filed under
-        a key is looked up once per key, not once per pair."""
-        by, looked = self._by, {}  # key -> candidates filed under it
-        everyone = by.get(("all", None), set())
-        out = []
+        its keys is looked up once, and most pairs (a lab nobody watches) cost two
+        lookups."""
+        by, routes = self._by, self._routes
+        everyone = by.get(("all", None), _NONE)
+        by_processes: dict[int, tuple[Sequence[str], frozenset[str]]] = {}
+        by_cell: dict[tuple[float, float], frozenset[str] | set[str]] = {}
+        shared: dict[tuple[str, str], frozenset[str] | set[str]] = {}
+        out: list[list[str]] = []
         for pair in pairs:
-            keys = [("facility", pair.facility_id), ("design", pair.design_id)]
-            keys.extend(("process", p) for p in pair.design_processes)
+            found = []
+            for key in (("facility", pair.facility_id), ("design", pair.design_id)):
+                ids = shared.get(key)
+                if ids is None:
+                    ids = shared[key] = by.get(key, _NONE)
+                if ids:
+                    found.append(ids)
+            # a process list is one object for all the pairs that share it
+            memo = by_processes.get(id(pair.design_processes))
+            if memo is None:
+                union = frozenset().union(*(by.get(("process", p), _NONE)
+                                            for p in pair.design_processes))
+                memo = by_processes[id(pair.design_processes)] = (pair.design_processes,
+                                                                  union)
+            if memo[1]:
+                found.append(memo[1])
             lat, lon = pair.facility_lat, pair.facility_lon
             if lat is not None and lon is not None:
-                keys.append(("cell", cell(lat, lon)))
-            candidates = set(everyone)
-            for key in keys:
-                found = looked.get(key)
-                if found is None:
-                    found = looked[key] = by.get(key, _NONE)
-                candidates |= found
-            routes = self._routes
+                ids = by_cell.get((lat, lon))
+                if ids is None:
+                    ids = by_cell[(lat, lon)] = by.get(("cell", cell(lat, lon)), _NONE)
+                if ids:
+                    found.append(ids)
+            if everyone:
+                found.append(everyone)
+            if not found:
+                out.append([])
+                continue
+            candidates = found[0] if len(found) == 1 else set().union(*found)
             out.append(sorted(s for s in candidates if routes[s].wants(pair)))
         return out
 

@@ -18,7 +18,8 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def cell(lat: float, lon: float) -> Cell:
-    return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
+    """Longitude 180 is -180: one column, as reach() wraps them."""
+    return math.floor(lat / CELL_DEG), ((math.floor(lon / CELL_DEG) + 180) % 360) - 180
 
 
 def reach(lat: float, lon: float, radius_km: float) -> tuple[range, set[int] | None]:
@@ -28,7 +29,7 @@ def reach(lat: float, lon: float, radius_km: float) -> tuple[range, set[int] | N
     coslat = max(math.cos(math.radians(lat)), 0.01)
     dlon = radius_km / (111.0 * coslat)
     rows = range(math.floor((lat - dlat) / CELL_DEG), math.floor((lat + dlat) / CELL_DEG) + 1)
-    if dlon >= 180:
+    if dlon >= 180 or abs(lat) + dlat >= 90:  # over a pole: every longitude is near
         return rows, None
     columns = {((c + 180) % 360) - 180 for c in range(math.floor((lon - dlon) / CELL_DEG),
                                                       math.floor((lon + dlon) / CELL_DEG) + 1)}

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts.models import EntityId
 
@@ -38,10 +38,14 @@ ENCODING = "deflate"  # zlib's format, as HTTP's "deflate" means
 
 # Bounds on what grows with the input, so that every pair fits a piece whatever it is made
 # of: a design of 5,000 sized parts explains its 63 most telling requirements and counts
-# the rest; a 1,000-character label is cut to 200.
+# the rest; a 1,000-character label is cut to 200 characters and 400 bytes; a pair's
+# explanation takes at most 16 KB, or a quarter of a (small) piece.
 MAX_REASONS = 64
 MAX_TEXT = 200
+MAX_TEXT_BYTES = 400
+MAX_EXPLANATION_BYTES = 16 * 1024
 MAX_PROCESSES = 100
+MAX_DECODED = 64 * 1024 * 1024  # NATS's largest max_payload: no piece is larger unpacked
 
 
 def headroom(max_bytes: int) -> int:
@@ -59,7 +63,8 @@ class Requirement(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["status", "process", "material", "size"]
+    kind: Literal["status", "process", "material", "size", "more"] = Field(
+        description="more: the requirements an explanation bounded for size leaves out")
     need: str = Field(description="what is needed: a process or material id, a part, 'active'")
     outcome: Outcome
     by: str | None = Field(None, description="what meets it: equipment, process, material")
@@ -136,7 +141,9 @@ class MatchChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[2] = 2
-    message_id: str = Field(description="the same for a replay of the same piece")
+    message_id: str = Field(pattern=r"^[0-9a-f]{32}$",
+                            description="a hash of the piece's content: the same for a "
+                            "replay of the same piece, another for any other content")
     partition: int = Field(0, ge=0, description="the matcher partition that made it: a "
                            "facility change comes from each partition, with its designs")
     piece: int = Field(ge=0, description="this piece's number, from 0, within the partition's")
@@ -149,20 +156,28 @@ class MatchChange(BaseModel):
     found: list[Pair] = []
     withdrawn: list[Pair] = []
 
+    @model_validator(mode="after")
+    def _consistent(self) -> MatchChange:
+        """What a reader indexes must be there: the changed entity of the cause's kind,
+        every reason and process-set index in its table, each pair of its side's shape."""
+        design = self.cause.entity == "design"
+        if (self.design is None) == design or (self.facility is None) != design:
+            raise ValueError(f"a {self.cause.entity} change names that entity, only")
+        reasons, sets = len(self.reasons), len(self.process_sets)
+        for pair in (*self.found, *self.withdrawn):
+            if any(not 0 <= i < reasons for i in pair.r):
+                raise ValueError(f"pair {pair.id}: a reason index outside the table")
+            if design != (pair.p is None) or (pair.p is not None and not 0 <= pair.p < sets):
+                raise ValueError(f"pair {pair.id}: no process set of its own")
+        if self.piece >= self.pieces:
+            raise ValueError("piece number past the count")
+        return self
+
 
 def match_event_id(kind: MatchKind, design_id: str, design_version: int, facility_id: str,
                    facility_version: int) -> str:
     """The same transition always gets the same id: a receiver's key across replays."""
     key = f"{kind}|{design_id}|{design_version}|{facility_id}|{facility_version}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def change_message_id(entity: str, entity_id: str, version: int, partition: int,
-                      piece: int) -> str:
-    """A replay of the same change makes the same pieces, which JetStream then drops. A
-    facility change is matched by every partition, each against its own designs: each
-    makes its own pieces."""
-    key = f"change|{entity}|{entity_id}|{version}|{partition}|{piece}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -206,42 +221,56 @@ def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
                   pairs: Iterable[PairOut], max_bytes: int, partition: int = 0) -> list[Piece]:
     """The pieces of one change, each at most `max_bytes` (the server's max_payload)
     compressed, and at most `max_bytes - headroom(max_bytes)` before. Pairs go in order of
-    kind and counterpart id, so that a replay cuts the same pieces."""
+    kind and counterpart id, so that a replay cuts the same pieces; a piece's id is a hash
+    of its content, so that one id never names two contents (a replay under another
+    piece size makes other ids: pairs sent twice, which consumers drop by event_id,
+    rather than pairs lost)."""
     budget = max_bytes - headroom(max_bytes)
     entity = cause["entity"]
     head = {"schema_version": SCHEMA_VERSION, "cause": dict(cause),
-            entity: _bounded_changed(entity, changed)}
-    head_bytes = len(orjson.dumps(head)) + 120  # ids, piece numbers, empty lists
-    if head_bytes > budget // 4:
-        raise ValueError(f"a change's shared part takes {head_bytes} bytes of {budget}")
-    ordered = sorted(pairs, key=lambda p: (p.kind != "found", p.id))
+            entity: _bounded_changed(entity, changed, budget // 4)}
+    room = budget - _head_size(head, partition)
     # A fan-out's pairs share a few reason tuples (the matcher's Explainer makes one per
     # kind of answer): each is bounded, and each reason measured, once. The pairs hold
     # their tuples alive, so an id stays theirs.
     bounded: dict[int, tuple[Reason, ...]] = {}
     costs: dict[Reason, int] = {}
     pieces: list[_Builder] = [_Builder(costs)]
-    room = budget - head_bytes
-    for pair in ordered:
+    for pair in sorted(pairs, key=lambda p: (p.kind != "found", p.id)):
         reasons = bounded.get(id(pair.reasons))
         if reasons is None:
-            reasons = bounded[id(pair.reasons)] = bound_reasons(pair.reasons)
+            reasons = bounded[id(pair.reasons)] = bound_reasons(
+                pair.reasons, explanation_limit(max_bytes))
         if not pieces[-1].fits(pair, reasons, room):
             pieces.append(_Builder(costs))
+            pieces[-1].fits(pair, reasons, room)  # (a first pair always fits)
         pieces[-1].add(pair, reasons)
     out = []
     for n, builder in enumerate(pieces):
-        message_id = change_message_id(entity, cause["entity_id"], cause["version"],
-                                       partition, n)
-        body = {**head, "message_id": message_id, "partition": partition, "piece": n,
-                "pieces": len(pieces),
+        body = {**head, "partition": partition, "piece": n, "pieces": len(pieces),
                 **builder.columns()}
-        payload = zlib.compress(orjson.dumps(body), 6)
+        message_id = hashlib.sha256(orjson.dumps(body)).hexdigest()[:32]
+        payload = zlib.compress(orjson.dumps({**body, "message_id": message_id}), 6)
         if len(payload) > max_bytes - 512:  # never: the budget leaves zlib's worst case
             raise ValueError(f"piece of {len(payload)} bytes over {max_bytes}")
         out.append(Piece(change_subject(entity, cause["entity_id"]), message_id, payload,
                          len(builder.found), len(builder.withdrawn)))
     return out
+
+
+def explanation_limit(max_bytes: int) -> int:
+    """The bytes one pair's explanation may take in pieces of `max_bytes`: at most
+    MAX_EXPLANATION_BYTES, and an eighth of a small piece (whose shared part takes at most
+    a quarter), so that any pair fits."""
+    return min(MAX_EXPLANATION_BYTES, (max_bytes - headroom(max_bytes)) // 8)
+
+
+def _head_size(head: Mapping[str, Any], partition: int) -> int:
+    """What a piece takes besides its rows and tables: the shared part, its id and
+    numbers (at their widest) and the empty lists' brackets."""
+    return len(orjson.dumps({**head, "message_id": "0" * 32, "partition": partition,
+                             "piece": 10**9, "pieces": 10**9, "reasons": [],
+                             "process_sets": [], "found": [], "withdrawn": []}))
 
 
 # A row's JSON apart from its id and reason indexes is at most this long: the keys, a
@@ -307,28 +336,44 @@ def _reason_dict(r: Reason) -> dict[str, str | None]:
 
 
 def _text(value: str | None) -> str | None:
-    if value is None or len(value) <= MAX_TEXT:
-        return value
-    return value[:MAX_TEXT - 1] + "\u2026"
+    """At most MAX_TEXT characters and MAX_TEXT_BYTES of JSON (a character may take 4
+    bytes, an escaped control character 6)."""
+    if value is None or (len(value) <= MAX_TEXT and value.isascii() and value.isprintable()):
+        return value  # at most two bytes a character (\" and \\)
+    cut = value[:MAX_TEXT]
+    while len(orjson.dumps(cut)) > MAX_TEXT_BYTES:
+        cut = cut[:len(cut) * 3 // 4]
+    return cut if cut == value else cut[:-1] + "\u2026"
 
 
-def bound_reasons(reasons: Sequence[Reason]) -> tuple[Reason, ...]:
-    """At most MAX_REASONS reasons of at most MAX_TEXT characters a field. Over the limit,
-    size reasons past the first ones (the least met first) give way to one that counts
-    them; the matcher's API explains the pair in full."""
-    out = [r if all(len(x or "") <= MAX_TEXT for x in r[1:]) else
+def _reason_size(r: Reason) -> int:
+    return len(orjson.dumps(_reason_dict(r))) + 1
+
+
+def bound_reasons(reasons: Sequence[Reason],
+                  limit: int = MAX_EXPLANATION_BYTES) -> tuple[Reason, ...]:
+    """At most MAX_REASONS reasons, of at most MAX_TEXT characters a field, taking at most
+    `limit` bytes as JSON. Over either, the most telling are kept (unmet first, then
+    unknown, weak, met; in their order otherwise) and the rest counted by one reason of
+    kind "more" with the worst outcome among them; the matcher's API explains the pair
+    in full."""
+    out = [r if all(_text(x) is x for x in r[1:]) else
            (r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4])) for r in reasons]
-    if len(out) <= MAX_REASONS:
+    if len(out) <= MAX_REASONS and sum(map(_reason_size, out)) <= limit:
         return tuple(out)
-    fixed = [r for r in out if r[0] != "size"][:MAX_REASONS // 2]
-    sizes = sorted((r for r in out if r[0] == "size"), key=lambda r: _SEVERITY[r[2]])
-    room = MAX_REASONS - 1 - len(fixed)
-    kept, rest = sizes[:room], sizes[room:]
-    skipped = len(out) - len(fixed) - len(kept)
-    worst = min((r[2] for r in rest), key=_SEVERITY.__getitem__, default="met")
-    summary = ("size", f"{skipped} more requirements", worst, None,
-               "not listed here; GET /v1/match on the matcher explains the pair in full")
-    return (*fixed, *kept, summary)
+    order = sorted(range(len(out)), key=lambda i: (_SEVERITY.get(out[i][2], 0), i))
+    keep = min(len(out), MAX_REASONS - 1)
+    while True:
+        rest = order[keep:]
+        worst = min((out[i][2] for i in rest), key=lambda o: _SEVERITY.get(o, 0),
+                    default="met")
+        summary: Reason = ("more", f"{len(rest)} more requirements", worst, None,
+                           "not listed here; GET /v1/match on the matcher explains the "
+                           "pair in full")
+        bounded = (*(out[i] for i in sorted(order[:keep])), summary)
+        if keep == 0 or sum(map(_reason_size, bounded)) <= limit:
+            return bounded
+        keep //= 2
 
 
 def _bounded_processes(processes: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -337,26 +382,36 @@ def _bounded_processes(processes: tuple[str, ...] | None) -> tuple[str, ...] | N
     return tuple(_text(p) or "" for p in processes[:MAX_PROCESSES])
 
 
-def _bounded_changed(entity: str, changed: Mapping[str, Any]) -> dict[str, Any]:
+def _bounded_changed(entity: str, changed: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    """The changed entity as the pieces carry it: a design's process list bounded, and
+    shortened further if it would take more than `limit` bytes."""
     out = dict(changed)
     if entity == "design":
-        out["processes"] = list(_bounded_processes(tuple(changed["processes"])) or ())
+        processes = list(_bounded_processes(tuple(changed["processes"])) or ())
+        while processes and len(orjson.dumps(processes)) > limit // 2:
+            processes = processes[:len(processes) // 2]
+        out["processes"] = processes
     return out
 
 
 # decoding (any consumer)
 
 def decode(data: bytes, headers: Mapping[str, str] | None) -> dict[str, Any]:
-    """A MATCHES message's JSON body (a MatchChange). Raises ValueError when it is not one
-    (not zlib, not JSON, not an object of our schema version)."""
+    """A MATCHES message's JSON body, checked against MatchChange (so that everything a
+    reader indexes is there). Raises ValueError (pydantic's ValidationError is one) when
+    it is not one: not zlib, larger than any piece unpacked, not JSON, not our schema."""
     if (headers or {}).get(ENCODING_HEADER) == ENCODING:
+        inflate = zlib.decompressobj()
         try:
-            data = zlib.decompress(data)
+            data = inflate.decompress(data, MAX_DECODED)
         except zlib.error as exc:
             raise ValueError(f"not deflate data: {exc}") from None
+        if inflate.unconsumed_tail:
+            raise ValueError(f"unpacks to more than {MAX_DECODED} bytes")
     change = orjson.loads(data)  # orjson.JSONDecodeError is a ValueError
     if not isinstance(change, dict) or change.get("schema_version") != SCHEMA_VERSION:
         raise ValueError("not a match change of schema version 2")
+    MatchChange.model_validate(change)
     return change
 
 

@@ -8,6 +8,7 @@ import random
 import zlib
 from functools import cache
 
+import orjson
 import pytest
 
 from contracts import matches
@@ -172,11 +173,13 @@ def test_a_design_of_5000_sized_parts_stays_under_max_payload_with_a_bounded_exp
     assert len(events) == 300
     for event in events:
         explanation = event["explanation"]
-        assert len(explanation) == matches.MAX_REASONS
+        assert len(explanation) <= matches.MAX_REASONS
+        assert len(orjson.dumps(explanation)) <= matches.MAX_EXPLANATION_BYTES
         assert all(len(r["need"]) <= matches.MAX_TEXT and len(r["by"] or "") <= matches.MAX_TEXT
                    for r in explanation)
         # the parts left out are counted, the worst outcome of them kept
-        assert explanation[-1]["need"].endswith("more requirements")
+        assert explanation[-1]["kind"] == "more"
+        assert explanation[-1]["need"] == f"{5002 - len(explanation) + 1} more requirements"
         assert explanation[-1]["outcome"] == "met"
 
 
@@ -221,10 +224,16 @@ def test_bound_reasons_keeps_what_tells_most() -> None:
         ("size", f"part {i}", "unmet" if i == 4000 else "met", None, None) for i in range(5000)]
     bounded = matches.bound_reasons(reasons)
     assert len(bounded) == matches.MAX_REASONS
-    assert bounded[0][0] == "status" and bounded[1] == ("size", "part 4000", "unmet", None,
-                                                       None)
-    assert bounded[-1][1] == f"{5001 - matches.MAX_REASONS + 1} more requirements"
+    # the unmet one is kept, the rest in their order, the status first
+    assert ("size", "part 4000", "unmet", None, None) in bounded
+    assert bounded[0][0] == "status" and bounded[1][1] == "part 0"
+    assert bounded[-1][:3] == ("more", f"{5001 - matches.MAX_REASONS + 1} more requirements",
+                               "met")
     assert matches.bound_reasons(reasons[:10]) == tuple(reasons[:10])
+    # bounded in bytes too: 200 four-byte characters a field
+    wide = [("size", "\U0001F600" * 1000, "met", "\U0001F600" * 1000, None)] * 60
+    assert len(orjson.dumps([list(r) for r in matches.bound_reasons(wide)])) <= (
+        matches.MAX_EXPLANATION_BYTES)
 
 
 def test_real_manifests_from_shared_data_round_trip() -> None:

@@ -102,3 +102,35 @@ async def test_an_item_recorded_with_its_payload_before_the_migration_is_deliver
 async def _count(app: Receiver, path: str, n: int) -> bool:
     return sum(len(r.json["data"]["events"]) for r in app.at(path)) >= n
 
+
+
+async def test_a_kept_message_goes_once_no_waiting_item_points_into_it(
+        notifier: InProcess, org: tuple[str, str], receiver: tuple[Receiver, str]) -> None:
+    app, base = receiver
+    await wait_ready(notifier.url)
+    async with httpx.AsyncClient(base_url=notifier.url, timeout=10) as http:
+        await subscribe(http, org[1], {"channel": "webhook", "url": f"{base}/pruned",
+                                       "filter": {"facility_ids": ["p-lab"]}})
+        await subscribe(http, org[1], {"channel": "email", "address": "late@example.org",
+                                       "digest": "daily",
+                                       "filter": {"facility_ids": ["p-lab-2"]}})
+    await publish_matches(notifier.settings.nats_url, [("p-design", "p-lab")])
+    await eventually(lambda: _count(app, "/pruned", 1), timeout=20)
+    store = notifier.app.state.store
+    schema = notifier.settings.notifier_db_schema
+    conn = await asyncpg.connect(notifier.settings.database_url)
+    try:
+        # an unconfirmed email subscription routes nothing; a waiting item, made by hand
+        # as the consumer makes them, keeps its message
+        await conn.execute(
+            f'INSERT INTO "{schema}".match_messages (message_id, body) VALUES ($1, $2)',
+            "f" * 32, b"{}")
+        await conn.execute(
+            f'INSERT INTO "{schema}".items (subscription_id, event_id, message_id, pair)'
+            f' SELECT id, $1, $2, 0 FROM "{schema}".subscriptions WHERE channel = $3',
+            "e-waiting", "f" * 32, "email")
+        assert await store.prune_messages(0) == 1  # the delivered one only
+        left = await conn.fetch(f'SELECT message_id FROM "{schema}".match_messages')
+        assert [r["message_id"] for r in left] == ["f" * 32]
+    finally:
+        await conn.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -77,9 +77,9 @@ class MatchConsumer:
         for msg in msgs:
             try:
                 change, items = self._items(msg)
-            except (ValueError, LookupError, TypeError) as exc:
+            except Exception as exc:  # whatever a message holds, it cannot stop the rest
                 log.error("unreadable match message skipped",
-                          extra={"subject": msg.subject, "error": repr(exc)})
+                          extra={"subject": msg.subject, "error": repr(exc)[:500]})
                 continue
             if items:
                 rows.extend(items)
@@ -123,11 +123,12 @@ class MatchConsumer:
 
 
 def _occurred_at(change: dict) -> datetime | None:
-    cause = change.get("cause") or {}
-    value = cause.get("occurred_at")
+    """The cause's time, in UTC (as PostgreSQL will store it), or None."""
+    value = (change.get("cause") or {}).get("occurred_at")
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        at = datetime.fromisoformat(value)
+        return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    except (TypeError, ValueError, OverflowError):
         return None

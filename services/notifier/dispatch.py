@@ -34,6 +34,8 @@ from services.notifier.store import Batching, Store
 from services.notifier.transport import Result, SmtpServer, post, send_mail
 
 log = logging.getLogger(__name__)
+# Kept match messages whose pairs all went out are dropped this often, this long after.
+PRUNE_EVERY_S = 60.0
 
 
 class Dispatcher:
@@ -85,7 +87,7 @@ class Dispatcher:
         Webhook batches are claimed as they are made, up to the free slots. Digests, which
         linger for seconds anyway, are looked at once a sweep, not on every arrival: under
         load this loop runs a hundred times a second, and a match waits for it."""
-        emails_due = 0.0
+        emails_due = prune_due = 0.0
         while True:
             with self.metrics.assemble_seconds.time():
                 async with self._free_slots() as free:
@@ -98,6 +100,9 @@ class Dispatcher:
                     emails_due = time.monotonic() + self.settings.notifier_sweep_s
                     if await self.store.assemble_emails(self.batching):
                         self._deliveries.set()
+                if time.monotonic() >= prune_due:
+                    prune_due = time.monotonic() + PRUNE_EVERY_S
+                    await self.store.prune_messages(PRUNE_EVERY_S)
             await _wait(self._items, self.settings.notifier_sweep_s)
 
     async def _claim_loop(self) -> None:

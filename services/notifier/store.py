@@ -416,6 +416,15 @@ class Store:
         return bool(await self.pool.fetchval(
             "SELECT true FROM suppressed_addresses WHERE address = lower($1)", address))
 
+    async def prune_messages(self, older_than_s: float) -> int:
+        """Drop kept match messages no waiting item points into any more (their pairs are
+        in their deliveries' bodies); returns how many."""
+        result = await self.pool.execute(
+            "DELETE FROM match_messages m WHERE m.created_at < now()"
+            " - make_interval(secs => $1) AND NOT EXISTS (SELECT 1 FROM items i"
+            " WHERE i.message_id = m.message_id AND i.delivery_id IS NULL)", older_than_s)
+        return int(result.split()[-1])
+
     # operations
 
     async def backlog(self) -> tuple[int, float, int, int]:

@@ -16,3 +16,6 @@ ALTER TABLE items ALTER COLUMN payload DROP NOT NULL,
     ADD COLUMN pair integer,
     ADD CONSTRAINT items_payload_or_pair CHECK (payload IS NOT NULL OR
                                                 (message_id IS NOT NULL AND pair IS NOT NULL));
+
+-- Which kept messages waiting items still point into: a message none does is dropped.
+CREATE INDEX items_waiting_message ON items (message_id) WHERE delivery_id IS NULL;

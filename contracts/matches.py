@@ -240,7 +240,7 @@ def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
         reasons = bounded.get(id(pair.reasons))
         if reasons is None:
             reasons = bounded[id(pair.reasons)] = bound_reasons(
-                pair.reasons, explanation_limit(max_bytes))
+                pair.reasons, explanation_limit(max_bytes), costs)
         if not pieces[-1].fits(pair, reasons, room):
             pieces.append(_Builder(costs))
             pieces[-1].fits(pair, reasons, room)  # (a first pair always fits)
@@ -299,7 +299,7 @@ class _Builder:
             if r not in self.reasons:
                 cost = self._costs.get(r)
                 if cost is None:
-                    cost = self._costs[r] = len(orjson.dumps(_reason_dict(r))) + 1
+                    cost = self._costs[r] = _reason_size(r)
                 tables += cost
         processes = _bounded_processes(pair.processes)
         if processes is not None and processes not in self.process_sets:
@@ -350,16 +350,27 @@ def _reason_size(r: Reason) -> int:
     return len(orjson.dumps(_reason_dict(r))) + 1
 
 
-def bound_reasons(reasons: Sequence[Reason],
-                  limit: int = MAX_EXPLANATION_BYTES) -> tuple[Reason, ...]:
+def bound_reasons(reasons: Sequence[Reason], limit: int = MAX_EXPLANATION_BYTES,
+                  sizes: dict[Reason, int] | None = None) -> tuple[Reason, ...]:
     """At most MAX_REASONS reasons, of at most MAX_TEXT characters a field, taking at most
     `limit` bytes as JSON. Over either, the most telling are kept (unmet first, then
     unknown, weak, met; in their order otherwise) and the rest counted by one reason of
     kind "more" with the worst outcome among them; the matcher's API explains the pair
-    in full."""
-    out = [r if all(_text(x) is x for x in r[1:]) else
-           (r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4])) for r in reasons]
-    if len(out) <= MAX_REASONS and sum(map(_reason_size, out)) <= limit:
+    in full. `sizes` remembers, across the calls of one change, each reason's size
+    (and, under the key of a reason whose text is too long, the reason cut short)."""
+    known: dict[Any, Any] = {} if sizes is None else sizes
+    out, total = [], 0
+    for r in reasons:
+        size = known.get(r)
+        if size is None:
+            cut = r if all(_text(x) is x for x in r[1:]) else (
+                r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4]))
+            if cut is not r:
+                known[("cut", r)] = cut
+            size = known[r] = _reason_size(cut)
+        out.append(known.get(("cut", r), r))
+        total += size
+    if len(out) <= MAX_REASONS and total <= limit:
         return tuple(out)
     order = sorted(range(len(out)), key=lambda i: (_SEVERITY.get(out[i][2], 0), i))
     keep = min(len(out), MAX_REASONS - 1)
@@ -463,13 +474,16 @@ def _view(change: Mapping[str, Any], kind: str, row: Mapping[str, Any]) -> PairV
                     change["process_sets"][row["p"]], row)
 
 
-def match_event(change: Mapping[str, Any], pair: PairView) -> dict[str, Any]:
-    """The pair as one MatchEvent (a webhook body's entry), explanation included."""
+def match_event(change: Mapping[str, Any], pair: PairView,
+                event_id: str | None = None) -> dict[str, Any]:
+    """The pair as one MatchEvent (a webhook body's entry), explanation included;
+    `event_id`, when the caller knows it, spares working it out again."""
     reasons = change["reasons"]
     return {
         "schema_version": 1,
-        "event_id": match_event_id(pair.kind, pair.design_id, pair.design_version,
-                                   pair.facility_id, pair.facility_version),
+        "event_id": event_id or match_event_id(pair.kind, pair.design_id,
+                                               pair.design_version, pair.facility_id,
+                                               pair.facility_version),
         "type": pair.type, "design_id": pair.design_id,
         "design_version": pair.design_version, "facility_id": pair.facility_id,
         "facility_version": pair.facility_version, "score": pair.row["s"],

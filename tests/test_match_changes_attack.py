@@ -359,7 +359,7 @@ def render(c: MatchConsumer, msg: _Msg) -> list[Any]:
     """What the consumer would store, then what assembly would render from it."""
     _, rows = c._items(msg)  # type: ignore[arg-type]
     stored = {m: messages.decode_stored(msg.data, matches.ENCODING) for _, _, m, _, _ in rows}
-    return messages.item_events([(None, m, n) for _, _, m, n, _ in rows], stored)
+    return messages.item_events([(None, m, n, e) for _, e, m, n, _ in rows], stored)
 
 
 def test_a_good_message_is_routed_and_rendered() -> None:
@@ -622,3 +622,38 @@ def test_route_all_gives_exactly_the_subscriptions_whose_filter_wants_the_pair(
     index = RoutingIndex(routes)
     assert index.route_all(pairs) == [sorted(r.id for r in routes if r.wants(p))
                                       for p in pairs]
+
+
+@st.composite
+def routed_changes(draw: st.DrawFn) -> dict[str, Any]:
+    """A decoded change as the consumer reads it, of either kind."""
+    kinds = st.sampled_from(["found", "withdrawn"])
+    if draw(st.booleans()):
+        processes = draw(st.lists(st.sampled_from(PROCESSES), max_size=3, unique=True))
+        pairs = [PairOut(draw(kinds), f, 1, 0.5, (STATUS_MET,),
+                         *draw(st.one_of(st.tuples(LAT, LON), st.just((None, None)))))
+                 for f in draw(st.sets(st.sampled_from(FACILITIES), min_size=1))]
+        changed = {"id": "d1", "version": 1, "processes": processes}
+        pieces = encode_change(DESIGN_CAUSE | {"entity_id": "d1"}, changed, pairs, 2**20)
+    else:
+        lat, lon = draw(st.one_of(st.tuples(LAT, LON), st.just((None, None))))
+        pairs = [PairOut(draw(kinds), d, 1, 0.5, (STATUS_MET,), processes=tuple(
+                     draw(st.lists(st.sampled_from(PROCESSES), max_size=3, unique=True))))
+                 for d in draw(st.sets(st.sampled_from(DESIGNS), min_size=1))]
+        changed = {"id": "f1", "version": 1, "lat": lat, "lon": lon}
+        pieces = encode_change(FACILITY_CAUSE | {"entity_id": "f1"}, changed, pairs, 2**20)
+    [change] = decoded(pieces)
+    return change
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(filters(), max_size=8), routed_changes())
+def test_route_change_skips_only_pairs_nobody_wants(fs: list[dict[str, Any]],
+                                                    change: dict[str, Any]) -> None:
+    """route_change, which makes views only of pairs something is filed under, gives the
+    same (number, pair, subscriptions) as routing every pair."""
+    index = RoutingIndex(Route.of(f"s{i}", f) for i, f in enumerate(fs))
+    pairs = matches.pairs(change)
+    everything = [(n, p, w) for n, (p, w) in enumerate(zip(pairs, index.route_all(pairs),
+                                                           strict=True)) if w]
+    assert index.route_change(change) == everything

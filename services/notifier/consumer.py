@@ -100,18 +100,14 @@ class MatchConsumer:
         """The message decoded, and (subscription, event id, message id, pair, time of the
         change) for each of its pairs and each subscription that wants it."""
         change = matches.decode(msg.data, msg.headers)
-        pairs = matches.pairs(change)
-        self.metrics.pairs.inc(len(pairs))
+        self.metrics.pairs.inc(len(change["found"]) + len(change["withdrawn"]))
         occurred = _occurred_at(change)
         message_id = str(change["message_id"])
         rows = []
-        for n, (pair, wanted) in enumerate(zip(pairs, self.index.route_all(pairs),
-                                               strict=True)):
-            if wanted:
-                event_id = matches.match_event_id(pair.kind, pair.design_id,
-                                                  pair.design_version, pair.facility_id,
-                                                  pair.facility_version)
-                rows.extend((s, event_id, message_id, n, occurred) for s in wanted)
+        for n, pair, wanted in self.index.route_change(change):
+            event_id = matches.match_event_id(pair.kind, pair.design_id, pair.design_version,
+                                              pair.facility_id, pair.facility_version)
+            rows.extend((s, event_id, message_id, n, occurred) for s in wanted)
         return change, rows
 
     async def _observe_lag(self) -> None:

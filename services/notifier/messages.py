@@ -69,18 +69,18 @@ def decode_stored(body: bytes, encoding: str | None) -> dict[str, Any]:
     return matches.decode(body, {matches.ENCODING_HEADER: encoding} if encoding else None)
 
 
-def item_events(items: Iterable[tuple[Any, str | None, int | None]],
+def item_events(items: Iterable[tuple[Any, str | None, int | None, str]],
                 changes: Mapping[str, Mapping[str, Any]]) -> list[Any]:
-    """Items ((payload, message id, pair) each) as the MatchEvents their webhook entries
-    carry, rebuilt from the decoded messages they point into; an item recorded with its
-    own payload (before match_messages) is that payload."""
+    """Items ((payload, message id, pair, event id) each) as the MatchEvents their webhook
+    entries carry, rebuilt from the decoded messages they point into; an item recorded
+    with its own payload (before match_messages) is that payload."""
     out: list[Any] = []
-    for payload, message_id, pair in items:
+    for payload, message_id, pair, event_id in items:
         if message_id is None or pair is None:
             out.append(orjson.Fragment(payload) if isinstance(payload, str) else payload)
         else:
             change = changes[message_id]
-            out.append(matches.match_event(change, matches.pair_at(change, pair)))
+            out.append(matches.match_event(change, matches.pair_at(change, pair), event_id))
     return out
 
 

@@ -213,7 +213,8 @@ class Store:
             for c in chunks:
                 delivery_id = uuid.uuid4()
                 events = messages.item_events(
-                    zip(c["payloads"], c["message_ids"], c["pairs"], strict=True), changes)
+                    zip(c["payloads"], c["message_ids"], c["pairs"], c["event_ids"],
+                        strict=True), changes)
                 ids.append(delivery_id)
                 subs.append(c["subscription_id"])
                 bodies.append(messages.matches_body(c["subscription_id"], events, c["k"]))
@@ -267,7 +268,8 @@ class Store:
             sample = items[:EMAIL_SAMPLE]
             changes = await _changes(conn, self.decoded, [r["message_id"] for r in sample])
             events = messages.item_events(
-                ((r["payload"], r["message_id"], r["pair"]) for r in sample), changes)
+                ((r["payload"], r["message_id"], r["pair"], r["event_id"]) for r in sample),
+                changes)
             body = messages.matches_body(subscription_id, events, len(items))
             oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
             await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from contracts import vocabulary
+from contracts import matches, vocabulary
 from contracts.geo import cell, haversine_km, reach
 from contracts.matches import PairView
 from contracts.models import EntityId
@@ -169,6 +169,43 @@ class RoutingIndex:
     def route(self, pair: PairView) -> list[str]:
         """The subscriptions that want this pair."""
         return self.route_all([pair])[0]
+
+    def route_change(self, change: Mapping[str, Any]) -> list[tuple[int, PairView, list[str]]]:
+        """(number, pair, subscriptions) of each pair of a decoded change that some
+        subscription wants. When nothing is filed under what the pairs share (the changed
+        design, its processes; the changed facility, its cell), a pair is looked at only if
+        something is filed under its own counterpart: most pairs of a fan-out (labs nobody
+        watches) are never made into PairViews."""
+        by = self._by
+        design, facility = change.get("design"), change.get("facility")
+        if design is not None:
+            shared = [("design", design["id"]), *(("process", p)
+                                                 for p in design["processes"])]
+        else:
+            shared = [("facility", facility["id"])]  # type: ignore[index]
+            if facility.get("lat") is not None and facility.get("lon") is not None:  # type: ignore[union-attr]
+                shared.append(("cell", cell(facility["lat"], facility["lon"])))  # type: ignore[index]
+        if ("all", None) in by or any(key in by for key in shared):
+            pairs = matches.pairs(change)
+            return [(n, pair, wanted) for n, (pair, wanted)
+                    in enumerate(zip(pairs, self.route_all(pairs), strict=True)) if wanted]
+        rows = [*(change.get("found") or ()), *(change.get("withdrawn") or ())]
+        sets = change.get("process_sets") or []
+        watched_sets = [any(("process", p) in by for p in processes) for processes in sets]
+        out = []
+        for n, row in enumerate(rows):
+            if design is not None:
+                lat, lon = row.get("lat"), row.get("lon")
+                near = lat is not None and lon is not None and ("cell", cell(lat, lon)) in by
+                if not (near or ("facility", row["id"]) in by):
+                    continue
+            elif not (("design", row["id"]) in by or watched_sets[row["p"]]):
+                continue
+            pair = matches.pair_at(change, n)
+            wanted = self.route_all([pair])[0]
+            if wanted:
+                out.append((n, pair, wanted))
+        return out
 
     def route_all(self, pairs: Sequence[PairView]) -> list[list[str]]:
         """For each pair of a change, the subscriptions that want it. The pairs of one

@@ -32,11 +32,9 @@ import os
 import random
 import re
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -45,21 +43,19 @@ import nats
 import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bench.notifier import start
 from bench.registry import RawHttpClient
+from bench.sink import Sink
+from bench.stack import Stack
 from contracts import vocabulary
 from contracts.events import EntityKind, new_event
 from contracts.geo import haversine_km
 from contracts.matches import MATCHES_STREAM
 from contracts.readers.okh import read_design
 from contracts.readers.okw import read_facility
-from makelocal.embedded import NatsServer, PostgresServer, free_port, stop_process
 from makelocal.importer import import_paths, read_all
 from makelocal.status import read_metrics
-from services.common import db
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, design_profile, facility_profile
-from services.registry.store import Store
 from tests.helpers import DATA, lab
 
 OLD_EVENT_BYTES = 882  # one match event per pair, as MATCHES held them before
@@ -70,9 +66,8 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
 
 
-class Receiver:
-    """A keep-alive HTTP/1.1 webhook receiver on loopback that costs little CPU: counts
-    entries, and while `recording`, notes when each design's entries arrive."""
+class Receiver(Sink):
+    """Counts entries, and while `recording`, notes when each design's entries arrive."""
 
     def __init__(self) -> None:
         self.entries = 0
@@ -81,34 +76,18 @@ class Receiver:
         self.arrivals: list[tuple[str, float]] = []
         self.changed = time.perf_counter()
 
-    async def start(self) -> int:
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
-                now = self.changed = time.perf_counter()
-                self.calls += 1
-                # parsed only when timed: a real receiver parses on its own machine, not
-                # on the two cores the stack is measured on
-                if self.recording:
-                    events = orjson.loads(body)["data"]["events"]
-                    self.arrivals.extend((e["design_id"], now) for e in events)
-                    self.entries += len(events)
-                else:
-                    found = COUNT.search(body, 0, 400)
-                    self.entries += int(found.group(1)) if found else 0
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            writer.close()
+    def received(self, body: bytes, now: float) -> None:
+        self.changed = now
+        self.calls += 1
+        # parsed only when timed: a real receiver parses on its own machine, not on the
+        # two cores the stack is measured on
+        if self.recording:
+            events = orjson.loads(body)["data"]["events"]
+            self.arrivals.extend((e["design_id"], now) for e in events)
+            self.entries += len(events)
+        else:
+            found = COUNT.search(body, 0, 400)
+            self.entries += int(found.group(1)) if found else 0
 
 
 class World:
@@ -279,27 +258,16 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
-    nats_server = NatsServer(work / "nats", free_port()).start()
-    postgres = PostgresServer(work / "pg", free_port()).start()
-    ports = {name: free_port() for name in ("registry", "matcher", "notifier")}
-    env = os.environ | {
-        "MAKELOCAL_NATS_URL": nats_server.url, "MAKELOCAL_DATABASE_URL": postgres.url,
-        "MAKELOCAL_LOG_LEVEL": "WARNING", "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8",
-        "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000",
-        **{f"MAKELOCAL_{k.upper()}_PORT": str(v) for k, v in ports.items()}}
-    procs: dict[str, Any] = {}
+    stack = Stack("bench-fanout-")
+    nats_server, postgres, ports = stack.nats, stack.postgres, stack.ports
     receiver = Receiver()
     print(f"machine: {os.cpu_count()} cores")
     try:
         publish_ceiling, consume_ceiling = await raw_ceilings(nats_server.url, 50_000)
         print(f"raw JetStream, same server: {publish_ceiling:,.0f} single-message publishes/s "
               f"(pipelined, {OLD_EVENT_BYTES} B); {consume_ceiling:,.0f} pull consume + ack/s")
-        await db.migrate(postgres.url, "registry", "services.registry")
-        pool = await db.create_pool(postgres.url, "registry", min_size=1, max_size=1)
-        _, key = await Store(pool).create_organization("bench")
-        await pool.close()
-        procs = {name: start(name, env, port) for name, port in ports.items()}
+        key = await stack.key()
+        stack.start()
         registry_url = f"http://127.0.0.1:{ports['registry']}"
         world = World(rng)
         t0 = time.perf_counter()
@@ -367,14 +335,11 @@ async def main() -> None:
         await wide_change(world, receiver, registry_url, key)
 
         # matcher stage, alone
-        stop_process(procs.pop("notifier"))
+        stack.stop("notifier")
         await matcher_stage(world, nats_server.url, ports["matcher"], args.designs,
                             publish_ceiling)
     finally:
-        for proc in procs.values():
-            stop_process(proc)
-        postgres.stop()
-        nats_server.stop()
+        stack.stop()
 
 
 class BusWatch:

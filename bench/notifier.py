@@ -17,11 +17,7 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import nats
@@ -29,16 +25,14 @@ import orjson
 from nats.aio.msg import Msg
 
 from bench.registry import RawHttpClient
-from makelocal.embedded import NatsServer, PostgresServer, free_port, stop_process, wait_for_port
+from bench.sink import Sink
+from bench.stack import Stack
 from makelocal.status import read_metrics
-from services.common import db
-from services.registry.store import Store
 from tests.helpers import lab, publish_matches
 
 
-class Receiver:
-    """A minimal keep-alive HTTP/1.1 server on loopback: costs little CPU, notes when each
-    design's match arrived."""
+class Receiver(Sink):
+    """Notes when each design's match arrived."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -47,30 +41,13 @@ class Receiver:
         self.last = 0.0
         self.arrived: dict[str, float] = {}
 
-    async def start(self) -> int:
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
-                now = time.perf_counter()
-                self.first = self.first or now
-                self.last = now
-                self.calls += 1
-                for event in orjson.loads(body)["data"]["events"]:
-                    self.events += 1
-                    self.arrived.setdefault(event["design_id"], now)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            writer.close()  # the client went, or the benchmark ends
+    def received(self, body: bytes, now: float) -> None:
+        self.first = self.first or now
+        self.last = now
+        self.calls += 1
+        for event in orjson.loads(body)["data"]["events"]:
+            self.events += 1
+            self.arrived.setdefault(event["design_id"], now)
 
 
 class BusWatch:
@@ -100,13 +77,6 @@ async def assemble_passes(url: str) -> tuple[float, float]:
         values = read_metrics((await http.get(url)).text)
     name = "makelocal_notifier_assemble_duration_seconds"
     return values.get(f"{name}_count", 0.0), values.get(f"{name}_sum", 0.0)
-
-
-def start(command: str, env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", command], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, 60, proc)
-    return proc
 
 
 async def wait_until(check, timeout: float) -> bool:  # type: ignore[no-untyped-def]
@@ -196,24 +166,12 @@ async def main() -> None:
     parser.add_argument("--rates", default="200,400,800")
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-notifier-"))
-    nats_server = NatsServer(work / "nats", free_port()).start()
-    postgres = PostgresServer(work / "pg", free_port()).start()
-    ports = {name: free_port() for name in ("registry", "matcher", "notifier")}
-    env = os.environ | {
-        "MAKELOCAL_NATS_URL": nats_server.url, "MAKELOCAL_DATABASE_URL": postgres.url,
-        "MAKELOCAL_LOG_LEVEL": "WARNING", "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8",
-        # one key posts every design: the per-key write limit would cap the rates measured
-        "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000",
-        **{f"MAKELOCAL_{k.upper()}_PORT": str(v) for k, v in ports.items()}}
-    procs = []
+    stack = Stack("bench-notifier-")
+    nats_server, postgres, ports = stack.nats, stack.postgres, stack.ports
     receiver = Receiver()
     try:
-        await db.migrate(postgres.url, "registry", "services.registry")
-        pool = await db.create_pool(postgres.url, "registry", min_size=1, max_size=1)
-        _, key = await Store(pool).create_organization("bench")
-        await pool.close()
-        procs = [start(name, env, port) for name, port in ports.items()]
+        key = await stack.key()
+        stack.start()
         url = f"http://127.0.0.1:{await receiver.start()}/hook"
         notifier = RawHttpClient(ports["notifier"])
         registry = RawHttpClient(ports["registry"])
@@ -259,10 +217,7 @@ async def main() -> None:
             print("holding", nats_server.url, postgres.url, flush=True)
             await asyncio.sleep(float(os.environ["BENCH_HOLD"]))
     finally:
-        for proc in procs:
-            stop_process(proc)
-        postgres.stop()
-        nats_server.stop()
+        stack.stop()
 
 
 if __name__ == "__main__":

@@ -256,18 +256,22 @@ async def main() -> None:
     parser.add_argument("--rates", default="5,20,50")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--notifiers", type=int, default=1,
+                        help="notifier processes (they share the consumer and the work)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     stack = Stack("bench-fanout-")
     nats_server, postgres, ports = stack.nats, stack.postgres, stack.ports
     receiver = Receiver()
-    print(f"machine: {os.cpu_count()} cores")
+    print(f"machine: {os.cpu_count()} cores; {args.notifiers} notifier process(es)")
     try:
         publish_ceiling, consume_ceiling = await raw_ceilings(nats_server.url, 50_000)
         print(f"raw JetStream, same server: {publish_ceiling:,.0f} single-message publishes/s "
               f"(pipelined, {OLD_EVENT_BYTES} B); {consume_ceiling:,.0f} pull consume + ack/s")
         key = await stack.key()
         stack.start()
+        for _ in range(args.notifiers - 1):
+            stack.add("notifier")
         registry_url = f"http://127.0.0.1:{ports['registry']}"
         world = World(rng)
         t0 = time.perf_counter()
@@ -335,7 +339,7 @@ async def main() -> None:
         await wide_change(world, receiver, registry_url, key)
 
         # matcher stage, alone
-        stack.stop("notifier")
+        stack.stop(*(name for name in stack.procs if name.startswith("notifier")))
         await matcher_stage(world, nats_server.url, ports["matcher"], args.designs,
                             publish_ceiling)
     finally:

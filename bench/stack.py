@@ -41,11 +41,21 @@ class Stack:
 
     def start(self, *names: str) -> None:
         for name in names or SERVICES:
-            proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name],
-                                    env=self.env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            wait_for_port(self.ports[name], 60, proc)
-            self.procs[name] = proc
+            self.procs[name] = self._process(name, self.ports[name])
+
+    def add(self, name: str) -> int:
+        """Another process of a service (they share its consumer and database); its
+        port."""
+        port = free_port()
+        self.procs[f"{name}-{port}"] = self._process(name, port)
+        return port
+
+    def _process(self, name: str, port: int) -> subprocess.Popen:
+        env = self.env | {f"MAKELOCAL_{name.upper()}_PORT": str(port)}
+        proc = subprocess.Popen([sys.executable, "-m", "makelocal.cli", name], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port, 60, proc)
+        return proc
 
     def stop(self, *names: str) -> None:
         from makelocal.embedded import stop_process

@@ -35,7 +35,8 @@ def create_app(settings: NotifierSettings | None = None,
     registry = CollectorRegistry()
     metrics = NotifierMetrics(registry)
     guard = Guard(settings.allowed_networks, resolver, metrics.ssrf_blocked.inc)
-    store = Store(pool=None, keys_schema=settings.notifier_keys_schema)  # type: ignore[arg-type]
+    store = Store(pool=None, keys_schema=settings.notifier_keys_schema,  # type: ignore[arg-type]
+                  on_render_failure=metrics.render_failures.inc)
     state: dict[str, MatchConsumer | None] = {"consumer": None}
 
     async def consume() -> None:

@@ -77,7 +77,11 @@ class Dispatcher:
         conn = await db.connect(self.settings.database_url, self.settings.notifier_db_schema)
         try:
             await conn.add_listener(f"{self.settings.notifier_db_schema}_work", self._notified)
-            await asyncio.gather(self._assemble_loop(), self._claim_loop())
+            # one failing cancels the other: restarting() starts both again, never a
+            # second claim loop beside one left running
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._assemble_loop())
+                group.create_task(self._claim_loop())
         finally:
             await conn.close()
 

@@ -18,6 +18,9 @@ class NotifierMetrics:
                               registry=registry)
         self.pairs = Counter(f"{p}_pairs_consumed_total", "Match pairs read from MATCHES",
                              registry=registry)
+        self.render_failures = Counter(
+            f"{p}_render_failures_total", "Batches left waiting because their match "
+            "messages could not be read", registry=registry)
         self.items = Counter(f"{p}_items_routed_total",
                              "(subscription, match event) pairs recorded", registry=registry)
         self.deliveries = Counter(f"{p}_deliveries_total", "Delivery attempts by outcome",

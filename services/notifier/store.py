@@ -4,8 +4,9 @@ before or after, never between."""
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,9 @@ ATTEMPT_FIELDS = (
 EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class Batching:
     """When waiting items become a delivery (see settings)."""
@@ -45,10 +49,13 @@ class Batching:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool, keys_schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, keys_schema: str,
+                 on_render_failure: Callable[[], None] = lambda: None) -> None:
         self.pool = pool
         self.keys_table = f'"{checked_schema(keys_schema)}".api_keys'
         self.decoded = messages.Decoded()
+        # a batch left waiting: its items could not be rendered (counted, logged)
+        self.on_render_failure = on_render_failure
 
     # keys
 
@@ -150,13 +157,18 @@ class Store:
         """The messages (id, body as received, its Content-Encoding) the rows point into,
         and the rows: (subscription, event id, message id, pair, time of the change). A
         pair already present (a redelivered or replayed message) is skipped."""
-        rows, stored = list(rows), list(stored)
+        rows = list(rows)
         if not rows:
             return 0
+        # (a statement may touch a row once: one of each message)
+        stored = list({m[0]: m for m in stored}.values())
+        # A message kept already is touched, not skipped: a prune running beside this
+        # statement then sees it young again (or, having deleted it first, lets this one
+        # insert it anew), and never leaves the new items pointing at nothing.
         result = await self.pool.fetchval(
             "WITH kept AS (INSERT INTO match_messages (message_id, body, encoding)"
             " SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[])"
-            " ON CONFLICT DO NOTHING),"
+            " ON CONFLICT (message_id) DO UPDATE SET created_at = now()),"
             " added AS (INSERT INTO items (subscription_id, event_id, message_id, pair,"
             " occurred_at) SELECT * FROM unnest($4::text[], $5::text[], $6::text[],"
             " $7::int[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING 1)"
@@ -212,9 +224,16 @@ class Store:
             item_ids, item_subs, item_events = [], [], []
             for c in chunks:
                 delivery_id = uuid.uuid4()
-                events = messages.item_events(
-                    zip(c["payloads"], c["message_ids"], c["pairs"], c["event_ids"],
-                        strict=True), changes)
+                try:
+                    events = messages.item_events(
+                        zip(c["payloads"], c["message_ids"], c["pairs"], c["event_ids"],
+                            strict=True), changes)
+                except Exception as exc:  # its items wait; the others' batches go on
+                    self.on_render_failure()
+                    log.error("a batch could not be rendered from its match messages",
+                              extra={"subscription_id": c["subscription_id"],
+                                     "error": repr(exc)[:500]})
+                    continue
                 ids.append(delivery_id)
                 subs.append(c["subscription_id"])
                 bodies.append(messages.matches_body(c["subscription_id"], events, c["k"]))
@@ -266,10 +285,18 @@ class Store:
                 return 0
             delivery_id = uuid.uuid4()
             sample = items[:EMAIL_SAMPLE]
-            changes = await _changes(conn, self.decoded, [r["message_id"] for r in sample])
-            events = messages.item_events(
-                ((r["payload"], r["message_id"], r["pair"], r["event_id"]) for r in sample),
-                changes)
+            try:
+                changes = await _changes(conn, self.decoded,
+                                         [r["message_id"] for r in sample])
+                events = messages.item_events(
+                    ((r["payload"], r["message_id"], r["pair"], r["event_id"])
+                     for r in sample), changes)
+            except Exception as exc:  # its items wait; the other digests go on
+                self.on_render_failure()
+                log.error("a digest could not be rendered from its match messages",
+                          extra={"subscription_id": subscription_id,
+                                 "error": repr(exc)[:500]})
+                return 0
             body = messages.matches_body(subscription_id, events, len(items))
             oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
             await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
@@ -500,8 +527,13 @@ async def _changes(conn: asyncpg.Connection, decoded: messages.Decoded,
     if missing:
         for r in await conn.fetch("SELECT message_id, body, encoding FROM match_messages"
                                   " WHERE message_id = ANY($1::text[])", missing):
-            held[r["message_id"]] = change = messages.decode_stored(bytes(r["body"]),
-                                                                    r["encoding"])
+            try:
+                change = messages.decode_stored(bytes(r["body"]), r["encoding"])
+            except ValueError as exc:  # left out: its items' batches wait, the rest go
+                log.error("a kept match message cannot be read",
+                          extra={"error": repr(exc)[:500]})
+                continue
+            held[r["message_id"]] = change
             decoded.put(r["message_id"], change)
     return held
 

@@ -234,15 +234,15 @@ def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
     # kind of answer): each is bounded, and each reason measured, once. The pairs hold
     # their tuples alive, so an id stays theirs.
     bounded: dict[int, tuple[Reason, ...]] = {}
-    costs: dict[Reason, int] = {}
-    pieces: list[_Builder] = [_Builder(costs)]
+    memo = ReasonMemo()
+    pieces: list[_Builder] = [_Builder(memo)]
     for pair in sorted(pairs, key=lambda p: (p.kind != "found", p.id)):
         reasons = bounded.get(id(pair.reasons))
         if reasons is None:
             reasons = bounded[id(pair.reasons)] = bound_reasons(
-                pair.reasons, explanation_limit(max_bytes), costs)
+                pair.reasons, explanation_limit(max_bytes), memo)
         if not pieces[-1].fits(pair, reasons, room):
-            pieces.append(_Builder(costs))
+            pieces.append(_Builder(memo))
             pieces[-1].fits(pair, reasons, room)  # (a first pair always fits)
         pieces[-1].add(pair, reasons)
     out = []
@@ -282,26 +282,22 @@ ROW_FIXED = 140
 class _Builder:
     """One piece's pairs and the tables they index, with its size as JSON so far."""
 
-    def __init__(self, costs: dict[Reason, int]) -> None:
+    def __init__(self, memo: ReasonMemo) -> None:
         self.reasons: dict[Reason, int] = {}
         self.process_sets: dict[tuple[str, ...], int] = {}
         self.found: list[orjson.Fragment] = []
         self.withdrawn: list[orjson.Fragment] = []
         self.size = 0
-        self._costs = costs  # a reason's bytes in the table, shared by a change's pieces
+        self._memo = memo  # shared by a change's pieces
+        # what fits() worked out of the pair it was asked about, for add()
         self._tables = 0
+        self._processes: tuple[str, ...] | None = None
 
     def fits(self, pair: PairOut, reasons: Sequence[Reason], room: int) -> bool:
         """Whether the pair surely fits: its row's size is bounded from above (ids are
         [A-Za-z0-9_-], written as they are), what it adds to the tables is exact."""
-        tables = 0
-        for r in reasons:
-            if r not in self.reasons:
-                cost = self._costs.get(r)
-                if cost is None:
-                    cost = self._costs[r] = _reason_size(r)
-                tables += cost
-        processes = _bounded_processes(pair.processes)
+        tables = sum(self._memo.size(r) for r in reasons if r not in self.reasons)
+        processes = self._processes = _bounded_processes(pair.processes)
         if processes is not None and processes not in self.process_sets:
             tables += len(orjson.dumps(processes)) + 1
         self._tables = tables
@@ -315,10 +311,9 @@ class _Builder:
         table = self.reasons
         indexes = [table.setdefault(r, len(table)) for r in reasons]
         row: dict[str, Any] = {"id": pair.id, "v": pair.version, "s": pair.score, "r": indexes}
-        if pair.processes is not None:
+        if self._processes is not None:
             sets = self.process_sets
-            row["p"] = sets.setdefault(_bounded_processes(pair.processes),  # type: ignore[arg-type]
-                                       len(sets))
+            row["p"] = sets.setdefault(self._processes, len(sets))
         else:
             row["lat"], row["lon"] = pair.lat, pair.lon
         data = orjson.dumps(row)
@@ -326,12 +321,13 @@ class _Builder:
         (self.found if pair.kind == "found" else self.withdrawn).append(orjson.Fragment(data))
 
     def columns(self) -> dict[str, Any]:
-        return {"reasons": [_reason_dict(r) for r in self.reasons],
+        return {"reasons": [reason_dict(r) for r in self.reasons],
                 "process_sets": [list(p) for p in self.process_sets],
                 "found": self.found, "withdrawn": self.withdrawn}
 
 
-def _reason_dict(r: Reason) -> dict[str, str | None]:
+def reason_dict(r: Reason) -> dict[str, str | None]:
+    """A reason as the JSON object an explanation lists (Requirement's fields)."""
     return {"kind": r[0], "need": r[1], "outcome": r[2], "by": r[3], "note": r[4]}
 
 
@@ -346,31 +342,38 @@ def _text(value: str | None) -> str | None:
     return cut if cut == value else cut[:-1] + "\u2026"
 
 
-def _reason_size(r: Reason) -> int:
-    return len(orjson.dumps(_reason_dict(r))) + 1
+class ReasonMemo:
+    """What one change's pieces measure of its reasons, kept across its pairs (a fan-out
+    repeats a few): a reason cut to the text bounds, a cut reason's bytes in a table."""
+
+    def __init__(self) -> None:
+        self._cut: dict[Reason, Reason] = {}
+        self._size: dict[Reason, int] = {}
+
+    def cut(self, r: Reason) -> Reason:
+        found = self._cut.get(r)
+        if found is None:
+            found = self._cut[r] = r if all(_text(x) is x for x in r[1:]) else (
+                r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4]))
+        return found
+
+    def size(self, r: Reason) -> int:
+        found = self._size.get(r)
+        if found is None:
+            found = self._size[r] = len(orjson.dumps(reason_dict(r))) + 1
+        return found
 
 
 def bound_reasons(reasons: Sequence[Reason], limit: int = MAX_EXPLANATION_BYTES,
-                  sizes: dict[Reason, int] | None = None) -> tuple[Reason, ...]:
+                  memo: ReasonMemo | None = None) -> tuple[Reason, ...]:
     """At most MAX_REASONS reasons, of at most MAX_TEXT characters a field, taking at most
     `limit` bytes as JSON. Over either, the most telling are kept (unmet first, then
     unknown, weak, met; in their order otherwise) and the rest counted by one reason of
     kind "more" with the worst outcome among them; the matcher's API explains the pair
-    in full. `sizes` remembers, across the calls of one change, each reason's size
-    (and, under the key of a reason whose text is too long, the reason cut short)."""
-    known: dict[Any, Any] = {} if sizes is None else sizes
-    out, total = [], 0
-    for r in reasons:
-        size = known.get(r)
-        if size is None:
-            cut = r if all(_text(x) is x for x in r[1:]) else (
-                r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4]))
-            if cut is not r:
-                known[("cut", r)] = cut
-            size = known[r] = _reason_size(cut)
-        out.append(known.get(("cut", r), r))
-        total += size
-    if len(out) <= MAX_REASONS and total <= limit:
+    in full."""
+    memo = memo or ReasonMemo()
+    out = [memo.cut(r) for r in reasons]
+    if len(out) <= MAX_REASONS and sum(map(memo.size, out)) <= limit:
         return tuple(out)
     order = sorted(range(len(out)), key=lambda i: (_SEVERITY.get(out[i][2], 0), i))
     keep = min(len(out), MAX_REASONS - 1)
@@ -382,7 +385,7 @@ def bound_reasons(reasons: Sequence[Reason], limit: int = MAX_EXPLANATION_BYTES,
                            "not listed here; GET /v1/match on the matcher explains the "
                            "pair in full")
         bounded = (*(out[i] for i in sorted(order[:keep])), summary)
-        if keep == 0 or sum(map(_reason_size, bounded)) <= limit:
+        if keep == 0 or sum(map(memo.size, bounded)) <= limit:
             return bounded
         keep //= 2
 

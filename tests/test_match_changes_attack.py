@@ -108,7 +108,7 @@ def test_long_explanations_at_a_56_kib_piece_size_do_not_stop_the_matcher() -> N
                      tuple(("size", noise(rng, 200), "met", noise(rng, 200), noise(rng, 200))
                            for _ in range(matches.MAX_REASONS)), lat=1.0, lon=2.0)
              for i in range(4)]
-    assert all(len(orjson.dumps([matches._reason_dict(r) for r in p.reasons]))
+    assert all(len(orjson.dumps([matches.reason_dict(r) for r in p.reasons]))
                < budget(limit) for p in pairs)  # each pair alone fits a piece
     pieces = encode_change(DESIGN_CAUSE, DESIGN, pairs, limit)
     assert sorted(k[2] for k in pair_keys(pieces)) == ["f0", "f1", "f2", "f3"]
@@ -157,7 +157,7 @@ def test_bound_reasons_bounds_bytes_not_only_characters() -> None:
         bounded = matches.bound_reasons(reasons)
         assert len(bounded) <= matches.MAX_REASONS
         assert all(len(x or "") <= matches.MAX_TEXT for r in bounded for x in r[1:])
-        table = orjson.dumps([matches._reason_dict(r) for r in bounded])
+        table = orjson.dumps([matches.reason_dict(r) for r in bounded])
         assert len(table) <= budget(64 * 1024), len(table)
 
 

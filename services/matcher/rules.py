@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
-import orjson
-
 from contracts import vocabulary
-from contracts.matches import Outcome
+from contracts.matches import Outcome, reason_dict
 from services.matcher.profiles import (
     ACTIVE,
     DesignProfile,
@@ -46,9 +44,7 @@ class Reason(NamedTuple):
     note: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
-        # spelled out: namedtuple's _asdict was a twentieth of a fan-out's read-out
-        return {"kind": self.kind, "need": self.need, "outcome": self.outcome, "by": self.by,
-                "note": self.note}
+        return reason_dict(self)
 
 
 _req = Reason
@@ -167,7 +163,6 @@ class Explainer:
         self._groups: dict[tuple[object, ...], tuple[tuple[Reason, ...], float]] = {}
         self._measures: dict[tuple[object, ...], bool] = {}
         self._evaluations: dict[tuple[object, ...], Evaluation] = {}
-        self._json: dict[Reason, bytes] = {}
 
     def evaluate(self, design: DesignProfile, facility: FacilityProfile) -> Evaluation:
         key = (id(design.processes), id(design.materials), id(design.parts), facility.status,
@@ -209,17 +204,6 @@ class Explainer:
         if known is None:
             known = self._measures[key] = _measures(machine, part)
         return known
-
-    def explanation_json(self, evaluation: Evaluation) -> bytes:
-        """The requirements as the JSON array a match event carries, each reason
-        serialised once."""
-        parts = []
-        for r in evaluation.requirements:
-            rendered = self._json.get(r)
-            if rendered is None:
-                rendered = self._json[r] = orjson.dumps(r.as_dict())
-            parts.append(rendered)
-        return b"[" + b",".join(parts) + b"]"
 
 
 def _status_reasons(facility: FacilityProfile) -> tuple[tuple[Reason, ...], float]:

@@ -185,27 +185,21 @@ class RoutingIndex:
             shared = [("facility", facility["id"])]  # type: ignore[index]
             if facility.get("lat") is not None and facility.get("lon") is not None:  # type: ignore[union-attr]
                 shared.append(("cell", cell(facility["lat"], facility["lon"])))  # type: ignore[index]
-        if ("all", None) in by or any(key in by for key in shared):
-            pairs = matches.pairs(change)
-            return [(n, pair, wanted) for n, (pair, wanted)
-                    in enumerate(zip(pairs, self.route_all(pairs), strict=True)) if wanted]
         rows = [*(change.get("found") or ()), *(change.get("withdrawn") or ())]
-        sets = change.get("process_sets") or []
-        watched_sets = [any(("process", p) in by for p in processes) for processes in sets]
-        out = []
-        for n, row in enumerate(rows):
-            if design is not None:
-                lat, lon = row.get("lat"), row.get("lon")
-                near = lat is not None and lon is not None and ("cell", cell(lat, lon)) in by
-                if not (near or ("facility", row["id"]) in by):
-                    continue
-            elif not (("design", row["id"]) in by or watched_sets[row["p"]]):
-                continue
-            pair = matches.pair_at(change, n)
-            wanted = self.route_all([pair])[0]
-            if wanted:
-                out.append((n, pair, wanted))
-        return out
+        if ("all", None) in by or any(key in by for key in shared):
+            numbers: Sequence[int] = range(len(rows))
+        elif design is not None:  # the pair's lab or its cell
+            numbers = [n for n, row in enumerate(rows) if ("facility", row["id"]) in by or (
+                row.get("lat") is not None and row.get("lon") is not None
+                and ("cell", cell(row["lat"], row["lon"])) in by)]
+        else:  # the pair's design or one of its processes
+            watched = [any(("process", p) in by for p in processes)
+                       for processes in change.get("process_sets") or ()]
+            numbers = [n for n, row in enumerate(rows)
+                       if ("design", row["id"]) in by or watched[row["p"]]]
+        pairs = [matches.pair_at(change, n) for n in numbers]
+        return [(n, pair, wanted) for n, pair, wanted
+                in zip(numbers, pairs, self.route_all(pairs), strict=True) if wanted]
 
     def route_all(self, pairs: Sequence[PairView]) -> list[list[str]]:
         """For each pair of a change, the subscriptions that want it. The pairs of one

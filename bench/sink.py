@@ -8,7 +8,8 @@ import time
 
 
 class Sink:
-    """Answers every request 200 with no body; `received` sees each body and its time."""
+    """Answers every request 204 without a Content-Length, as Starlette and most
+    receivers do; `received` sees each body and its time."""
 
     async def start(self) -> int:
         server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -27,7 +28,7 @@ class Sink:
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length)
                 self.received(body, time.perf_counter())
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             writer.close()  # the client went, or the benchmark ends

@@ -46,6 +46,7 @@ from makelocal.cluster import Service, port_env
 from makelocal.embedded import NatsServer, PostgresServer, free_port
 from services.common import db
 from services.registry.store import Store
+from tests.churn import Churn
 from tests.conftest import TEST_SEALING_KEY
 from tests.helpers import (
     InProcess,
@@ -57,10 +58,10 @@ from tests.helpers import (
     stream_messages,
     wait_ready,
 )
-from tests.receivers import MailServer, Receiver
+from tests.receivers import LoginMailServer, Receiver
 from tests.scenario import DESCRIBED, Load, delivered_events, expected_events
 
-PARTS = ("registry", "relay", "matcher", "notifier", "postgres", "nats")
+PARTS = ("registry", "relay", "matcher", "notifier", "notifier-2", "postgres", "nats")
 EMAIL_FACILITIES = ["lab-0", "lab-1"]
 
 
@@ -81,6 +82,7 @@ class Stack:
             "MAKELOCAL_NOTIFIER_EMAIL_MAX_WAIT_S": "5",
             "MAKELOCAL_NOTIFIER_SECRET_KEY": TEST_SEALING_KEY,
             "MAKELOCAL_SMTP_PORT": str(smtp_port), "MAKELOCAL_SMTP_TIMEOUT_S": "2",
+            "MAKELOCAL_SMTP_USERNAME": "chaos", "MAKELOCAL_SMTP_PASSWORD": "chaos-smtp-pass",
             "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000"}
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -95,7 +97,9 @@ class Stack:
             "registry": service("registry", "registry", {"MAKELOCAL_REGISTRY_RELAY": "false"}),
             "relay": service("relay", "registry-relay", {}),
             "matcher": service("matcher", "matcher", {}),
-            "notifier": service("notifier", "notifier", {})}
+            # two notifiers share the deliveries and the subscriptions' changes
+            "notifier": service("notifier", "notifier", {}),
+            "notifier-2": service("notifier-2", "notifier", {})}
         self.http = [s for name, s in self.services.items() if name != "relay"]
 
     def start(self) -> None:
@@ -163,7 +167,7 @@ class Report:
 async def run(minutes: float, seed: int, work: Path, say: Callable[[str], None]) -> Report:
     rng = random.Random(seed)
     report = Report()
-    with MailServer() as mail:
+    with LoginMailServer() as mail:
         stack = Stack(work, mail.port)
         await asyncio.to_thread(stack.start)
         try:
@@ -173,7 +177,7 @@ async def run(minutes: float, seed: int, work: Path, say: Callable[[str], None])
     return report
 
 
-async def _scenario(stack: Stack, mail: MailServer, minutes: float, rng: random.Random,
+async def _scenario(stack: Stack, mail: LoginMailServer, minutes: float, rng: random.Random,
                     report: Report, say: Callable[[str], None]) -> None:
     pg = stack.postgres.url
     await db.migrate(pg, "registry", "services.registry")
@@ -197,6 +201,8 @@ async def _scenario(stack: Stack, mail: MailServer, minutes: float, rng: random.
             await confirm(at_notifier, mail, "maker@example.org")
 
         load = Load(http, auth, [registry], patient=True)
+        churn = Churn(http, auth, [notifier, stack.services["notifier-2"].url],
+                      f"{hooks.url}")
         monkey = Monkey(stack, rng)
         deadline = time.monotonic() + minutes * 60
         rounds = 0
@@ -212,13 +218,17 @@ async def _scenario(stack: Stack, mail: MailServer, minutes: float, rng: random.
             await load.designs(range(base * 2, base * 2 + 24))
             await load.change_facilities(min(8, len(old_facilities)), old_facilities)
             await load.change_designs(min(10, len(old_designs) // 2), old_designs)
+            await churn.step(rounds)
+            # the mail server refuses our login (535) for two rounds: a fault of ours
+            mail.refusing = rounds in (0, 1)
             until.set()
             await chaos
             rounds += 1
             await _caught_up(stack, http)
             say(f"round {rounds}: {load.writes} writes acknowledged, {len(monkey.kills)} kills")
+        mail.refusing = False
 
-        await _check(stack, http, load, receiver, hook.json()["secret"], mail, report)
+        await _check(stack, http, load, receiver, hook.json()["secret"], mail, report, churn)
         report.lines[:0] = [
             f"{rounds} rounds over {minutes:g} min on {os.cpu_count()} cores;"
             f" {len(monkey.kills)} kills: " + ", ".join(monkey.kills),
@@ -247,7 +257,7 @@ async def _caught_up(stack: Stack, http: httpx.AsyncClient) -> None:
 
 
 async def _check(stack: Stack, http: httpx.AsyncClient, load: Load, receiver: Receiver,
-                 secret: str, mail: MailServer, report: Report) -> None:
+                 secret: str, mail: LoginMailServer, report: Report, churn: Churn) -> None:
     live = stack.nats.url
     # writes acknowledged vs. REGISTRY (the latest message of each entity)
     held = {m["entity_id"]: (0 if m["data"] is None else m["version"])
@@ -287,6 +297,22 @@ async def _check(stack: Stack, http: httpx.AsyncClient, load: Load, receiver: Re
     report.lines.append(f"     webhook calls {len(receiver.at('/ok'))}, distinct webhook ids"
                         f" {len({r.webhook_id for r in receiver.at('/ok')})}")
 
+    # subscriptions made, disabled and enabled again during the load, through both
+    # notifiers: each enabled one got every match made since it was
+    enabled = [s for s in churn.subscriptions if s.since is not None]
+
+    async def churned_delivered() -> bool:
+        return not churn.missing(receiver, published)
+
+    try:
+        await eventually(churned_delivered, timeout=120, interval=0.5)
+    except AssertionError:
+        pass
+    missing = churn.missing(receiver, published)
+    report.check("subscriptions made or enabled during the load (204 receiver) that got"
+                 " every match made since", len(enabled), f"{len(enabled) - len(missing)}"
+                 f" (missing: {missing})" if missing else len(enabled), not missing)
+
     # emails: digests (one per Message-ID) count every expected change of the facilities
     wanted = sum(1 for m in published if m["facility_id"] in EMAIL_FACILITIES)
 
@@ -304,6 +330,15 @@ async def _check(stack: Stack, http: httpx.AsyncClient, load: Load, receiver: Re
         pass
     report.check("match changes in email digests (one per Message-ID)", wanted, counted(),
                  counted() == wanted)
+    # the 535s were ours to fix: no address may stay suppressed for them
+    conn = await db.connect(stack.postgres.url, "notifier")
+    try:
+        suppressed = await conn.fetchval(
+            "SELECT count(*) FROM suppressed_addresses WHERE expires_at > now()")
+    finally:
+        await conn.close()
+    report.check(f"addresses suppressed after {mail.refused} logins refused with 535", 0,
+                 suppressed, suppressed == 0 and mail.refused > 0)
 
 
 async def _until_terminated(run: Coroutine[Any, Any, Report]) -> Report:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import uvicorn
 from nats.js.errors import NotFoundError
@@ -72,7 +74,7 @@ async def stream_messages(nats_url: str, stream: str = REGISTRY_STREAM) -> list[
         body = (matches.decode(msg.data, msg.headers) if stream == matches.MATCHES_STREAM
                 else json.loads(msg.data))
         body["_msg_id"] = (msg.headers or {}).get("Nats-Msg-Id")
-        body["_seq"] = msg.seq
+        body["_seq"], body["_time"] = msg.seq, msg.time
         out.append(body)
     return out
 
@@ -84,6 +86,7 @@ async def match_events(nats_url: str) -> list[dict[str, Any]]:
     for change in await stream_messages(nats_url, matches.MATCHES_STREAM):
         for event in matches.match_events(change):
             event["_msg_id"], event["_seq"] = change["_msg_id"], change["_seq"]
+            event["_time"] = change["_time"]
             out.append(event)
     return out
 
@@ -118,6 +121,19 @@ class InProcess:
         self.server.should_exit = True
         if self.task is not None:
             await asyncio.wait_for(self.task, 15)
+
+
+@contextlib.asynccontextmanager
+async def notifier_api(settings: Any, resolver: Any = None,
+                       timeout: float = 10) -> AsyncIterator[httpx.AsyncClient]:
+    """A notifier served in this loop, ready, and a client of its API."""
+    from services.notifier.app import create_app
+
+    app = create_app(settings) if resolver is None else create_app(settings, resolver)
+    async with InProcess(app, settings) as running, httpx.AsyncClient(
+            base_url=running.url, timeout=timeout) as http:
+        await wait_ready(running.url)
+        yield http
 
 
 def InProcessRegistry(settings: RegistrySettings) -> InProcess:
@@ -284,11 +300,14 @@ def okh(name: str, tsdc: list[str], material: str | None = None) -> bytes:
 
 
 async def confirm(http: Any, mail: MailServer, address: str) -> None:
-    """Open the verification link mailed to `address` (the notifier at `http`)."""
+    """Follow the verification link mailed to `address` (the notifier at `http`) and press
+    its page's button, as a person does."""
     await eventually(lambda: has_mail(mail, address, 1))
     link = re.search(r"(http://\S+/v1/email/verify\?token=\S+)", text_of(mail.to(address)[0]))
     assert link is not None
-    page = await http.get(link.group(1).replace("http://127.0.0.1:8003", str(http.base_url)))
+    url = link.group(1).replace("http://127.0.0.1:8003", str(http.base_url))
+    assert '<form method="post"' in (await http.get(url)).text
+    page = await http.post(url)
     assert page.status_code == 200 and "confirmed" in page.text
 
 

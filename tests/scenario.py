@@ -176,14 +176,14 @@ async def expected_events(database_url: str, schema: str) -> list[str]:
 DESCRIBED: dict[str, str] = {}
 
 
-def delivered_events(app: Receiver, secret: str) -> dict[str, set[str]]:
-    """Each match event received -> the webhook ids of the deliveries that carried it. A
-    delivery sent again (a notifier killed before it recorded the answer) keeps its id
-    and its body."""
+def delivered_events(app: Receiver, secret: str, path: str = "/ok") -> dict[str, set[str]]:
+    """Each match event received at `path` -> the webhook ids of the deliveries that
+    carried it. A delivery sent again (a notifier killed before it recorded the answer)
+    keeps its id and its body."""
     verify = Webhook(secret)
     bodies: dict[str, bytes] = {}
     carried: dict[str, set[str]] = defaultdict(set)
-    for request in list(app.at("/ok")):
+    for request in list(app.at(path)):
         payload = verify.verify(request.body, request.headers)
         assert bodies.setdefault(request.webhook_id, request.body) == request.body
         for event in payload["data"]["events"]:

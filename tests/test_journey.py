@@ -43,7 +43,7 @@ async def test_register_subscribe_match_close(
         assert mail.status_code == 201 and mail.json()["verified"] is False
         await eventually(lambda: _mails(mail_server, 1))
         link = re.search(r"/v1/email/verify\?token=\S+", text_of(mail_server.messages[0]))
-        assert link is not None and (await alerts.get(link.group(0))).status_code == 200
+        assert link is not None and (await alerts.post(link.group(0))).status_code == 200
 
         posted = await client.post("/v1/designs?id=phone-stand", headers=key | JSON,
                                    content=okh("Phone stand", ["3DP"], "PLA"))

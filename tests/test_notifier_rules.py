@@ -167,3 +167,13 @@ def test_routing_by_every_filter_field() -> None:
 def test_unknown_process_in_a_filter_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown process"):
         Filter(processes=["telekinesis"])
+
+
+def test_a_fault_of_ours_is_retried_for_ever_at_most_five_minutes_apart() -> None:
+    from services.notifier.schedule import DEFAULT_SCHEDULE, our_fault_delay
+
+    rng = random.Random(3)
+    delays = [our_fault_delay(n, DEFAULT_SCHEDULE, rng) for n in range(1, 50)]
+    assert all(d is not None and 0 < d <= 300 for d in delays)
+    assert delays[0] < 10  # the schedule's first step, jittered
+    assert schedule.next_delay(49, DEFAULT_SCHEDULE) is None  # a subscriber's fault ends

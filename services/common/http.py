@@ -18,7 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,16 +34,18 @@ class ApiError(Exception):
     """An error the client caused, or must know of, with its HTTP status."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, *, limit: int | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
-        self.headers = headers
+        self.headers, self.limit = headers, limit
 
 
 class ErrorDetail(BaseModel):
     code: str
     message: str
     field: str | None
+    limit: int | None = Field(None, description="the limit reached, when an organization's"
+                                                " limit refused the request")
 
 
 class ErrorBody(BaseModel):
@@ -61,7 +63,8 @@ _ERROR_STATUSES = {
     413: "request body too large",
     415: "unsupported media type",
     422: "invalid input; `field` names the offending field",
-    429: "too many writes with this key; retry after Retry-After seconds",
+    429: "too many writes with this key, retry after Retry-After seconds; or an"
+         " organization's limit reached (`limit`)",
 }
 # Always JSON, also on the routes that answer HTML pages: so the content is spelled out
 # here rather than given as a model (FastAPI would file a model under the route's own
@@ -91,9 +94,12 @@ def document_errors(app: FastAPI) -> None:
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "field": field}}
-    return JSONResponse(body, status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, *,
+                   limit: int | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if limit is not None:
+        error["limit"] = limit
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -101,7 +107,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers,
+                              limit=exc.limit)
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:

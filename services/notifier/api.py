@@ -6,6 +6,7 @@ import html
 import re
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
 from services.notifier.sealing import seal
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import Store
+from services.notifier.store import LimitReached, Store
 from services.notifier.subscriptions import (
     EmailSubscriptionIn,
     SubscriptionPatch,
@@ -40,7 +41,8 @@ NewSubscription = Annotated[WebhookSubscriptionIn | EmailSubscriptionIn,
 
 def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
     out = {k: row[k] for k in ("id", "channel", "filter", "enabled", "disabled_reason",
-                               "created_at", "updated_at", "last_success_at", "failing_since")}
+                               "created_at", "updated_at", "last_success_at", "failing_since",
+                               "suppressed_until")}
     if row["channel"] == "webhook":
         out |= {"url": row["url"], "contact_email": row["contact_email"],
                 "previous_secret_valid_until": row["previous_until"]}
@@ -100,7 +102,15 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                        "verify_token": token}
             first = messages.verify_body(
                 f"{settings.notifier_public_url}/v1/email/verify?token={token}")
-        row = await store.create_subscription(values, first)
+        try:
+            row = await store.create_subscription(
+                values, first, limit=settings.notifier_max_subscriptions_per_org)
+        except LimitReached as exc:
+            # no Retry-After: waiting frees no place, deleting a subscription does
+            raise ApiError(429, "subscription_limit",
+                           f"this organization holds {exc.limit} subscriptions, the most it"
+                           " may: delete one to make another", "Authorization",
+                           limit=exc.limit) from None
         extra = {"secret": secret} if secret else {}
         return _json(represent(row, **extra), 201,
                      {"Location": f"/v1/subscriptions/{subscription_id}"})
@@ -151,6 +161,18 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
     async def delete(request: Request, subscription_id: str) -> Response:
         who, _ = await mine(request, subscription_id)
         await store.delete_subscription(subscription_id, who)
+        return Response(status_code=204)
+
+    @api.delete("/v1/subscriptions/{subscription_id}/suppression", status_code=204)
+    async def unsuppress(request: Request, subscription_id: str) -> Response:
+        """Mail to the subscription's address (email) or contact address (webhook) goes
+        out again before its suppression expires (the owner knows the mailbox exists
+        now); another refusal suppresses it again."""
+        _, row = await mine(request, subscription_id)
+        address = row["address"] or row["contact_email"]
+        if row["suppressed_until"] is None or not await store.unsuppress(address):
+            raise ApiError(404, "not_found", "the subscription's address is not suppressed",
+                           "id")
         return Response(status_code=204)
 
     @api.post("/v1/subscriptions/{subscription_id}/test", status_code=202)
@@ -207,32 +229,42 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
 
     # email links: no login, the token is the authority
 
-    @api.get("/v1/email/verify", response_class=HTMLResponse, tags=["email"],
-             responses=_LINK_PAGES)
-    async def verify(token: Token) -> HTMLResponse:
-        ok = await store.verify_email(token)
-        return _page("Address confirmed" if ok else "Link not valid",
-                     "Match alerts will come to this address." if ok else
-                     "This link was used already or is not valid.", 200 if ok else 404)
+    def email_link(path: str, name: str, target: Callable[[str], Awaitable[str | None]],
+                   act: Callable[[str], Awaitable[bool]], *, invalid: str,
+                   ask: tuple[str, str, str], done: tuple[str, str]) -> None:
+        """A link in an email: GET shows what following it does and a button (a form that
+        POSTs the token back to the same address); only the POST acts. Mail scanners
+        open every link of a message, and must not subscribe or unsubscribe anyone.
+        `target`: the address a token names (None: not valid); `ask`: the page's title,
+        its question ({} the address) and its button; `done`: the title and text after."""
 
-    @api.get("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"],
-             responses=_LINK_PAGES)
-    async def unsubscribe_page(token: Token) -> HTMLResponse:
-        address = await store.unsubscribe_target(token)
-        if address is None:
-            return _page("Link not valid", "This unsubscribe link is not valid.", 404)
-        form = (f'<form method="post" action="?token={html.escape(token)}">'
-                '<button type="submit">Unsubscribe</button></form>')
-        return _page("Unsubscribe", f"Stop match alerts to {html.escape(address)}?", 200,
-                     form)
+        @api.get(path, name=f"{name}_page", response_class=HTMLResponse, tags=["email"],
+                 responses=_LINK_PAGES)
+        async def page(token: Token) -> HTMLResponse:
+            address = await target(token)
+            if address is None:
+                return _page("Link not valid", invalid, 404)
+            title, question, button = ask
+            form = (f'<form method="post" action="?token={html.escape(token)}">'
+                    f'<button type="submit">{html.escape(button)}</button></form>')
+            return _page(title, question.format(html.escape(address)), 200, form)
 
-    @api.post("/v1/email/unsubscribe", response_class=HTMLResponse, tags=["email"],
-             responses=_LINK_PAGES)
-    async def unsubscribe(token: Token) -> HTMLResponse:
-        if await store.unsubscribe_target(token) is None:
-            return _page("Link not valid", "This unsubscribe link is not valid.", 404)
-        await store.unsubscribe(token)
-        return _page("Unsubscribed", "No more alerts will be sent to this address.", 200)
+        @api.post(path, name=name, response_class=HTMLResponse, tags=["email"],
+                  responses=_LINK_PAGES)
+        async def follow(token: Token) -> HTMLResponse:
+            if await target(token) is None:
+                return _page("Link not valid", invalid, 404)
+            await act(token)  # (False: a second click at the same moment did it)
+            return _page(*done, 200)
+
+    email_link("/v1/email/verify", "verify", store.verify_target, store.verify_email,
+               invalid="This link was used already or is not valid.",
+               ask=("Confirm your address", "Send makelocal match alerts to {}?", "Confirm"),
+               done=("Address confirmed", "Match alerts will come to this address."))
+    email_link("/v1/email/unsubscribe", "unsubscribe", store.unsubscribe_target,
+               store.unsubscribe, invalid="This unsubscribe link is not valid.",
+               ask=("Unsubscribe", "Stop match alerts to {}?", "Unsubscribe"),
+               done=("Unsubscribed", "No more alerts will be sent to this address."))
 
     return api
 

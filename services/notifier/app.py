@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
@@ -26,7 +27,7 @@ from services.notifier.dispatch import Dispatcher
 from services.notifier.guard import Guard, Resolver, system_resolver
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import Store
+from services.notifier.store import Store, listen_routing
 
 
 def create_app(settings: NotifierSettings | None = None,
@@ -46,7 +47,11 @@ def create_app(settings: NotifierSettings | None = None,
         try:
             consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
                                      replicas=settings.notifier_stream_replicas,
-                                     matches_max_bytes=settings.matches_max_bytes)
+                                     matches_max_bytes=settings.matches_max_bytes,
+                                     listen=functools.partial(
+                                         listen_routing, settings.database_url,
+                                         settings.notifier_db_schema),
+                                     reload_s=settings.notifier_reload_s)
             await consumer.start()
             state["consumer"] = consumer
             await consumer.run()

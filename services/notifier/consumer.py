@@ -5,14 +5,31 @@ A batch of messages (each a piece of one change's pairs) is routed and its items
 in one transaction, then acked. What a crash at each step leaves: before the commit,
 nothing (the messages are redelivered); after the commit and before the acks, the same
 items again, which the (subscription, event) key drops. Several notifier processes share
-the durable consumer."""
+the durable consumer.
+
+Every match made after a subscription's creation, re-enabling or confirmation committed
+reaches it, whichever notifier consumes the match and whichever took the change. A trigger
+bumps the routing version in every transaction that changes what routing reads
+(migration 005), so the version is seen only with the change. Before routing a batch the
+consumer reads the committed version and, when it is not the one its index was loaded at,
+reloads (subscriptions and version in one snapshot). A match made after the commit was
+fetched after it, so the check that follows the fetch sees the change. Matches made
+before it may reach it or not; none made after a disabling committed is routed to it.
+
+The NOTIFY the trigger sends is delivered at commit: the index is reloaded then, not on
+the next batch's path. A full reload every `reload_s` catches what no version counted
+(rows changed with triggers off, as a restore may)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -22,6 +39,7 @@ from contracts import matches
 from contracts.matches import MATCHES_MAX_BYTES, MATCHES_STREAM
 from services.common import nats as nats_util
 from services.common.faults import crash_point
+from services.common.tasks import restarting
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.store import Store
 from services.notifier.subscriptions import Route, RoutingIndex
@@ -29,15 +47,25 @@ from services.notifier.subscriptions import Route, RoutingIndex
 log = logging.getLogger(__name__)
 
 
+# Opens a connection on which the callback is called after each routing change commits
+# (store.listen_routing).
+Listen = Callable[[Callable[[], None]], Awaitable[asyncpg.Connection]]
+
+
 class MatchConsumer:
     def __init__(self, nc: Client, store: Store, metrics: NotifierMetrics, *, durable: str,
                  replicas: int = 1, batch: int = 256,
-                 matches_max_bytes: int = MATCHES_MAX_BYTES) -> None:
+                 matches_max_bytes: int = MATCHES_MAX_BYTES, listen: Listen | None = None,
+                 reload_s: float = 30.0) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.store, self.metrics = store, metrics
         self.durable, self.replicas, self.batch = durable, replicas, batch
         self.index = RoutingIndex()
-        self._seen_changes = -1
+        self._version: int | None = None  # the routing version the index was loaded at
+        self._filters: Mapping[str, Any] = {}  # what the index holds: id -> filter
+        self._reloading = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self.listen, self.reload_s = listen, reload_s
         self.matches_max_bytes = matches_max_bytes
         self.ready = asyncio.Event()
 
@@ -56,18 +84,54 @@ class MatchConsumer:
         await self.refresh()
         self.ready.set()
 
-    async def refresh(self) -> None:
-        """Reload the routing index when any subscription changed since the last look."""
-        changes = await self.store.changes()
-        if changes == self._seen_changes:
-            return
-        rows = await self.store.routable()
-        self.index = RoutingIndex(Route.of(r["id"], r["filter"]) for r in rows)
-        self._seen_changes = changes
+    async def refresh(self, *, full: bool = False) -> None:
+        """Bring the routing index to the subscriptions as committed now: reload when the
+        routing version moved since it was loaded, or always when `full`."""
+        async with self._reloading:  # one reload at a time; a batch waits for it
+            if not full and await self.store.routing_version() == self._version:
+                return
+            version, filters = await self.store.routable()
+            # only what changed is filed anew: making Routes is most of a reload's cost
+            for gone in self._filters.keys() - filters.keys():
+                self.index.discard(gone)
+            for subscription_id, f in filters.items():
+                if self._filters.get(subscription_id) == f:
+                    continue
+                try:
+                    self.index.add(Route.of(subscription_id, f))
+                except ValueError as exc:  # (a process the vocabulary no longer has)
+                    self.index.discard(subscription_id)
+                    log.error("a subscription's filter cannot be read; nothing is routed"
+                              " to it", extra={"error": f"{subscription_id}: {exc!r}"[:500]})
+            self._filters, self._version = filters, version
 
     async def run(self) -> None:
-        await nats_util.consume_batches(self.subscription, self.batch, self.handle,
-                                        self._observe_lag)
+        watching = asyncio.create_task(restarting(self._watch, "routing watch", 1.0))
+        try:
+            await nats_util.consume_batches(self.subscription, self.batch, self.handle,
+                                            self._observe_lag)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+
+    async def _watch(self) -> None:
+        """Reload when a routing change commits, and in full every `reload_s`; until the
+        listening connection is lost (then restarting() opens another)."""
+        conn = await self.listen(self._changed.set) if self.listen else None
+        try:
+            await self.refresh()  # what changed while nobody listened
+            while conn is None or not conn.is_closed():
+                try:
+                    await asyncio.wait_for(self._changed.wait(), self.reload_s)
+                except TimeoutError:
+                    await self.refresh(full=True)
+                    continue
+                self._changed.clear()
+                await self.refresh()
+        finally:
+            if conn is not None:
+                await conn.close()
 
     async def handle(self, msgs: list[Msg]) -> None:
         await self.refresh()

@@ -14,8 +14,10 @@ import contextlib
 import logging
 import random
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -26,12 +28,14 @@ from services.common.faults import crash_point
 from services.common.tasks import restarting
 from services.notifier import messages, schedule, signing
 from services.notifier.guard import Guard
-from services.notifier.http1 import Http1Pool
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.refusals import Fault
 from services.notifier.sealing import unseal
 from services.notifier.settings import NotifierSettings
+from services.notifier.shares import Room, Shares
 from services.notifier.store import Batching, Store
 from services.notifier.transport import Result, SmtpServer, post, send_mail
+from services.notifier.webhook_client import WebhookClient, tls_context
 
 log = logging.getLogger(__name__)
 # Kept match messages whose pairs all went out are dropped this often, this long after.
@@ -60,10 +64,14 @@ class Dispatcher:
         # at most half the slots, so that healthy subscriptions always have the rest.
         self.failing_lane = max(1, s.notifier_concurrency // 2)
         self.failing_in_flight: set[asyncio.Task] = set()
+        self.shares = Shares(min(s.notifier_slots_per_org, s.notifier_concurrency))
         self._items = asyncio.Event()  # items arrived: batches may be due
         self._deliveries = asyncio.Event()  # deliveries made or slots freed: claim
         self.successes = Batcher(store.delivered)
-        self.http = Http1Pool()
+        # attempts (tasks) that reached recording their outcome: an error past that
+        # point is not the attempt's
+        self._recording: set[asyncio.Task | None] = set()
+        self.http = WebhookClient(guard, tls_context(s.notifier_ca_file))
 
     async def run(self) -> None:
         """Forever; after an error (database gone), start over."""
@@ -72,6 +80,7 @@ class Dispatcher:
         finally:
             for task in self.in_flight:
                 task.cancel()
+            await self.http.close()
 
     async def _run_once(self) -> None:
         conn = await db.connect(self.settings.database_url, self.settings.notifier_db_schema)
@@ -94,9 +103,9 @@ class Dispatcher:
         emails_due = prune_due = 0.0
         while True:
             with self.metrics.assemble_seconds.time():
-                async with self._free_slots() as free:
-                    made, claimed = await self.store.assemble_webhooks(self.batching, free,
-                                                                       self.lease_s)
+                async with self._free_slots() as (free, room):
+                    made, claimed = await self.store.assemble_webhooks(
+                        self.batching, free, self.lease_s, room)
                     self._start(claimed)
                 if made > len(claimed):
                     self._deliveries.set()
@@ -113,9 +122,9 @@ class Dispatcher:
         """Due deliveries into attempts, as many as there are free slots. Slots freed one
         by one are gathered for a moment, so that a claim takes many at once."""
         while True:
-            async with self._free_slots() as free:
+            async with self._free_slots() as (free, room):
                 lane = max(0, self.failing_lane - len(self.failing_in_flight))
-                claimed = await self.store.claim(free, self.lease_s, lane) if free else []
+                claimed = await self.store.claim(free, self.lease_s, lane, room) if free else []
                 self._start(claimed)
             if not claimed or len(claimed) == free:
                 await _wait(self._deliveries, self.settings.notifier_sweep_s)
@@ -123,16 +132,20 @@ class Dispatcher:
                     await asyncio.sleep(0.002)
 
     @contextlib.asynccontextmanager
-    async def _free_slots(self) -> AsyncIterator[int]:
-        """The slots free now, reserved while a claim is under way, so that the two loops
-        never claim more than there are: a claimed delivery waiting for a slot could
-        outlive its lease. Start the claimed attempts within (they take the slots)."""
+    async def _free_slots(self) -> AsyncIterator[tuple[int, Room]]:
+        """The slots free now and each owner's room, reserved while a claim is under way,
+        so that the two loops never claim more than there are (a claimed delivery waiting
+        for a slot could outlive its lease) nor give an owner more than its share. Start
+        the claimed attempts within (they take the slots)."""
         free = max(0, self.settings.notifier_concurrency - len(self.in_flight) - self._reserved)
+        room = self.shares.room()
         self._reserved += free
+        self.shares.claiming += free
         try:
-            yield free
+            yield free, room
         finally:
             self._reserved -= free
+            self.shares.claiming -= free
 
     def _start(self, claimed: list[asyncpg.Record]) -> None:
         for delivery in claimed:
@@ -140,6 +153,8 @@ class Dispatcher:
             self.in_flight.add(task)
             if delivery["failing"]:
                 self.failing_in_flight.add(task)
+            self.shares.started(delivery["owner"])
+            task.add_done_callback(lambda _, owner=delivery["owner"]: self.shares.ended(owner))
             task.add_done_callback(self._done)
 
     def _notified(self, _conn: object, _pid: object, _channel: object, table: object) -> None:
@@ -158,15 +173,54 @@ class Dispatcher:
     async def _attempt(self, d: asyncpg.Record) -> None:
         async with self.slots:
             channel = "email" if d["channel"] == "email" or d["kind"] == "notice" else "webhook"
-            cancel = self._cancel_reason(d)
-            if cancel is not None:
-                await self._finish(d, channel, Result(0, 0.0, cancel), "cancelled")
-                return
-            crash_point("notifier.before_attempt")
-            if channel == "webhook":
-                await self._webhook(d)
-            else:
-                await self._email(d)
+            started = time.perf_counter()
+            try:
+                await self._send(d, channel)
+            except Exception as exc:
+                if asyncio.current_task() in self._recording:
+                    raise  # recording failed (the database): the lease brings it back
+                await self._failed_inside(d, channel, exc, started)
+            finally:
+                self._recording.discard(asyncio.current_task())
+
+    async def _send(self, d: asyncpg.Record, channel: str) -> None:
+        cancel = self._cancel_reason(d)
+        if cancel is not None:
+            await self._finish(d, channel, Result(0, 0.0, cancel), "cancelled")
+            return
+        crash_point("notifier.before_attempt")
+        if channel == "webhook":
+            await self._webhook(d)
+        else:
+            await self._email(d)
+
+    async def _failed_inside(self, d: asyncpg.Record, channel: str, exc: Exception,
+                             started: float) -> None:
+        """An attempt that raised (a bug of ours, a stored value that cannot be read, an
+        answer we did not foresee) ends like any failed attempt: recorded, retried on the
+        schedule, at last failed and its subscription disabled. Unrecorded, it would come
+        back with every lease, forever, and its owner would see nothing."""
+        self.metrics.attempt_errors.inc()
+        # The exception's type and place only: its text may hold the URL (a receiver's
+        # token in the query) or a secret.
+        frames = traceback.extract_tb(exc.__traceback__)
+        place = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        log.error("a delivery attempt failed inside the notifier",
+                  extra={"entity_id": d["subscription_id"],
+                         "error": f"{type(exc).__name__}{place}"})
+        await self._again(d, channel, Result(
+            0, (time.perf_counter() - started) * 1000,
+            f"the notifier could not make this attempt ({type(exc).__name__}); "
+            "the details are in its log"))
+
+    async def _again(self, d: asyncpg.Record, channel: str, result: Result, *,
+                     ours: bool = False) -> None:
+        """A failed attempt: the next one on the schedule, or none once it is done (never
+        done when the fault is ours)."""
+        delay = (schedule.our_fault_delay if ours else schedule.next_delay)(
+            d["attempts"], self.settings.schedule, rng=self.rng)
+        await self._finish(d, channel, result, "retry" if delay is not None else "failed",
+                           delay=delay, ours=ours)
 
     def _cancel_reason(self, d: asyncpg.Record) -> str | None:
         if d["kind"] in ("verify", "notice"):
@@ -182,7 +236,7 @@ class Dispatcher:
         key = self.settings.sealing_key
         secrets = [unseal(s, key) for s in (d["secret"], d["previous_secret"]) if s]
         headers = signing.headers(secrets, f"msg_{d['id'].hex}", int(time.time()), body)
-        result = await post(self.http, self.guard, d["url"], headers, body,
+        result = await post(self.http, d["url"], headers, body,
                             self.settings.notifier_timeout_s)
         crash_point("notifier.after_send")
         outcome = schedule.classify(result.status, d["attempts"], self.settings.schedule,
@@ -202,6 +256,13 @@ class Dispatcher:
         if not to:
             await self._finish(d, "email", Result(0, 0.0, "no address to tell"), "cancelled")
             return
+        # Only a confirmed address hears from us unasked: a contact address was typed by
+        # the subscription's owner, and may be anyone's.
+        if d["kind"] == "notice" and not await self.store.contact_verified(
+                d["subscription_id"]):
+            await self._finish(d, "email", Result(0, 0.0, "contact address not verified"),
+                               "cancelled")
+            return
         if await self.store.suppressed(to):
             await self._finish(d, "email", Result(0, 0.0, "address suppressed"), "cancelled")
             return
@@ -212,16 +273,22 @@ class Dispatcher:
         result = await send_mail(self.smtp, message)
         if result.status == 250:
             await self._finish(d, "email", result, "delivered")
-        elif 500 <= result.status < 600:
-            await self.store.suppress(to, result.error or f"SMTP {result.status}")
+        elif result.fault is Fault.MAILBOX:
+            await self.store.suppress(to, result.error or f"SMTP {result.status}",
+                                      self.settings.notifier_suppression_days)
             await self._finish(d, "email", result, "failed")
         else:
-            delay = schedule.next_delay(d["attempts"], self.settings.schedule, rng=self.rng)
-            await self._finish(d, "email", result, "retry" if delay is not None else "failed",
-                               delay=delay)
+            ours = result.fault is Fault.CONFIG
+            if ours:
+                self.metrics.smtp_config_errors.inc()
+                log.error("the mail server refused our configuration",
+                          extra={"entity_id": d["subscription_id"], "error": result.error})
+            await self._again(d, "email", result, ours=ours)
 
     async def _finish(self, d: asyncpg.Record, channel: str, result: Result, outcome: str, *,
-                      delay: float | None = None, disable_reason: str | None = None) -> None:
+                      delay: float | None = None, disable_reason: str | None = None,
+                      ours: bool = False) -> None:
+        self._recording.add(asyncio.current_task())
         disabled = False
         if outcome == "delivered":
             await self.successes.add((d["id"], d["subscription_id"], result.status,
@@ -231,7 +298,7 @@ class Dispatcher:
                 d["id"], d["subscription_id"], status=result.status,
                 duration_ms=result.duration_ms, error=result.error, response=result.response,
                 outcome=outcome, delay=delay, disable_reason=disable_reason,
-                disable_after_s=self.settings.notifier_disable_after_s)
+                disable_after_s=self.settings.notifier_disable_after_s, ours=ours)
         self.metrics.deliveries.labels(channel, outcome).inc()
         if outcome != "cancelled":
             self.metrics.attempt_seconds.labels(channel).observe(result.duration_ms / 1000)

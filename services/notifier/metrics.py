@@ -38,6 +38,13 @@ class NotifierMetrics:
         self.ssrf_blocked = Counter(f"{p}_ssrf_blocked_total",
                                     "Webhook destinations refused as non-public",
                                     registry=registry)
+        self.attempt_errors = Counter(
+            f"{p}_attempt_errors_total", "Attempts that ended in an error of the notifier's "
+            "own (recorded as failed attempts and retried on the schedule)", registry=registry)
+        self.smtp_config_errors = Counter(
+            f"{p}_smtp_config_errors_total", "Email attempts the mail server refused for our "
+            "own configuration (credentials, TLS, sender, relaying, connection)",
+            registry=registry)
         self.pending = Gauge(f"{p}_deliveries_pending", "Deliveries not yet delivered or failed",
                              registry=registry)
         self.oldest_pending = Gauge(f"{p}_oldest_pending_age_seconds",

@@ -15,6 +15,8 @@ from email.utils import parsedate_to_datetime
 
 DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 JITTER = 0.2
+OUR_FAULT_MAX_DELAY_S = 300.0
+RETRY_AFTER_DIGITS = 10  # longest delta-seconds read (over 300 years)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,16 @@ def next_delay(failed_attempts: int, schedule: tuple[float, ...],
     return delay
 
 
+def our_fault_delay(failed_attempts: int, schedule: tuple[float, ...],
+                    rng: random.Random | None = None) -> float:
+    """Seconds until the next attempt when our side is at fault (the mail server refuses
+    our login or our sender): the schedule, but never exhausted and at most
+    OUR_FAULT_MAX_DELAY_S apart, so a subscriber loses nothing to an outage of ours of any
+    length, and mail flows again within minutes once the operator (alerted) fixes it."""
+    step = next_delay(min(failed_attempts, len(schedule)), schedule, rng=rng)
+    return min(step if step is not None else schedule[-1], OUR_FAULT_MAX_DELAY_S)
+
+
 def classify(status: int, failed_attempts: int, schedule: tuple[float, ...],
              retry_after: str | None = None, rng: random.Random | None = None) -> Outcome:
     """The outcome of an attempt answered with `status` (0: no answer: network error or
@@ -59,11 +71,14 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    # RFC 9110's delta-seconds are ASCII digits: str.isdigit() also takes "²" (which
+    # float() refuses) and other scripts' digits. Past 10 digits it is no answer we honour
+    # anyway (next_delay caps it at twice the step).
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) <= RETRY_AFTER_DIGITS else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

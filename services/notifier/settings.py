@@ -37,15 +37,26 @@ class NotifierSettings(CommonSettings):
     notifier_digest_hourly_s: float = 3600.0
     notifier_digest_daily_s: float = 86400.0
     notifier_concurrency: int = 64
+    # attempts one organization may have in flight in a process: a tenant whose receivers
+    # answer slowly cannot hold every slot (see shares.py)
+    notifier_slots_per_org: int = Field(32, ge=1)
     notifier_disable_after_s: float = 5 * 24 * 3600
     notifier_rotation_overlap_s: float = 24 * 3600
     # CIDRs webhooks may reach although they are not public (the local stack: loopback)
     notifier_allow_cidrs: str = ""
+    # a PEM file of CAs trusted for https webhooks besides the system's (a private CA)
+    notifier_ca_file: str | None = None
     notifier_sweep_s: float = 0.5
     # base64 of 32 random bytes: seals webhook secrets at rest (see sealing.py)
     notifier_secret_key: SecretStr | None = None
     # how long past an attempt's timeout a claimed delivery stays with its process
     notifier_lease_margin_s: float = 10.0
+    # subscriptions one organization may hold (disabled ones too): each costs routing
+    # work on every match and a place in every notifier's memory
+    notifier_max_subscriptions_per_org: int = Field(1000, ge=1)
+    # the routing index is reloaded on every change to subscriptions, and in full this
+    # often besides, for changes no trigger saw (a restore with triggers off)
+    notifier_reload_s: float = Field(30.0, gt=0)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_starttls: bool = False
@@ -53,6 +64,9 @@ class NotifierSettings(CommonSettings):
     smtp_password: SecretStr | None = None
     smtp_from: str = "makelocal <alerts@makelocal.localhost>"
     smtp_timeout_s: float = 15.0
+    # how long an address the mail server said does not exist gets no mail (its
+    # subscription's owner can lift it sooner); then one more try tells again
+    notifier_suppression_days: float = Field(30.0, gt=0)
 
     @cached_property
     def schedule(self) -> tuple[float, ...]:

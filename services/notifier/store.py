@@ -4,6 +4,7 @@ before or after, never between."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -13,14 +14,21 @@ from typing import Any
 
 import asyncpg
 
-from services.common import keys
+from services.common import db, keys
 from services.common.db import checked_schema
 from services.notifier import messages
+from services.notifier.shares import NO_LIMIT, Room
 
+# Until when mail to the subscription's address (email) or contact address (webhook) is
+# held back because the mail server said it does not exist; null when it is not.
+SUPPRESSED_UNTIL = (
+    "(SELECT x.expires_at FROM suppressed_addresses x WHERE x.expires_at > now()"
+    " AND x.address = lower(coalesce(subscriptions.address, subscriptions.contact_email)))"
+    " AS suppressed_until")
 SUBSCRIPTION_FIELDS = (
     "id, owner, channel, url, address, filter, digest, verified, enabled, disabled_reason, "
     "contact_email, failing_since, last_success_at, created_at, updated_at, "
-    "previous_until")
+    "previous_until, " + SUPPRESSED_UNTIL)
 # What an attempt needs of a delivery (d) and its subscription (s): claim() and
 # assemble_webhooks() hand out the same rows.
 ATTEMPT_FIELDS = (
@@ -28,8 +36,13 @@ ATTEMPT_FIELDS = (
     " s.id AS subscription_id, s.channel, s.url, s.address, s.contact_email,"
     " s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
     " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret,"
-    " s.failing_since IS NOT NULL AS failing")
+    " s.failing_since IS NOT NULL AS failing, s.owner")
 EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
+# Items one INSERT carries at most. A batch's items are (pairs x subscriptions that want
+# them): a change of 1,200 labs watched by a thousand subscriptions would be one statement
+# of 1.2 million rows, its arrays built whole in both processes' memory and sent as one
+# protocol message (refused past 1 GB: the batch would fail again on every redelivery).
+ITEM_ROWS_PER_STATEMENT = 5_000
 
 
 log = logging.getLogger(__name__)
@@ -72,17 +85,21 @@ class Store:
     # subscriptions
 
     async def create_subscription(self, values: dict[str, Any],
-                                  first_delivery: bytes | None = None) -> asyncpg.Record:
-        """Insert it, and in the same transaction the email verification it must send."""
+                                  first_delivery: bytes | None = None, *,
+                                  limit: int | None = None) -> asyncpg.Record:
+        """Insert it, and in the same transaction the email verification it must send.
+        Raises LimitReached when its owner holds `limit` subscriptions already (disabled
+        ones too: re-enabling one never goes past the limit)."""
         columns = ", ".join(values)
         params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         async with self.pool.acquire() as conn, conn.transaction():
+            if limit is not None:
+                await _room_for_one_more(conn, values["owner"], limit)
             row = await conn.fetchrow(
                 f"INSERT INTO subscriptions ({columns}) VALUES ({params})"
                 f" RETURNING {SUBSCRIPTION_FIELDS}", *values.values())
             if first_delivery is not None:
                 await _insert_delivery(conn, row["id"], "verify", first_delivery)
-            await _changed(conn)
         return row
 
     async def subscription(self, subscription_id: str, owner: str) -> asyncpg.Record | None:
@@ -99,13 +116,10 @@ class Store:
     async def update_subscription(self, subscription_id: str, owner: str,
                                   values: dict[str, Any]) -> asyncpg.Record | None:
         sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=3))
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"UPDATE subscriptions SET {sets}{', ' if sets else ''}updated_at = now()"
-                f" WHERE id = $1 AND owner = $2 RETURNING {SUBSCRIPTION_FIELDS}",
-                subscription_id, owner, *values.values())
-            await _changed(conn)
-        return row
+        return await self.pool.fetchrow(
+            f"UPDATE subscriptions SET {sets}{', ' if sets else ''}updated_at = now()"
+            f" WHERE id = $1 AND owner = $2 RETURNING {SUBSCRIPTION_FIELDS}",
+            subscription_id, owner, *values.values())
 
     async def delete_subscription(self, subscription_id: str, owner: str) -> bool:
         return await self._change_one(
@@ -130,53 +144,67 @@ class Store:
             " updated_at = now() WHERE unsubscribe_token = $1 AND enabled", token)
 
     async def _change_one(self, sql: str, *args: Any) -> bool:
-        """One subscription changed (True) or none, and the routing indexes told."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            result = await conn.execute(sql, *args)
-            await _changed(conn)
+        """One subscription changed (True) or none (the routing indexes are told by the
+        table's trigger: migration 005)."""
+        result = await self.pool.execute(sql, *args)
         return result.endswith(" 1")
 
     async def unsubscribe_target(self, token: str) -> str | None:
         return await self.pool.fetchval(
             "SELECT address FROM subscriptions WHERE unsubscribe_token = $1", token)
 
+    async def verify_target(self, token: str) -> str | None:
+        """The address a verification link would confirm (none once it was used)."""
+        return await self.pool.fetchval(
+            "SELECT address FROM subscriptions WHERE verify_token = $1", token)
+
     # routing
 
-    async def changes(self) -> int:
-        return int(await self.pool.fetchval(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM subscription_changes"))
+    async def routing_version(self) -> int:
+        """The committed version of what routing reads (migration 005)."""
+        return int(await self.pool.fetchval("SELECT version FROM routing_version"))
 
-    async def routable(self) -> list[asyncpg.Record]:
-        """Subscriptions that take alerts now: enabled, and verified if by email."""
-        return await self.pool.fetch(
-            "SELECT id, filter FROM subscriptions WHERE enabled"
-            " AND (channel = 'webhook' OR verified)")
+    async def routable(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """The subscriptions that take alerts now (enabled, and verified if by email) with
+        their filters, and the routing version they are at: one statement, so one
+        snapshot, and the version describes exactly these rows."""
+        rows = await self.pool.fetch(
+            "SELECT v.version, s.id, s.filter FROM routing_version v LEFT JOIN subscriptions s"
+            " ON s.enabled AND (s.channel = 'webhook' OR s.verified)")
+        return int(rows[0]["version"]), {r["id"]: r["filter"] for r in rows
+                                         if r["id"] is not None}
 
     async def add_items(self, stored: Iterable[tuple[str, bytes, str | None]],
                         rows: Iterable[tuple[str, str, str, int, datetime | None]]) -> int:
         """The messages (id, body as received, its Content-Encoding) the rows point into,
         and the rows: (subscription, event id, message id, pair, time of the change). A
-        pair already present (a redelivered or replayed message) is skipped."""
+        pair already present (a redelivered or replayed message) is skipped. All are
+        stored or none (the consumer acks the batch once they are)."""
         rows = list(rows)
         if not rows:
             return 0
         # (a statement may touch a row once: one of each message)
         stored = list({m[0]: m for m in stored}.values())
-        # A message kept already is touched, not skipped: a prune running beside this
-        # statement then sees it young again (or, having deleted it first, lets this one
-        # insert it anew), and never leaves the new items pointing at nothing.
-        result = await self.pool.fetchval(
-            "WITH kept AS (INSERT INTO match_messages (message_id, body, encoding)"
-            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[])"
-            " ON CONFLICT (message_id) DO UPDATE SET created_at = now()),"
-            " added AS (INSERT INTO items (subscription_id, event_id, message_id, pair,"
-            " occurred_at) SELECT * FROM unnest($4::text[], $5::text[], $6::text[],"
-            " $7::int[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING 1)"
-            " SELECT count(*) FROM added",
-            [m[0] for m in stored], [m[1] for m in stored], [m[2] for m in stored],
-            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-            [r[3] for r in rows], [r[4] for r in rows])
-        return int(result)
+        chunks = [rows[i:i + ITEM_ROWS_PER_STATEMENT]
+                  for i in range(0, len(rows), ITEM_ROWS_PER_STATEMENT)]
+        # one statement is a transaction of its own; more need one around them
+        async with self.pool.acquire() as conn, (
+                conn.transaction() if len(chunks) > 1 else contextlib.nullcontext()):
+            # A message kept already is touched, not skipped: a prune running beside this
+            # statement then sees it young again (or, having deleted it first, lets this
+            # one insert it anew), and never leaves the new items pointing at nothing.
+            added = await conn.fetchval(
+                "WITH kept AS (INSERT INTO match_messages (message_id, body, encoding)"
+                " SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[])"
+                " ON CONFLICT (message_id) DO UPDATE SET created_at = now()),"
+                f" added AS ({_insert_items(4)}) SELECT count(*) FROM added",
+                [m[0] for m in stored], [m[1] for m in stored], [m[2] for m in stored],
+                *_columns(chunks[0]))
+            for chunk in chunks[1:]:
+                added += await conn.fetchval(
+                    f"WITH added AS ({_insert_items(1)}) SELECT count(*) FROM added",
+                    *_columns(chunk))
+        return int(added)
 
     # deliveries
 
@@ -199,8 +227,8 @@ class Store:
             made += await self._assemble_email(row["subscription_id"])
         return made
 
-    async def assemble_webhooks(self, b: Batching, claim: int,
-                                lease_s: float) -> tuple[int, list[asyncpg.Record]]:
+    async def assemble_webhooks(self, b: Batching, claim: int, lease_s: float,
+                                room: Room = NO_LIMIT) -> tuple[int, list[asyncpg.Record]]:
         """Every ready subscription's full batches of `max_items`, and its last partial
         batch when fewer than `in_flight` of its batches are under way (like Nagle's
         algorithm: little latency when quiet, batches under load) or its oldest item
@@ -211,11 +239,12 @@ class Store:
 
         The first `claim` deliveries made are claimed at once, as claim() would (the
         caller attempts them now; should it die, they are due when the lease ends): a
-        round trip and a wake-up fewer between a match and its webhook. Returns (the
-        number of deliveries made, the claimed ones in claim()'s shape)."""
+        round trip and a wake-up fewer between a match and its webhook; an owner's within
+        its room, as in claim(). Returns (the number of deliveries made, the claimed ones in
+        claim()'s shape)."""
         async with self.pool.acquire() as conn, conn.transaction():
             chunks = await conn.fetch(ASSEMBLE_WEBHOOKS, b.max_items, b.max_wait_s, claim,
-                                      b.in_flight)
+                                      b.in_flight, *room)
             if not chunks:
                 return 0, []
             changes = await _changes(conn, self.decoded,
@@ -311,35 +340,45 @@ class Store:
         async with self.pool.acquire() as conn:
             return await _insert_delivery(conn, subscription_id, kind, body)
 
-    async def claim(self, limit: int, lease_s: float,
-                    failing_limit: int) -> list[asyncpg.Record]:
+    async def claim(self, limit: int, lease_s: float, failing_limit: int,
+                    room: Room = NO_LIMIT) -> list[asyncpg.Record]:
         """Due deliveries, each taken by one process: its next attempt time moves past the
         lease, so if this process dies mid-attempt the delivery is due again after it.
         At most `failing_limit` of them belong to failing subscriptions (whose peers may
-        hang until the timeout): those cannot take the slots healthy ones need."""
-        due = ("SELECT d.id, d.next_attempt_at FROM deliveries d"
+        hang until the timeout): those cannot take the slots healthy ones need. An owner
+        gets at most the attempts its share leaves room for (shares.Shares.room)."""
+        owners, rooms, per_owner = room
+        due = ("SELECT d.id, d.next_attempt_at, s.owner FROM deliveries d"
                " JOIN subscriptions s ON s.id = d.subscription_id"
                " WHERE d.status = 'pending' AND d.next_attempt_at <= now()"
                " AND s.failing_since IS {} NULL"
+               " AND s.owner <> ALL($6::text[])"
                " ORDER BY d.next_attempt_at LIMIT {} FOR UPDATE OF d SKIP LOCKED")
         return await self.pool.fetch(
             f"WITH {RELAXED}, healthy AS ({due.format('', '$1')}),"
             f" failing AS ({due.format('NOT', '$3')}),"
-            " chosen AS (SELECT id FROM (SELECT * FROM healthy UNION ALL"
-            "  SELECT * FROM failing) u ORDER BY next_attempt_at LIMIT $1)"
+            f" {ROOM},"
+            " chosen AS (SELECT u.id FROM (SELECT *, row_number() OVER ("
+            "   PARTITION BY owner ORDER BY next_attempt_at) AS k"
+            "  FROM (SELECT * FROM healthy UNION ALL SELECT * FROM failing) a) u"
+            "  LEFT JOIN room r ON r.owner = u.owner WHERE u.k <= coalesce(r.room, $7)"
+            "  ORDER BY u.next_attempt_at LIMIT $1)"
             " UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2),"
             "  attempts = d.attempts + 1"
             " FROM chosen, subscriptions s, relaxed"
             " WHERE d.id = chosen.id AND s.id = d.subscription_id"
-            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s, failing_limit)
+            f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s, failing_limit, owners, rooms,
+            [o for o, r in zip(owners, rooms, strict=True) if r <= 0], per_owner)
 
     async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
                      duration_ms: float, error: str | None, response: str | None,
                      outcome: str, delay: float | None = None, disable_reason: str | None = None,
-                     disable_after_s: float | None = None) -> bool:
+                     disable_after_s: float | None = None, ours: bool = False) -> bool:
         """Record a failed attempt and its consequence: outcome 'retry' (after `delay` s),
         'failed' or 'cancelled'. Returns True when this attempt disabled the subscription
-        (the caller tells its owner). Successes go through `delivered`, many at once."""
+        (the caller tells its owner). Successes go through `delivered`, many at once.
+        `ours`: the fault was our own configuration (the mail server refused us), which
+        does not count against the subscription (failing, then disabled)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await _relaxed(conn)
             await conn.execute(
@@ -355,7 +394,7 @@ class Store:
                 await conn.execute(
                     "UPDATE deliveries SET status = $2, finished_at = now(), last_status = $3,"
                     " last_error = $4 WHERE id = $1", delivery_id, outcome, status, error)
-            if outcome == "cancelled":
+            if outcome == "cancelled" or ours:
                 return False
             failing_since = await conn.fetchval(
                 "UPDATE subscriptions SET failing_since = coalesce(failing_since, now())"
@@ -371,7 +410,6 @@ class Store:
             result = await conn.execute(
                 "UPDATE subscriptions SET enabled = false, disabled_reason = $2,"
                 " updated_at = now() WHERE id = $1 AND enabled", subscription_id, disable_reason)
-            await _changed(conn)
             return result.endswith(" 1")
 
     async def delivered(self, rows: list[tuple[uuid.UUID, str, int, float, str | None]]) -> None:
@@ -436,14 +474,35 @@ class Store:
 
     # email addresses
 
-    async def suppress(self, address: str, reason: str) -> None:
+    async def suppress(self, address: str, reason: str, days: float) -> None:
+        """No mail to `address` for `days` (a refusal after an expired or lifted
+        suppression starts a new one)."""
         await self.pool.execute(
-            "INSERT INTO suppressed_addresses (address, reason) VALUES (lower($1), $2)"
-            " ON CONFLICT (address) DO NOTHING", address, reason)
+            "INSERT INTO suppressed_addresses (address, reason, expires_at)"
+            " VALUES (lower($1), $2, now() + make_interval(secs => $3::float8 * 86400))"
+            " ON CONFLICT (address) DO UPDATE SET reason = excluded.reason,"
+            " created_at = now(), expires_at = excluded.expires_at", address, reason, days)
 
     async def suppressed(self, address: str) -> bool:
         return bool(await self.pool.fetchval(
-            "SELECT true FROM suppressed_addresses WHERE address = lower($1)", address))
+            "SELECT true FROM suppressed_addresses WHERE address = lower($1)"
+            " AND expires_at > now()", address))
+
+    async def unsuppress(self, address: str) -> bool:
+        """Lift the suppression of `address`; False when none holds."""
+        return bool(await self.pool.fetchval(
+            "DELETE FROM suppressed_addresses WHERE address = lower($1)"
+            " RETURNING expires_at > now()", address))
+
+    async def contact_verified(self, subscription_id: str) -> bool:
+        """Whether a subscription's contact address is one its recipient confirmed to the
+        same owner (the verified address of an email subscription) and did not
+        unsubscribe from since. The owner types a contact address; it may be anyone's."""
+        return bool(await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM subscriptions s JOIN subscriptions e"
+            " ON e.owner = s.owner AND e.address = lower(s.contact_email)"
+            " WHERE s.id = $1 AND e.channel = 'email' AND e.verified"
+            " AND e.disabled_reason IS DISTINCT FROM 'unsubscribed')", subscription_id))
 
     async def prune_messages(self, older_than_s: float) -> int:
         """Drop kept match messages no waiting item points into any more (their pairs are
@@ -468,8 +527,9 @@ class Store:
         return row["pending"], float(row["oldest"]), row["failed"], row["disabled"]
 
 
-# The batches ready now ($1 max items, $2 max wait s, $3 deliveries to claim, $4 in flight),
-# their subscriptions and items locked; one row per batch, its items in order.
+# The batches ready now ($1 max items, $2 max wait s, $3 deliveries to claim, $4 in flight;
+# $5, $6, $7 the owners' room as in ROOM), their subscriptions and items locked; one row
+# per batch, its items in order.
 ASSEMBLE_WEBHOOKS = """
     WITH waiting AS (
         SELECT i.subscription_id, count(*) AS n,
@@ -511,13 +571,18 @@ ASSEMBLE_WEBHOOKS = """
                array_agg(payload::text ORDER BY rn) AS payloads
         FROM (SELECT *, rn / $1 AS chunk FROM numbered) x
         WHERE chunk < n / $1 OR flush
-        GROUP BY subscription_id, chunk)
+        GROUP BY subscription_id, chunk),
+    {room}
     -- a failing subscription's batches wait for claim(), which rations them
     SELECT g.*, s.failing_since IS NULL AND row_number() OVER (
                PARTITION BY s.failing_since IS NULL
-               ORDER BY g.oldest, g.subscription_id, g.chunk) <= $3 AS claimed
+               ORDER BY g.oldest, g.subscription_id, g.chunk) <= $3
+           AND row_number() OVER (PARTITION BY s.owner
+               ORDER BY g.oldest, g.subscription_id, g.chunk)
+               <= coalesce(r.room, $7) AS claimed
     FROM grouped g JOIN subscriptions s ON s.id = g.subscription_id
-    """
+    LEFT JOIN room r ON r.owner = s.owner
+    """.replace("{room}", "room AS (SELECT * FROM unnest($5::text[], $6::int[]) AS o(owner, room))")
 
 
 async def _changes(conn: asyncpg.Connection, decoded: messages.Decoded,
@@ -538,9 +603,54 @@ async def _changes(conn: asyncpg.Connection, decoded: messages.Decoded,
     return held
 
 
-async def _changed(conn: asyncpg.Connection) -> None:
-    """Bump the counter every notifier compares to know its routing index is stale."""
-    await conn.execute("SELECT nextval('subscription_changes')")
+async def listen_routing(dsn: str, schema: str,
+                         changed: Callable[[], None]) -> asyncpg.Connection:
+    """A connection of its own on which `changed` is called once each routing change has
+    committed (migration 005's NOTIFY), and when the connection is lost (changes may go
+    unheard from then on). The caller closes it."""
+    conn = await db.connect(dsn, schema)
+    try:
+        await conn.add_listener(f"{checked_schema(schema)}_subscriptions",
+                                lambda *_: changed())
+    except BaseException:
+        await conn.close()
+        raise
+    conn.add_termination_listener(lambda _: changed())
+    return conn
+
+
+class LimitReached(Exception):
+    """The owner holds as many subscriptions as it may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the limit of {limit} subscriptions is reached")
+        self.limit = limit
+
+
+async def _room_for_one_more(conn: asyncpg.Connection, owner: str, limit: int) -> None:
+    """Raise LimitReached unless `owner` holds fewer than `limit` subscriptions. Its
+    creations queue on a lock held to the end of the transaction, so two cannot both count
+    the last place free (in this database's schema: other deployments beside it do not
+    wait). The count is a statement of its own, after the lock: one statement's snapshot
+    is taken before it waits, and would miss the creation it waited for."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()), hashtext($1))",
+                       owner)
+    held = await conn.fetchval("SELECT count(*) FROM subscriptions WHERE owner = $1", owner)
+    if held >= limit:
+        raise LimitReached(limit)
+
+
+def _insert_items(first: int) -> str:
+    """The INSERT of one chunk of items, from five arrays of parameters from $`first`."""
+    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(
+        ("text", "text", "text", "int", "timestamptz")))
+    return ("INSERT INTO items (subscription_id, event_id, message_id, pair, occurred_at)"
+            f" SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING 1")
+
+
+def _columns(rows: list[tuple[str, str, str, int, datetime | None]]) -> list[list[Any]]:
+    """Rows as the five arrays _insert_items takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 # A commit that need not wait for the disk. Only for records whose loss in a database
@@ -549,6 +659,8 @@ async def _changed(conn: asyncpg.Connection) -> None:
 # under a second identity. RELAXED is a CTE for one-statement transactions: set_config
 # with is_local applies to the statement's own transaction, whose commit follows it.
 RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
+# What each owner may still start in this process ($4 owners, $5 their room in claim()).
+ROOM = "room AS (SELECT * FROM unnest($4::text[], $5::int[]) AS o(owner, room))"
 
 
 async def _relaxed(conn: asyncpg.Connection) -> None:

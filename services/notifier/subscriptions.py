@@ -17,6 +17,7 @@ from contracts import matches, vocabulary
 from contracts.geo import cell, haversine_km, reach
 from contracts.matches import PairView
 from contracts.models import EntityId
+from services.notifier.addresses import Refused, normalised_url
 
 EventType = Literal["matches.found", "matches.withdrawn"]
 EVENT_TYPES: tuple[EventType, ...] = ("matches.found", "matches.withdrawn")
@@ -63,7 +64,12 @@ def _storable_url(url: str) -> str:
     # even reach the database (PostgreSQL text, UTF-8).
     if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in url):
         raise ValueError("a URL may not hold control characters or unpaired surrogates")
-    return url
+    try:
+        # stored as it goes on the wire (IDNA host, percent-encoded path): what is
+        # accepted here is what every attempt sends
+        return normalised_url(url)
+    except Refused:
+        return url  # the guard's check at the route says why, as url_refused
 
 
 WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_storable_url)]

@@ -1,13 +1,15 @@
 """Notifier benchmark, with real NATS, PostgreSQL and service processes.
 
-1. Deliveries/s: S webhook subscriptions, waves of one match event per subscription
-   published straight to MATCHES; webhook calls and match events per second at a local
-   receiver.
+1. Deliveries/s: S webhook subscriptions of O organizations (each has its share of the
+   notifier's delivery slots), waves of one match event per subscription published
+   straight to MATCHES; webhook calls and match events per second at a local receiver
+   that answers 204 without a Content-Length, as most do.
 2. Through the whole stack (registry, matcher, notifier as processes): new designs posted at
    a fixed rate, latency from the registry's HTTP response to the webhook that carries the
    design's match; then higher rates, to find the highest one the stack sustains.
 
-    python -m bench.notifier [--subscriptions 1000] [--waves 5] [--rates 200,400,800]
+    python -m bench.notifier [--subscriptions 1000] [--organizations 10] [--waves 5]
+                             [--rates 200,400,800]
 """
 
 from __future__ import annotations
@@ -92,11 +94,12 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
 
 
-async def deliveries_per_second(nats_url: str, notifier: RawHttpClient, key: str,
+async def deliveries_per_second(nats_url: str, notifier: RawHttpClient, keys: list[str],
                                 receiver: Receiver, url: str, subscriptions: int,
                                 waves: int) -> None:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     for i in range(subscriptions):
+        headers = {"Authorization": f"Bearer {keys[i % len(keys)]}",
+                   "Content-Type": "application/json"}
         status, body = await notifier.post("/v1/subscriptions", json.dumps({
             "channel": "webhook", "url": url, "filter": {"facility_ids": [f"bf{i}"]}}).encode(),
             headers)
@@ -110,7 +113,8 @@ async def deliveries_per_second(nats_url: str, notifier: RawHttpClient, key: str
     span = receiver.last - (receiver.first or receiver.last)
     print(f"deliveries: {receiver.calls} webhook calls carrying {receiver.events} match events "
           f"in {span:.2f} s: {receiver.calls / span:.0f} calls/s, "
-          f"{receiver.events / span:.0f} events/s (target >= 1,000 deliveries/s)")
+          f"{receiver.events / span:.0f} events/s, {len(keys)} organizations"
+          " (target >= 1,000 deliveries/s)")
 
 
 async def stack_rate(registry: RawHttpClient, key: str, receiver: Receiver, rate: float,
@@ -162,6 +166,7 @@ async def stack_rate(registry: RawHttpClient, key: str, receiver: Receiver, rate
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--organizations", type=int, default=10)
     parser.add_argument("--waves", type=int, default=5)
     parser.add_argument("--rates", default="200,400,800")
     parser.add_argument("--seconds", type=float, default=10)
@@ -170,13 +175,14 @@ async def main() -> None:
     nats_server, postgres, ports = stack.nats, stack.postgres, stack.ports
     receiver = Receiver()
     try:
-        key = await stack.key()
+        keys = await stack.keys(args.organizations)
+        key = keys[0]
         stack.start()
         url = f"http://127.0.0.1:{await receiver.start()}/hook"
         notifier = RawHttpClient(ports["notifier"])
         registry = RawHttpClient(ports["registry"])
         print(f"machine: {os.cpu_count()} cores")
-        await deliveries_per_second(nats_server.url, notifier, key, receiver, url,
+        await deliveries_per_second(nats_server.url, notifier, keys, receiver, url,
                                     args.subscriptions, args.waves)
 
         # the whole stack: 20 facilities, 3 of which 3D print (so each new design matches

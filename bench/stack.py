@@ -27,15 +27,22 @@ class Stack:
             "MAKELOCAL_LOG_LEVEL": "WARNING", "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8",
             # one key posts every design: the per-key write limit would cap the rates
             "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000",
+            # one benchmark organization holds every subscription
+            "MAKELOCAL_NOTIFIER_MAX_SUBSCRIPTIONS_PER_ORG": "1000000",
             **{f"MAKELOCAL_{k.upper()}_PORT": str(v) for k, v in self.ports.items()}}
         self.procs: dict[str, subprocess.Popen] = {}
 
     async def key(self) -> str:
         """An organization's API key, made in the registry's schema."""
+        return (await self.keys(1))[0]
+
+    async def keys(self, n: int) -> list[str]:
+        """The API keys of n organizations, made in the registry's schema."""
         await db.migrate(self.postgres.url, "registry", "services.registry")
         pool = await db.create_pool(self.postgres.url, "registry", min_size=1, max_size=1)
         try:
-            return (await Store(pool).create_organization("bench"))[1]
+            return [(await Store(pool).create_organization(f"bench {i}"))[1]
+                    for i in range(n)]
         finally:
             await pool.close()
 

@@ -126,10 +126,11 @@ class Dispatcher:
                 lane = max(0, self.failing_lane - len(self.failing_in_flight))
                 claimed = await self.store.claim(free, self.lease_s, lane, room) if free else []
                 self._start(claimed)
-            if not claimed or len(claimed) == free:
-                await _wait(self._deliveries, self.settings.notifier_sweep_s)
-                if self.in_flight:
-                    await asyncio.sleep(0.002)
+            # Short of the free slots: nothing more is due, or its owners are at their
+            # share; either way only a new delivery or an ended attempt changes that.
+            await _wait(self._deliveries, self.settings.notifier_sweep_s)
+            if self.in_flight:
+                await asyncio.sleep(0.002)
 
     @contextlib.asynccontextmanager
     async def _free_slots(self) -> AsyncIterator[tuple[int, Room]]:

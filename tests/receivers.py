@@ -279,8 +279,10 @@ class FixedAnswer(LoopbackServer):
     """An HTTP server on loopback that answers every request with the same head, given
     as bytes: what a server may send and no HTTP library would write."""
 
-    def __init__(self, head: bytes) -> None:
-        self.head = head
+    def __init__(self, head: bytes, *, whole: bool = False) -> None:
+        """`whole`: `head` is the whole answer, body and framing as given."""
+        self.answer = head if whole else (
+            head + b"content-length: 0\r\nconnection: close\r\n\r\n")
         self.requests = 0
         self.server: asyncio.Server | None = None
 
@@ -291,7 +293,7 @@ class FixedAnswer(LoopbackServer):
                            if line.lower().startswith(b"content-length:")), 0)
             await reader.readexactly(length)
             self.requests += 1
-            writer.write(self.head + b"content-length: 0\r\nconnection: close\r\n\r\n")
+            writer.write(self.answer)
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass

@@ -147,6 +147,11 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         if "contact_email" in fields:
             values["contact_email"] = change.contact_email
         if change.enabled is not None:
+            if change.enabled and row["disabled_reason"] == "unsubscribed":
+                # the recipient's word, not the owner's to undo
+                raise ApiError(409, "unsubscribed", "the recipient unsubscribed; only they can"
+                               " subscribe again (a new subscription asks them to confirm)",
+                               "enabled")
             values["enabled"] = change.enabled
             if change.enabled:
                 values |= {"disabled_reason": None, "failing_since": None}

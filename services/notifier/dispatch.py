@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -295,11 +296,13 @@ class Dispatcher:
             await self.successes.add((d["id"], d["subscription_id"], result.status,
                                       result.duration_ms, result.response))
         else:
+            tell = d["contact_email"] and d["channel"] == "webhook"
             disabled = await self.store.finish(
                 d["id"], d["subscription_id"], status=result.status,
                 duration_ms=result.duration_ms, error=result.error, response=result.response,
                 outcome=outcome, delay=delay, disable_reason=disable_reason,
-                disable_after_s=self.settings.notifier_disable_after_s, ours=ours)
+                disable_after_s=self.settings.notifier_disable_after_s, ours=ours,
+                notice=partial(messages.notice_body, d["subscription_id"]) if tell else None)
         self.metrics.deliveries.labels(channel, outcome).inc()
         if outcome != "cancelled":
             self.metrics.attempt_seconds.labels(channel).observe(result.duration_ms / 1000)
@@ -309,11 +312,6 @@ class Dispatcher:
         if disabled:
             log.warning("subscription disabled", extra={"entity_id": d["subscription_id"],
                                                         "error": disable_reason or "failing"})
-            if d["contact_email"] and d["channel"] == "webhook":
-                await self.store.add_delivery(
-                    d["subscription_id"], "notice",
-                    messages.notice_body(d["subscription_id"], disable_reason
-                                         or "it failed for too long without a success"))
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -6,9 +6,9 @@ Only the recipient refused at RCPT TO as non-existent suppresses: an enhanced st
 except 5.1.7 and 5.1.8, which are about the *sender's* address (Postfix reports sender
 refusals at RCPT). A 550, 551 or 553 at RCPT TO with no enhanced code suppresses too:
 RFC 5321 defines them as mailbox unavailable, user not local and mailbox name not
-allowed, and older servers say nothing more; unless its text speaks of relaying (the
-classic "550 Relaying denied", which is about us). A wrong guess costs little: a
-suppression expires, and its subscription's owner can lift it.
+allowed, and older servers say nothing more; unless its text says it is about us
+("550 Relaying denied", "Sender address rejected", qmail's "allowed rcpthosts"). A wrong
+guess costs little: a suppression expires, and its subscription's owner can lift it.
 
 Our configuration: a login refused (530, 534, 535, 538 wherever they come), TLS that
 fails or is missing, the server refusing us at the greeting, EHLO or MAIL FROM, a relaying
@@ -24,8 +24,16 @@ from enum import Enum
 
 import aiosmtplib
 
-# an enhanced status code (RFC 3463) opening a reply's text: class.subject.detail
+# an enhanced status code (RFC 3463): class.subject.detail, opening a reply's text or, as
+# qmail writes it, at its end: "553 sorry, that domain isn't in my list of allowed
+# rcpthosts (#5.7.1)"
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
+_ENHANCED_ANYWHERE = re.compile(r"[(#\s]([245])\.(\d{1,3})\.(\d{1,3})\)?\s*$")
+# refusals without an enhanced code that are about our standing, not the mailbox; "relay"
+# alone is not enough: Postfix says "User unknown in relay recipient table"
+_ABOUT_US = re.compile(r"relay(ing)? (access )?(denied|not permitted|prohibited)"
+                       r"|not permitted to relay|unable to relay|allowed rcpthosts"
+                       r"|sender address", re.IGNORECASE)
 LOGIN_REFUSED = frozenset({530, 534, 535, 538})
 # without an enhanced code: mailbox unavailable, user not local, mailbox name not allowed
 NO_SUCH_MAILBOX = frozenset({550, 551, 553})
@@ -58,11 +66,15 @@ _STAGES: tuple[tuple[type[aiosmtplib.SMTPResponseException], str], ...] = (
 def fault(stage: str, code: int, text: str) -> Fault | None:
     """What a refusal with reply `code` and `text` at `stage` (an SMTP command, or
     "greeting", or "command" for one unknown) says about the address or about us."""
-    enhanced = _ENHANCED.match(text.strip())
+    enhanced = _ENHANCED.match(text.strip()) or _ENHANCED_ANYWHERE.search(text)
     subject, detail = (int(enhanced[2]), int(enhanced[3])) if enhanced else (None, None)
     if code in LOGIN_REFUSED:
         return Fault.CONFIG
     if subject == 1 and detail in SENDER_ADDRESS:
+        return Fault.CONFIG
+    if _ABOUT_US.search(text):
+        # Postfix refuses an unknown *sender* at RCPT with 5.1.0 ("Sender address
+        # rejected"): were it read as the recipient's, every recipient would be suppressed
         return Fault.CONFIG
     permanent = 500 <= code < 600
     if stage == "RCPT TO":
@@ -72,8 +84,6 @@ def fault(stage: str, code: int, text: str) -> Fault | None:
             if enhanced[1] == "5" and subject == 1:
                 return Fault.MAILBOX
             return Fault.CONFIG if subject == 7 else None
-        if "relay" in text.lower():
-            return Fault.CONFIG
         return Fault.MAILBOX if code in NO_SUCH_MAILBOX else None
     if stage == "DATA":
         return Fault.CONFIG if permanent and subject == 7 else None

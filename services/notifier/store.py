@@ -16,6 +16,7 @@ import asyncpg
 
 from services.common import db, keys
 from services.common.db import checked_schema
+from services.common.text import storable
 from services.notifier import messages
 from services.notifier.shares import NO_LIMIT, Room
 
@@ -37,6 +38,7 @@ ATTEMPT_FIELDS = (
     " s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
     " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret,"
     " s.failing_since IS NOT NULL AS failing, s.owner")
+_VERSION = "coalesce((SELECT version FROM routing_version), -1)"
 EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
 # Items one INSERT carries at most. A batch's items are (pairs x subscriptions that want
 # them): a change of 1,200 labs watched by a thousand subscriptions would be one statement
@@ -161,16 +163,17 @@ class Store:
     # routing
 
     async def routing_version(self) -> int:
-        """The committed version of what routing reads (migration 005)."""
-        return int(await self.pool.fetchval("SELECT version FROM routing_version"))
+        """The committed version of what routing reads (migration 005); -1 when its row
+        was deleted (the next change makes it again)."""
+        return int(await self.pool.fetchval(f"SELECT {_VERSION}"))
 
     async def routable(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """The subscriptions that take alerts now (enabled, and verified if by email) with
         their filters, and the routing version they are at: one statement, so one
         snapshot, and the version describes exactly these rows."""
         rows = await self.pool.fetch(
-            "SELECT v.version, s.id, s.filter FROM routing_version v LEFT JOIN subscriptions s"
-            " ON s.enabled AND (s.channel = 'webhook' OR s.verified)")
+            f"SELECT v.version, s.id, s.filter FROM (SELECT {_VERSION} AS version) v"
+            " LEFT JOIN subscriptions s ON s.enabled AND (s.channel = 'webhook' OR s.verified)")
         return int(rows[0]["version"]), {r["id"]: r["filter"] for r in rows
                                          if r["id"] is not None}
 
@@ -373,12 +376,16 @@ class Store:
     async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
                      duration_ms: float, error: str | None, response: str | None,
                      outcome: str, delay: float | None = None, disable_reason: str | None = None,
-                     disable_after_s: float | None = None, ours: bool = False) -> bool:
+                     disable_after_s: float | None = None, ours: bool = False,
+                     notice: Callable[[str], bytes] | None = None) -> bool:
         """Record a failed attempt and its consequence: outcome 'retry' (after `delay` s),
         'failed' or 'cancelled'. Returns True when this attempt disabled the subscription
         (the caller tells its owner). Successes go through `delivered`, many at once.
         `ours`: the fault was our own configuration (the mail server refused us), which
-        does not count against the subscription (failing, then disabled)."""
+        does not count against the subscription (failing, then disabled). `notice`: the
+        body telling the owner, given the reason, recorded with the disabling (a crash
+        between the two would lose it)."""
+        error, response = storable(error), storable(response)
         async with self.pool.acquire() as conn, conn.transaction():
             await _relaxed(conn)
             await conn.execute(
@@ -410,7 +417,10 @@ class Store:
             result = await conn.execute(
                 "UPDATE subscriptions SET enabled = false, disabled_reason = $2,"
                 " updated_at = now() WHERE id = $1 AND enabled", subscription_id, disable_reason)
-            return result.endswith(" 1")
+            disabled = result.endswith(" 1")
+            if disabled and notice is not None:
+                await _insert_delivery(conn, subscription_id, "notice", notice(disable_reason))
+            return disabled
 
     async def delivered(self, rows: list[tuple[uuid.UUID, str, int, float, str | None]]) -> None:
         """Successful attempts (delivery, subscription, status, duration ms, response), in
@@ -430,7 +440,7 @@ class Store:
             "  OR last_success_at IS NULL OR last_success_at < now() - interval '1 minute'))"
             " SELECT count(*) FROM relaxed",
             [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-            [r[4] for r in rows], sorted({r[1] for r in rows}))
+            [storable(r[4]) for r in rows], sorted({r[1] for r in rows}))
 
     async def deliveries(self, subscription_id: str, owner: str, status: str | None,
                          limit: int) -> list[asyncpg.Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -39,6 +40,17 @@ def design_partition_transform(partitions: int) -> tuple[str, str] | None:
         return None
     return ("registry.design.*",
             f"registry.design.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}")
+
+
+_PARTITION_FUNCTION = re.compile(r"\{\{\s*partition\(\s*(\d+)\s*,")
+
+
+def partitions_of(transform_destination: str | None) -> int:
+    """The number of partitions a REGISTRY stream's subject transform (the destination
+    design_partition_transform makes) spreads design events over; none: 1. The stream's
+    configuration is where the registry records its partition count: it is what routes."""
+    found = _PARTITION_FUNCTION.search(transform_destination or "")
+    return int(found.group(1)) if found else 1
 
 
 def partition_filters(partitions: int, partition: int) -> list[str]:

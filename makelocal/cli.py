@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         from makelocal.trace import run
         from services.common.settings import CommonSettings
 
-        stack, settings = running_stack(args.data_dir or default_data_dir()), CommonSettings()
+        data_dir = args.data_dir or default_data_dir()
+        stack, settings = running_stack(data_dir), CommonSettings()
+        _admin_credentials(data_dir)
         return run(stack.get("database_url", settings.database_url),
                    stack.get("nats_url", settings.nats_url), args.event_id)
     if args.command == "schema":
@@ -122,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         return 0
     return 2
+
+
+def _admin_credentials(data_dir: Path) -> None:
+    """Unless MAKELOCAL_NATS_USER says who: read NATS as the admin user of the stack `up`
+    runs with this data directory (its passwords are kept there)."""
+    from makelocal import nats_auth
+
+    kept = data_dir / nats_auth.CREDENTIALS_FILE
+    if not os.environ.get("MAKELOCAL_NATS_USER") and kept.exists():
+        os.environ.update(MAKELOCAL_NATS_USER=nats_auth.ADMIN,
+                          MAKELOCAL_NATS_PASSWORD=nats_auth.generated(data_dir)[nats_auth.ADMIN])
 
 
 async def _org_create(name: str, data_dir: Path) -> int:

@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from makelocal import nats_auth
 from makelocal.embedded import (
     NatsServer,
     free_port,
@@ -111,30 +113,36 @@ class ClusterPorts:
 
 class Cluster:
     """The NATS nodes and the service processes; `env` adds to every service's settings
-    (database URL and schemas, SMTP, the notifier's sealing key)."""
+    (database URL and schemas, SMTP, the notifier's sealing key). With `passwords`
+    (makelocal.nats_auth), NATS admits only its users and each service connects as its own."""
 
-    def __init__(self, data_dir: Path, ports: ClusterPorts, env: dict[str, str]) -> None:
-        self.data_dir, self.ports = data_dir, ports
+    def __init__(self, data_dir: Path, ports: ClusterPorts, env: dict[str, str],
+                 passwords: Mapping[str, str] | None = None) -> None:
+        self.data_dir, self.ports, self.passwords = data_dir, ports, passwords
         self.logs = data_dir / "logs"
-        self.nodes = [
-            NatsServer(data_dir / f"nats-{i}", ports.nats[i], ports.monitors[i],
-                       log_file=self.logs / f"nats-{i}.log", cluster_port=ports.routes[i],
-                       routes=[r for j, r in enumerate(ports.routes) if j != i])
-            for i in range(NODES)]
-        self.nats_url = ",".join(node.url for node in self.nodes)
         common = env | {  # what makes it this topology wins over `env`
-            "MAKELOCAL_NATS_URL": self.nats_url, "MAKELOCAL_PARTITIONS": str(PARTITIONS),
+            "MAKELOCAL_PARTITIONS": str(PARTITIONS),
             "MAKELOCAL_REGISTRY_STREAM_REPLICAS": str(NODES),
             "MAKELOCAL_MATCHER_STREAM_REPLICAS": str(NODES),
             "MAKELOCAL_NOTIFIER_STREAM_REPLICAS": str(NODES),
         }
+        auth = nats_auth.server_config(passwords, **nats_auth.grant_settings(common)) \
+            if passwords else None
+        self.nodes = [
+            NatsServer(data_dir / f"nats-{i}", ports.nats[i], ports.monitors[i],
+                       log_file=self.logs / f"nats-{i}.log", cluster_port=ports.routes[i],
+                       routes=[r for j, r in enumerate(ports.routes) if j != i], auth=auth)
+            for i in range(NODES)]
+        self.nats_url = ",".join(node.url for node in self.nodes)
+        common["MAKELOCAL_NATS_URL"] = self.nats_url
         self.services: list[Service] = []
         for command, ports_of, extra in (
                 ("registry", ports.registry, None),
                 ("matcher", ports.matcher, "MAKELOCAL_MATCHER_PARTITION"),
                 ("notifier", ports.notifier, None)):
             for i, port in enumerate(ports_of):
-                own = port_env(command, port) | ({extra: str(i)} if extra else {})
+                own = port_env(command, port) | ({extra: str(i)} if extra else {}) \
+                    | nats_auth.service_env(command, passwords or {})
                 self.services.append(Service(f"{command}-{i}", command, port, common | own,
                                              self.logs / f"{command}-{i}.log"))
 
@@ -150,7 +158,7 @@ class Cluster:
             node.launch()
         for node in self.nodes:
             node.wait_listening(timeout)
-        wait_for_jetstream(self.nats_url, timeout)
+        wait_for_jetstream(self.nats_url, timeout, self.passwords)
         # in order: the registries make REGISTRY, the matchers MATCHES, the notifiers read it
         for command in ("registry", "matcher", "notifier"):
             for service in self.of(command):
@@ -166,16 +174,21 @@ class Cluster:
             node.stop()
 
 
-def wait_for_jetstream(nats_url: str, timeout: float) -> None:
-    """Until the cluster has elected its JetStream meta leader and answers API requests."""
+def wait_for_jetstream(nats_url: str, timeout: float,
+                       passwords: Mapping[str, str] | None = None) -> None:
+    """Until the cluster has elected its JetStream meta leader and answers API requests
+    (asked as the admin when NATS has users)."""
     import nats
+
+    login = {"user": nats_auth.ADMIN, "password": passwords[nats_auth.ADMIN]} \
+        if passwords else {}
 
     async def ready() -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 nc = await nats.connect(servers=nats_url.split(","), connect_timeout=2,
-                                        max_reconnect_attempts=1)
+                                        max_reconnect_attempts=1, **login)
                 try:
                     await nc.jetstream().account_info()
                     return

@@ -74,7 +74,8 @@ def nats_binary() -> str:
 @dataclass
 class NatsServer:
     """One nats-server with JetStream; with `cluster_port` and `routes`, a node of a
-    cluster (every node names the others' route ports)."""
+    cluster (every node names the others' route ports); with `auth` (an `authorization`
+    block, makelocal.nats_auth), only its users may connect."""
 
     store_dir: Path
     port: int
@@ -82,11 +83,20 @@ class NatsServer:
     log_file: Path | None = None
     cluster_port: int | None = None
     routes: list[int] = field(default_factory=list)
+    auth: str | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def _config_file(self) -> Path:
+        """The configuration holding `auth` (passwords: owner read-only); the command
+        line gives everything else and wins over it."""
+        path = self.store_dir / "auth.conf"
+        path.touch(mode=0o600)
+        path.write_text(self.auth or "")
+        return path
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.launch()
@@ -98,6 +108,8 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [nats_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-n", f"makelocal-{self.port}"]
+        if self.auth:
+            args += ["-c", str(self._config_file())]
         if self.monitor_port:
             args += ["-m", str(self.monitor_port)]
         if self.cluster_port:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from makelocal import nats_auth
 from makelocal.cluster import SERVICE_KINDS, Cluster, ClusterPorts, Service
 from makelocal.embedded import (
     NatsServer,
@@ -110,26 +111,31 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
         say(f"PostgreSQL      {postgres.url}")
         env = service_env(postgres.url, ports)
         env.setdefault("MAKELOCAL_NOTIFIER_SECRET_KEY", notifier_key(data_dir))
+        # NATS admits only the services' users, each allowed what it needs alone
+        passwords = nats_auth.generated(data_dir)
         sink = Service("mail-sink", "mail-sink", ports.smtp, env, logs / "mail-sink.log",
                        ["--dir", str(mail), "--port", str(ports.smtp)]).start()
         services.append(sink)
         sink.wait_listening()
         say(f"SMTP sink       127.0.0.1:{ports.smtp}  (every email kept as .eml in {mail})")
         if cluster_ports is not None:
-            topology = Cluster(data_dir, cluster_ports, env)
+            topology = Cluster(data_dir, cluster_ports, env, passwords)
             nodes, services = topology.nodes, [sink, *topology.services]
             topology.start()
             nats_url = topology.nats_url
             say(f"NATS JetStream  {nats_url}  (3 nodes clustered, streams replicated 3 times)")
         else:
             nats = NatsServer(data_dir / "nats", ports.nats, ports.nats_monitor,
-                              log_file=data_dir / "nats.log")
+                              log_file=data_dir / "nats.log",
+                              auth=nats_auth.server_config(passwords,
+                                                           **nats_auth.grant_settings(env)))
             nodes = [nats.start()]
             nats_url = nats.url
             say(f"NATS JetStream  {nats.url}  (monitoring http://127.0.0.1:{ports.nats_monitor})")
             for name in SERVICE_KINDS:
                 service = Service(name, name, getattr(ports, name),
-                                  env | {"MAKELOCAL_NATS_URL": nats.url}, logs / f"{name}.log")
+                                  env | {"MAKELOCAL_NATS_URL": nats.url}
+                                  | nats_auth.service_env(name, passwords), logs / f"{name}.log")
                 services.append(service.start())
                 service.wait_listening()
         for service in services[1:]:
@@ -146,7 +152,8 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
             # every instance, for `makelocal status` (a cluster runs two of each)
             "services": {s.name: s.url for s in services if s.command in SERVICE_KINDS},
         }))
-        say(f"data            {data_dir}  (logs in {logs})")
+        say(f"data            {data_dir}  (logs in {logs}; NATS users' passwords in "
+            f"{nats_auth.CREDENTIALS_FILE})")
         say("ready; Ctrl-C stops everything")
         while not stopping:
             for service in services:

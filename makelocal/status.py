@@ -1,5 +1,5 @@
-"""`makelocal status`: each service's health, consumer lag, outbox backlog and pending and
-dead deliveries, read from its /readyz and /metrics, as one table."""
+"""`makelocal status`: each service's health, consumer lag, outbox backlog, parked events
+and pending and dead deliveries, read from its /readyz and /metrics, as one table."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ COLUMNS = {
                      "notifier": "makelocal_notifier_consumer_pending"},
     "outbox backlog": {"registry": "makelocal_registry_outbox_backlog"},
     "oldest outbox event (s)": {"registry": "makelocal_registry_outbox_oldest_age_seconds"},
+    # events the relay could never publish, kept in the registry's outbox_parked table
+    "parked events": {"registry": "makelocal_registry_outbox_parked_rows"},
     "pending deliveries": {"notifier": "makelocal_notifier_deliveries_pending"},
     "dead deliveries": {"notifier": "makelocal_notifier_deliveries_dead"},
 }

@@ -5,14 +5,18 @@ exists in the code and the repository."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from makelocal import nats_auth
 from makelocal.cli import SERVICES
+from makelocal.embedded import nats_binary
 from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from services.registry.settings import RegistrySettings
@@ -58,6 +62,10 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
         env = service["environment"]
         assert set(env) <= known, f"{name}: {set(env) - known}"
         assert env["MAKELOCAL_NATS_URL"].count("nats://") == 3  # every cluster node
+        user = nats_auth.COMMAND_USER[service["command"][0]]  # its own NATS user
+        assert env["MAKELOCAL_NATS_USER"] == user, name
+        variable = nats_auth.password_variable(user)
+        assert env["MAKELOCAL_NATS_PASSWORD"].startswith(f"${{{variable}:?"), name
         if service["command"][0] == "matcher":
             partitions.add(env["MAKELOCAL_MATCHER_PARTITION"])
             assert env["MAKELOCAL_PARTITIONS"] == "2"
@@ -65,11 +73,34 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
     for node in ("nats-1", "nats-2", "nats-3"):
         command = services[node]["command"]
         assert "--jetstream" in command and "--cluster_name" in command
+        # only the users of nats/auth.conf, their passwords from the environment
+        config = command[command.index("--config") + 1]
+        assert f"./nats/auth.conf:{config}:ro" in services[node]["volumes"]
+        assert set(services[node]["environment"]) == {
+            nats_auth.password_variable(user) for user in nats_auth.USERS}
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), source
+
+
+def test_compose_nats_users_are_the_rules_of_nats_auth_and_the_server_accepts_them() -> None:
+    """deploy/nats/auth.conf is what makelocal.nats_auth renders for compose's partitions,
+    and nats-server itself finds it valid once the passwords are in its environment."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    partitions = int(compose["x-env"]["MAKELOCAL_PARTITIONS"])
+    path = DEPLOY / "nats" / "auth.conf"
+    assert path.read_text() == nats_auth.server_config(
+        nats_auth.deploy_passwords(), partitions=partitions), \
+        "regenerate: python -m makelocal.nats_auth > deploy/nats/auth.conf"
+    passwords = {nats_auth.password_variable(user): "x" for user in nats_auth.USERS}
+    checked = subprocess.run([nats_binary(), "-c", str(path), "-t"], capture_output=True,
+                             text=True, env=os.environ | passwords, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    missing = subprocess.run([nats_binary(), "-c", str(path), "-t"], capture_output=True,
+                             text=True, env={}, timeout=30)
+    assert missing.returncode != 0 and "NATS_REGISTRY_PASSWORD" in missing.stderr
 
 
 def base_resources() -> list[dict]:
@@ -118,6 +149,11 @@ def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
         assert {e["name"] for e in container["env"]} <= known
+        env = {e["name"]: e for e in container["env"]}
+        user = nats_auth.COMMAND_USER[command]  # its own NATS user, password in the Secret
+        assert env["MAKELOCAL_NATS_USER"]["value"] == user
+        assert env["MAKELOCAL_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "makelocal", "key": nats_auth.secret_key(user)}
     for kind in ("Service", "PodDisruptionBudget"):
         for d in (x for x in docs if x["kind"] == kind):
             selector = d["spec"]["selector"]
@@ -141,6 +177,20 @@ def test_nats_runs_three_jetstream_nodes_and_streams_keep_three_replicas() -> No
            for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
     for service in ("REGISTRY", "MATCHER", "NOTIFIER"):
         assert env[f"MAKELOCAL_{service}_STREAM_REPLICAS"] == "3"
+
+
+def test_nats_in_kubernetes_admits_only_the_users_of_nats_auth() -> None:
+    """The Helm values' users are makelocal.nats_auth's rules for the base's partitions,
+    every password read from the Secret `makelocal`, the key the services read too."""
+    values = yaml.safe_load((DEPLOY / "k8s" / "nats-values.yaml").read_text())
+    config = next(d for d in base_resources() if d["kind"] == "ConfigMap")
+    partitions = int(config["data"]["MAKELOCAL_PARTITIONS"])
+    assert values["config"]["merge"]["authorization"]["users"] == nats_auth.helm_users(
+        partitions), "regenerate: python -m makelocal.nats_auth --helm"
+    assert values["container"]["env"] == {
+        nats_auth.password_variable(user): {"valueFrom": {"secretKeyRef": {
+            "name": "makelocal", "key": nats_auth.secret_key(user)}}}
+        for user in nats_auth.USERS}
 
 
 def test_the_readme_documents_every_variable() -> None:

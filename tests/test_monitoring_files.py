@@ -30,7 +30,7 @@ def promtool(*args: str) -> str:
 
 def test_the_configuration_and_rules_are_valid() -> None:
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
-    assert "7 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "9 rules found" in promtool("check", "rules", "alerts.yml")
 
 
 def test_every_alert_fires_and_holds_off_as_its_unit_tests_say() -> None:
@@ -46,7 +46,8 @@ def test_the_operators_questions_each_have_an_alert_and_a_panel() -> None:
     assert set(alerts) == {"MakelocalServiceDown", "MakelocalOutboxStale",
                            "MakelocalConsumerBehind", "MakelocalDeliveryFailureRatio",
                            "MakelocalDeadDeliveriesIncreasing", "MakelocalBatchesUnreadable",
-                           "MakelocalSmtpRefusesUs"}
+                           "MakelocalSmtpRefusesUs", "MakelocalOutboxEventsParked",
+                           "MakelocalMessagesParked"}
     panels = " ".join(e for exprs in dashboard_expressions().values() for e in exprs)
     for metric in ("up", "makelocal_matcher_consumer_pending",
                    "makelocal_notifier_consumer_pending",

@@ -234,3 +234,17 @@ def test_hostile_documents_are_read_within_bounded_memory() -> None:
     done = subprocess.run([sys.executable, "-c", _BOUNDED.format(headroom=MEMORY_HEADROOM)],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "bounded", done.stderr[-2000:]
+
+
+def test_a_part_name_past_the_model_bound_is_a_clear_error_not_a_500() -> None:
+    """A reader bound (20,000 characters) above the model's (1,000) let a long part name
+    reach pydantic unconverted: a 500 at the API."""
+    from contracts.errors import InvalidInput
+    from contracts.readers.okh import read_design
+
+    manifest = {"okhv": "OKH-LOSHv1.0", "name": "Long parts",
+                "part": [{"name": "ok", "tsdc": "3DP"}, {"name": "p" * 1500, "tsdc": "3DP"}]}
+    with pytest.raises(InvalidInput) as caught:
+        read_design(manifest)
+    assert caught.value.field == "part[1].name"
+    assert "1000" in caught.value.message

@@ -98,7 +98,7 @@ async def test_operational_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).status_code == 200
     # ready once its relay has connected to NATS, which it does in the background
     ready = await eventually(lambda: _ready(client))
-    assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "nats": "ok", "publishing": "ok"}
     await client.get("/v1/designs")
     text = (await client.get("/metrics")).text
     assert 'makelocal_registry_http_requests_total{method="GET",route="/v1/designs",' \

@@ -113,7 +113,7 @@ def _status_shows_every_service_ready(
     assert sorted(r.split()[:2] for r in rows) == sorted([name, "ready"] for name in names)
     if len(rows) == 3:
         by_name = {r.split()[0]: r.split()[2:] for r in rows}
-        assert by_name["registry"] == ["-", "0", "0", "-", "-"]
+        assert by_name["registry"] == ["-", "0", "0", "0", "-", "-"]
         assert by_name["matcher"][0] == "0"
 
 

@@ -18,4 +18,4 @@ def test_rows_show_only_the_metrics_of_their_service() -> None:
                            "makelocal_notifier_deliveries_pending 12.0\n"
                            "makelocal_notifier_consumer_pending 0.0\n")
     lines = render([row("notifier", "ready", metrics)]).splitlines()
-    assert lines[1].split() == ["notifier", "ready", "0", "-", "-", "12", "3"]
+    assert lines[1].split() == ["notifier", "ready", "0", "-", "-", "-", "12", "3"]

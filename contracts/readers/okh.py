@@ -200,12 +200,13 @@ def _losh_part(raw: Any, field: str, warnings: list[str]) -> Part:
         source=f"{field}.material",
         warnings=warnings,
     )
-    return Part(
-        name=name,
-        processes=most_specific("process", processes),
-        materials=most_specific("material", materials),
-        outer_dimensions=_outer(raw, field, warnings),
-    )
+    try:
+        return build(Part, name=name, processes=most_specific("process", processes),
+                     materials=most_specific("material", materials),
+                     outer_dimensions=_outer(raw, field, warnings))
+    except InvalidInput as exc:  # its field, within the manifest
+        raise InvalidInput(exc.message, field=f"{field}.{exc.field}" if exc.field else field,
+                           code=exc.code) from None
 
 
 def _read_v1(doc: dict[str, Any], design_id: str | None) -> Design:

@@ -46,9 +46,13 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 2,
     )
 
 
-async def connect(dsn: str, schema: str) -> asyncpg.Connection:
-    """One dedicated connection (LISTEN and session advisory locks need their own)."""
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": checked_schema(schema)})
+async def connect(dsn: str, schema: str, *, settings: dict[str, str] | None = None,
+                  command_timeout: float | None = None) -> asyncpg.Connection:
+    """One dedicated connection (LISTEN and session advisory locks need their own), with
+    more server `settings` and a default timeout of every query when given."""
+    conn = await asyncpg.connect(
+        dsn, command_timeout=command_timeout,
+        server_settings={"search_path": checked_schema(schema)} | (settings or {}))
     await _init_connection(conn)
     return conn
 

@@ -60,11 +60,13 @@ _ERROR_STATUSES = {
     404: "no such resource, or not this organization's",
     409: "conflicts with the resource's current state",
     412: "If-Match does not name the current version",
-    413: "request body too large",
+    413: "request body too large, or reading the document needs more memory than allowed",
     415: "unsupported media type",
-    422: "invalid input; `field` names the offending field",
-    429: "too many writes with this key, retry after Retry-After seconds; or an"
-         " organization's limit reached (`limit`)",
+    422: "invalid input; `field` names the offending field (`too_complex`: reading the"
+         " document took longer than allowed)",
+    429: "too many writes with this key, or failed API keys from this address, retry after"
+         " Retry-After seconds; or an organization's limit reached (`limit`)",
+    503: "busy (every document reader is), retry after Retry-After seconds",
 }
 # Always JSON, also on the routes that answer HTML pages: so the content is spelled out
 # here rather than given as a model (FastAPI would file a model under the route's own
@@ -288,7 +290,8 @@ def parse_near(near: str | None, radius_km: float | None) -> tuple[float, float,
 
 
 class WriteLimit:
-    """The per-key write limit of one service process (services.common.ratelimit)."""
+    """The per-key write limit of one service process (services.common.ratelimit); checked
+    for verified keys only, so that a made-up key id never gets a bucket."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.buckets = TokenBuckets(rate, burst)
@@ -302,8 +305,8 @@ class WriteLimit:
 
 
 def required_key(request: Request) -> tuple[str, str]:
-    """A well-formed API key (key id, secret), or 401 before the body is read; the caller's
-    store checks it against its hash."""
+    """A well-formed API key (key id, secret), or 401 before the body is read; not yet
+    verified: services.common.auth checks it against its hash."""
     auth, other = request.headers.get("authorization"), request.headers.get("x-api-key")
     if not auth and not other:
         raise ApiError(401, "unauthorized", "an API key is required", "Authorization",

@@ -23,12 +23,28 @@ from contracts.matches import (
 log = logging.getLogger(__name__)
 
 
-async def connect(url: str, name: str, **options: object) -> Client:
-    """A connection that keeps reconnecting: a NATS restart must not need ours."""
+async def connect(url: str, name: str, *, user: str | None = None,
+                  password: str | None = None, **options: object) -> Client:
+    """A connection that keeps reconnecting: a NATS restart must not need ours. As `user`
+    (else MAKELOCAL_NATS_USER and MAKELOCAL_NATS_PASSWORD, the user of this service's
+    process: every caller gets its credentials without passing them along)."""
+    if user is None:
+        user, password = credentials()
+    if user:
+        options |= {"user": user, "password": password or ""}
     return await nats.connect(
         servers=url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
         connect_timeout=2, **options,  # type: ignore[arg-type]
     )
+
+
+def credentials() -> tuple[str | None, str | None]:
+    """(user, password) from the environment, (None, None) when NATS needs none."""
+    from services.common.settings import CommonSettings
+
+    settings = CommonSettings()
+    secret = settings.nats_password
+    return settings.nats_user, secret.get_secret_value() if secret else None
 
 
 async def ensure_stream(nc: Client, config: StreamConfig) -> None:

@@ -1,4 +1,5 @@
-"""Write limits per API key: a token bucket for each key id. Pure: the clock is passed in.
+"""Token buckets: write limits per verified API key id, failed verifications per client
+address. Pure: the clock is passed in.
 
 Per process: N instances behind a load balancer allow up to N times the rate, which is
 the point of a limit against a runaway client, not a quota."""
@@ -18,8 +19,7 @@ class TokenBuckets:
 
     def take(self, key: str, now: float) -> float:
         """0.0 when one token was taken; else the seconds until one will be there."""
-        tokens, at = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        tokens = self._level(key, now)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
@@ -27,6 +27,15 @@ class TokenBuckets:
         if len(self._buckets) > self.max_keys:
             self._forget_full(now)
         return 0.0
+
+    def wait(self, key: str, now: float) -> float:
+        """What `take` would answer, taking nothing (a key with no bucket has a full one)."""
+        tokens = self._level(key, now)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)
 
     def _forget_full(self, now: float) -> None:
         # a full bucket and a missing one mean the same: forgetting loses nothing

@@ -1,10 +1,12 @@
-"""Wiring: settings -> NATS, index, worker, HTTP app. Nothing else."""
+"""Wiring: settings -> NATS, lease, index, worker, HTTP app. Nothing else."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -21,10 +23,14 @@ from services.common.http import (
 )
 from services.common.tasks import restarting
 from services.matcher import api
-from services.matcher.consumer import MatcherWorker
+from services.matcher.consumer import MatcherWorker, PartitionMismatch
 from services.matcher.index import CapabilityIndex
+from services.matcher.lease import Lease, Standby, new_owner_id
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
+
+log = logging.getLogger(__name__)
+REFUSED_RECHECK_S = 30.0  # a refused start is tried again this often (the registry may change)
 
 
 def create_app(settings: MatcherSettings | None = None) -> FastAPI:
@@ -32,11 +38,16 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     metrics = MatcherMetrics(registry)
     index = CapabilityIndex()
+    owner = new_owner_id()
     state: dict[str, MatcherWorker | None] = {"worker": None}
+    status: dict[str, Exception | None] = {"refused": None, "standby": None}
 
     async def run_worker() -> None:
-        """One life of the worker; after a failure the next starts from the checkpoint."""
+        """One life of the worker: wait as standby until the partition's lease is ours,
+        then start from the checkpoint and consume until a failure or the lease is lost."""
         nc = await nats_util.connect(settings.nats_url, f"matcher-{settings.durable}")
+        lease = Lease(nc.jetstream(), settings.bucket, owner, settings.matcher_lease_s,
+                      settings.matcher_heartbeat_s)
         try:
             index.clear()  # the checkpoint is the truth; start from it every time
             worker = MatcherWorker(nc, index, metrics, bucket=settings.bucket,
@@ -48,11 +59,30 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
                                    snapshot_every=settings.matcher_snapshot_every,
                                    piece_bytes=settings.matcher_piece_bytes,
                                    partition=settings.matcher_partition,
-                                   matches_max_bytes=settings.matches_max_bytes)
+                                   partitions=settings.partitions,
+                                   matches_max_bytes=settings.matches_max_bytes,
+                                   guard=lease.check)
             state["worker"] = worker
-            await worker.start()
-            await worker.run()
+            try:
+                await worker.check_partitions()
+            except PartitionMismatch as exc:
+                status["refused"] = exc
+                log.error("matcher refuses to start", extra={"error": str(exc)})
+                await asyncio.sleep(REFUSED_RECHECK_S)
+                return
+            status["refused"] = None
+            await worker.checkpoint.open()  # the lease lives in the checkpoint's bucket
+            status["standby"] = Standby(f"partition {settings.matcher_partition} is held "
+                                        "by another process")
+            await lease.acquire()
+            status["standby"] = None
+            metrics.lease_held.set(1)
+            await first_to_end(worker_life(worker), lease.keep())
         finally:
+            metrics.lease_held.set(0)
+            # a clean stop hands the partition over at once, not after a lease
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lease.release(), 2)
             await nc.close()
 
     def forget_worker() -> None:
@@ -71,6 +101,14 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
                   description="Which facilities can make which designs, and why; answered "
                               "from the live index.")
 
+    async def partitions_agree() -> None:
+        if status["refused"] is not None:
+            raise status["refused"]
+
+    async def lease_held() -> None:
+        if status["standby"] is not None:
+            raise status["standby"]
+
     async def index_loaded() -> None:
         worker = state["worker"]
         if worker is None or not worker.ready.is_set():
@@ -83,7 +121,9 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
 
     app.include_router(api.router(index))
     install_error_handlers(app)
-    install_operational_routes(app, registry, {"index": index_loaded, "nats": nats_ready},
+    install_operational_routes(app, registry, {"partitions": partitions_agree,
+                                               "lease": lease_held, "index": index_loaded,
+                                               "nats": nats_ready},
                                asyncapi.document("matcher", settings.nats_url))
     app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_matcher")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -91,10 +131,55 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
     return app
 
 
+async def worker_life(worker: MatcherWorker) -> None:
+    await worker.start()
+    await worker.run()
+
+
+async def first_to_end(*steps: Awaitable[None]) -> None:
+    """Run the steps together until one ends (they end only by raising: its error is
+    raised here); the others are cancelled at once."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def preflight(settings: MatcherSettings) -> str | None:
+    """Why this matcher must not start (its partition count is not REGISTRY's), or None;
+    None too when NATS cannot be asked now (the worker asks again at every start)."""
+    try:
+        nc = await asyncio.wait_for(nats_util.connect(settings.nats_url, "matcher-preflight"),
+                                    10)
+    except Exception:
+        return None
+    try:
+        worker = MatcherWorker(nc, CapabilityIndex(), MatcherMetrics(CollectorRegistry()),
+                               bucket=settings.bucket, durable=settings.durable,
+                               filter_subjects=[], partitions=settings.partitions)
+        await worker.check_partitions()
+    except PartitionMismatch as exc:
+        return str(exc)
+    except Exception as exc:
+        log.warning("partition check deferred", extra={"error": repr(exc)})
+    finally:
+        await nc.close()
+    return None
+
+
 def main() -> None:
     import uvicorn
 
     settings = MatcherSettings()
     logs.configure("matcher", settings.log_level)
+    refused = asyncio.run(preflight(settings))
+    if refused:
+        log.error("matcher refuses to start", extra={"error": refused})
+        sys.exit(2)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.matcher_port,
                 log_config=None, access_log=False)

@@ -17,7 +17,15 @@ Why a write-ahead record: REGISTRY keeps only the latest message per entity, so 
 crash mid-batch the versions in flight may be gone from the stream. The record keeps each
 change's old and new profile; on restart the batch is applied again from it, which emits
 the same transitions with the same event ids (JetStream drops the copies), and only then
-does consumption go on."""
+does consumption go on.
+
+Replays after long outages: JetStream drops a repeated Nats-Msg-Id only within its
+duplicate window (20 min). So each batch record also holds the MATCHES sequence before its
+first piece (`matches_seq`): a replay reads the MATCHES messages after it and publishes only
+the pieces that are not there, however long the matcher was down.
+
+Dead letters: a REGISTRY message that is not a registry event is parked as
+`parked.<stream seq>` (its subject, why, and its first 64 KB), which snapshots keep."""
 
 from __future__ import annotations
 
@@ -42,6 +50,8 @@ from services.matcher.snapshot import Entity, Profile, decode, encode
 
 log = logging.getLogger(__name__)
 POSITION, SNAPSHOT, BATCH = "position", "snapshot", "b."
+PARKED = "parked."
+PARKED_KEEP = 64 * 1024  # bytes of a parked message kept for the operator
 RECORD_BYTES = 256 * 1024  # a KV value; NATS refuses messages over 1 MB by default
 LEGACY_DELTA, LEGACY_PENDING = "e.", "pending"  # the layout before batch records: still read
 SAME = "same"  # a change's old profile, written as its new one at another version and place
@@ -93,6 +103,9 @@ class Loaded:
     position: int
     entities: list[Entity]
     pending: list[Change]
+    # the MATCHES sequence before the pending batch's first piece; None: not recorded (a
+    # record of the previous layout), or nothing pending
+    matches_after: int | None = None
 
 
 def _pieces(changes: list[Change], limit: int) -> Iterator[tuple[int, list[bytes]]]:
@@ -164,10 +177,17 @@ class Checkpoint:
             latest = {(entity[0], entity[1]): entity for entity in decode(blob)}
         batches: list[Change] = []
         legacy_pending: list[Change] = []
+        matches_after: dict[int, int | None] = {}  # first seq of a record: its matches_seq
         self.deltas = 0
         async for key, value in self._entries():
             if key.startswith(BATCH):
-                batches.extend(Change.load(c) for c in orjson.loads(value))
+                record = orjson.loads(value)
+                if isinstance(record, list):  # the layout before matches_seq
+                    record = {"changes": record, "matches_seq": None}
+                changes = [Change.load(c) for c in record["changes"]]
+                batches.extend(changes)
+                if changes:
+                    matches_after[changes[0].seq] = record["matches_seq"]
             elif key.startswith(LEGACY_DELTA):
                 self._keep_latest(latest, _load_entity(orjson.loads(value)))
             elif key == LEGACY_PENDING:
@@ -176,7 +196,10 @@ class Checkpoint:
         for c in batches:
             if c.seq <= position:
                 self._keep_latest(latest, (c.kind, c.entity_id, c.version, c.new))
-        return Loaded(position, list(latest.values()), pending)
+        after = [matches_after[c.seq] for c in pending if c.seq in matches_after]
+        known = [a for a in after if a is not None]
+        return Loaded(position, list(latest.values()), pending,
+                      min(known) if known and len(known) == len(after) else None)
 
     async def _entries(self) -> AsyncIterator[tuple[str, bytes]]:
         """(key, value) of every live entry, read to the bucket's last sequence as it was
@@ -208,21 +231,30 @@ class Checkpoint:
         if known is None or known[2] < entity[2]:
             latest[(entity[0], entity[1])] = entity
 
-    async def begin(self, changes: list[Change]) -> asyncio.Future[Any]:
+    async def begin(self, changes: list[Change],
+                    matches_seq: int | None = None) -> asyncio.Future[Any]:
         """Send the write-ahead record of a batch (also, once committed, its deltas), in
-        pieces that stay well under NATS's largest message. Returns the future of their
+        pieces that stay well under NATS's largest message, with `matches_seq`: MATCHES'
+        sequence before any of the batch's pieces. Returns the future of their
         acknowledgement: await it before anything the record must precede (the batch's
         match events)."""
         self.deltas += len(changes)
         sent = []
+        head = b'{"matches_seq":%s,"changes":[' % orjson.dumps(matches_seq)
         for first_seq, piece in _pieces(changes, RECORD_BYTES):
             sent.append(await self.js.publish_async(f"{self.prefix}{BATCH}{first_seq}",
-                                                    b"[" + b",".join(piece) + b"]"))
+                                                    head + b",".join(piece) + b"]}"))
         return asyncio.ensure_future(asyncio.gather(*sent))
 
     async def commit(self, position: int) -> None:
         """Every batch record up to `position` is applied."""
         await self.js.publish(self.prefix + POSITION, str(position).encode())
+
+    async def park(self, seq: int, subject: str, data: bytes, why: str) -> None:
+        """Keep a REGISTRY message that is not a registry event, for the operator."""
+        await self.js.publish(f"{self.prefix}{PARKED}{seq}", orjson.dumps({
+            "seq": seq, "subject": subject, "error": why,
+            "data": data[:PARKED_KEEP].decode("utf-8", "replace")}))
 
     @property
     def due(self) -> bool:

@@ -5,7 +5,8 @@ again any batch the write-ahead record holds, then consume from the position aft
 with a durable consumer and explicit acks. Each batch: apply every change to the index,
 write the write-ahead record, publish the match events (pipelined), commit the checkpoint,
 ack. A failure anywhere naks the batch for redelivery; nothing is acked that is not
-checkpointed."""
+checkpointed. Every write only the partition's owner may make first passes `guard` (the
+lease, lease.py). A message that is not a registry event is parked (_park), not retried."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from pydantic import TypeAdapter, ValidationError
 
-from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS
-from contracts.matches import MATCHES_MAX_BYTES, Piece
+from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent, partitions_of
+from contracts.matches import (
+    MATCHES_MAX_BYTES,
+    MATCHES_STREAM,
+    MATCHES_SUBJECTS,
+    Piece,
+    change_subject,
+)
 from services.common import collector
 from services.common import nats as nats_util
 from services.common.faults import crash_point
@@ -38,16 +46,27 @@ from services.matcher.profiles import design_profile, facility_profile
 log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 256  # MATCHES pieces in flight before waiting for their acks
 PAIRS_HELD = 200_000  # pairs read out before they are published (about 5 MB of pieces)
+# The registry validated every event against these models before publishing it; reading
+# it again through them is what tells a stranger's message (or a corrupted one) apart.
+_EVENT: TypeAdapter[Any] = TypeAdapter(RegistryEvent)
+Read = tuple[str, str, int, Any, str | None, str | None]
 
 
+class Malformed(Exception):
+    """A REGISTRY message that is not a registry event: parked, never retried."""
+
+
+class PartitionMismatch(Exception):
+    """This matcher's partition count is not the one REGISTRY routes design events by."""
 
 
 class MatcherWorker:
     def __init__(self, nc: Client, index: CapabilityIndex, metrics: MatcherMetrics, *,
                  bucket: str, durable: str, filter_subjects: list[str], batch: int = 1000,
                  replicas: int = 1, snapshot_every: int = 50_000,
-                 piece_bytes: int | None = None, partition: int = 0,
-                 matches_max_bytes: int = MATCHES_MAX_BYTES) -> None:
+                 piece_bytes: int | None = None, partition: int = 0, partitions: int = 1,
+                 matches_max_bytes: int = MATCHES_MAX_BYTES,
+                 guard: Callable[[], None] = lambda: None) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.index, self.metrics = index, metrics
         self.checkpoint = Checkpoint(self.js, bucket, replicas, snapshot_every)
@@ -57,17 +76,36 @@ class MatcherWorker:
         # MATCHES pieces stay under the server's largest message (its INFO says which),
         # or under `piece_bytes` when that is smaller
         self.piece_bytes = min(nc.max_payload, piece_bytes or nc.max_payload)
-        self.partition = partition
+        self.partition, self.partitions = partition, partitions
         self.matches_max_bytes = matches_max_bytes
+        self.guard = guard
+        self.matches_seq = 0  # MATCHES' sequence at or before our next piece
         self.ready = asyncio.Event()
 
     # start-up
+
+    async def check_partitions(self) -> None:
+        """Raise PartitionMismatch unless REGISTRY's subject transform (where the registry
+        records its partition count) spreads designs over as many partitions as we split
+        them by: else designs would go to no matcher, or to two. No stream yet: nothing
+        to check (binding the consumer fails, and the next start checks again)."""
+        try:
+            info = await self.js.stream_info(REGISTRY_STREAM)
+        except NotFoundError:
+            return
+        transform = info.config.subject_transform
+        registry = partitions_of(transform.dest if transform else None)
+        if registry != self.partitions:
+            raise PartitionMismatch(
+                f"MAKELOCAL_PARTITIONS is {self.partitions} here but the REGISTRY stream "
+                f"spreads designs over {registry} partition(s): set it to {registry}")
 
     async def start(self) -> None:
         started = time.perf_counter()
         await nats_util.ensure_stream(self.nc, nats_util.matches_stream(
             self.replicas, self.matches_max_bytes))
         await self.checkpoint.open()
+        self.matches_seq = (await self.js.stream_info(MATCHES_STREAM)).state.last_seq
         with gc_paused():
             loaded = await self.checkpoint.load()
             if loaded is None:
@@ -75,7 +113,7 @@ class MatcherWorker:
             else:
                 self._restore(loaded)
                 if loaded.pending:
-                    await self._replay(loaded.pending)
+                    await self._replay(loaded.pending, loaded.matches_after)
         await self._bind_consumer()
         self.metrics.startup_seconds.set(time.perf_counter() - started)
         self.metrics.observe_index(self.index)
@@ -107,13 +145,50 @@ class MatcherWorker:
             for entity_id, version in side.deleted.items():
                 yield kind, entity_id, version, None
 
-    async def _replay(self, pending: list[Change]) -> None:
-        """Put the index back as it was before the batch, then apply the batch again."""
+    async def _replay(self, pending: list[Change], matches_after: int | None) -> None:
+        """Put the index back as it was before the batch, then apply the batch again,
+        publishing only the pieces MATCHES does not hold yet."""
         for change in reversed(pending):
             self._set(change.kind, change.entity_id, change.old,
                       change.old.version if change.old else 0)
         log.info("replaying an interrupted batch", extra={"count": len(pending)})
-        await self._apply_and_publish(pending)
+        published: set[str] = set()
+        if matches_after is not None:
+            try:
+                published = await self._published_since(matches_after, pending)
+            except Exception as exc:
+                # (NATS permissions without MATCHES' ordered consumers, say) not a reason
+                # to stop the partition: JetStream still drops repeats within its window,
+                # and consumers drop repeated pairs by event id
+                log.error("MATCHES could not be read: the replay publishes every piece",
+                          extra={"error": repr(exc)})
+        # the record written again keeps the first attempt's sequence: a crash during
+        # this replay must still find that attempt's pieces
+        await self._apply_and_publish(pending, published, matches_after)
+
+    async def _published_since(self, after: int, changes: list[Change]) -> set[str]:
+        """The Nats-Msg-Id of every MATCHES message after sequence `after` on the subjects
+        of `changes`: the pieces of theirs already published. JetStream's own duplicate
+        check forgets ids after its window; this reads the stream, however old."""
+        last = (await self.js.stream_info(MATCHES_STREAM)).state.last_seq
+        if last <= after:
+            return set()
+        subjects = {change_subject(c.kind, c.entity_id) for c in changes}
+        sub = await self.js.subscribe(
+            MATCHES_SUBJECTS, stream=MATCHES_STREAM, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, headers_only=True,
+            config=ConsumerConfig(opt_start_seq=after + 1),
+            pending_msgs_limit=-1, pending_bytes_limit=-1)
+        published = set()
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=10)
+                if msg.subject in subjects and msg.headers:
+                    published.add(msg.headers.get("Nats-Msg-Id", ""))
+                if msg.metadata.sequence.stream >= last:
+                    return published
+        finally:
+            await sub.unsubscribe()
 
     def _set(self, kind: str, entity_id: str, profile: Any, version: int) -> None:
         """The entity as `profile` at `version` (None: deleted then; version 0: unseen)."""
@@ -145,8 +220,9 @@ class MatcherWorker:
                     msg = await sub.next_msg(timeout=10)
                     seq = msg.metadata.sequence.stream
                     if self._wanted(msg.subject):
-                        read = self._read(msg.data, lambda k, i, v: v > latest.get(
-                            (k, i), ("", "", 0))[2])
+                        read = await self._read_or_park(
+                            seq, msg.subject, msg.data,
+                            lambda k, i, v: v > latest.get((k, i), ("", "", 0))[2])
                         if read is not None:
                             kind, entity_id, version, profile, _, _ = read
                             latest[(kind, entity_id)] = (kind, entity_id, version, profile)
@@ -159,29 +235,23 @@ class MatcherWorker:
         await self.checkpoint.reset(last, self.entities())
         log.info("index built from REGISTRY", extra={"count": len(latest)})
 
-    def _read(self, data: bytes, is_new: Callable[[str, str, int], bool],
-              ) -> tuple[str, str, int, Any, str | None, str | None] | None:
-        """(kind, id, version, profile or None, event id, occurred at) of a REGISTRY
-        message whose version `is_new`; None for an old one, whose profile is not built,
-        and for one that cannot be read (logged and counted: skipping it is the only way
-        past it, and the registry never writes one)."""
+    async def _read_or_park(self, seq: int, subject: str, data: bytes,
+                            is_new: Callable[[str, str, int], bool]) -> Read | None:
+        """_read, parking a malformed message (None then)."""
         try:
-            event = orjson.loads(data)
-            kind = event["type"].split(".", 1)[0]
-            if kind not in ("design", "facility"):
-                raise ValueError(f"unknown event type {event['type']!r}")
-            entity_id, version = str(event["entity_id"]), int(event["version"])
-            if not is_new(kind, entity_id, version):
-                return None
-            body = event.get("data")
-            profile = None if body is None else (
-                design_profile if kind == "design" else facility_profile)(body, version)
-            return (kind, entity_id, version, profile, event.get("event_id"),
-                    event.get("occurred_at"))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            self.metrics.unreadable.inc()
-            log.error("unreadable REGISTRY message skipped", extra={"error": repr(exc)})
+            return _read(subject, data, is_new)
+        except Malformed as exc:
+            await self._park(seq, subject, data, str(exc))
             return None
+
+    async def _park(self, seq: int, subject: str, data: bytes, why: str) -> None:
+        """Skipping it is the only way past a message that is not a registry event (the
+        registry never writes one): count it, say where it is, keep it as a dead letter
+        (the checkpoint bucket's `parked.<seq>`)."""
+        self.metrics.parked.inc()
+        log.error("malformed REGISTRY message parked",
+                  extra={"seq": seq, "subject": subject, "error": why})
+        await self.checkpoint.park(seq, subject, data, why)
 
     def _wanted(self, subject: str) -> bool:
         return any(_subject_matches(f, subject) for f in self.filter_subjects)
@@ -209,9 +279,16 @@ class MatcherWorker:
 
     async def handle(self, msgs: list[Msg]) -> None:
         changes = []
+        parked = set()
         in_batch: dict[tuple[str, str], tuple[Any, int]] = {}
         for msg in msgs:
-            change = self._change(msg.metadata.sequence.stream, msg.data, in_batch)
+            seq = msg.metadata.sequence.stream
+            try:
+                change = self._change(seq, msg.subject, msg.data, in_batch)
+            except Malformed as exc:
+                await self._park(seq, msg.subject, msg.data, str(exc))
+                parked.add(seq)
+                continue
             if change is not None:
                 changes.append(change)
         self.metrics.consumed.inc(len(msgs))
@@ -222,11 +299,14 @@ class MatcherWorker:
             await self._commit(None, last)
         self.position = max(self.position, last)
         if self.checkpoint.due:
+            self.guard()
             await self.checkpoint.snapshot(self.position, self.entities())
+        self.guard()
         for msg in msgs:
-            await msg.ack()
+            # term: the server never redelivers it, and says so in an advisory
+            await (msg.term() if msg.metadata.sequence.stream in parked else msg.ack())
 
-    def _change(self, seq: int, data: bytes,
+    def _change(self, seq: int, subject: str, data: bytes,
                 in_batch: dict[tuple[str, str], tuple[Any, int]]) -> Change | None:
         """The change a REGISTRY message makes, or None when it is already applied.
         `in_batch` holds the state earlier changes of the same batch leave an entity in."""
@@ -236,7 +316,7 @@ class MatcherWorker:
             side = self.index.designs if kind == "design" else self.index.facilities
             return side.get(entity_id), self.index.version(kind, entity_id)
 
-        read = self._read(data, lambda k, i, v: v > applied(k, i)[1])
+        read = _read(subject, data, lambda k, i, v: v > applied(k, i)[1])
         if read is None:
             return None
         kind, entity_id, version, new, event_id, occurred_at = read
@@ -244,10 +324,17 @@ class MatcherWorker:
         in_batch[(kind, entity_id)] = (new, version)
         return Change(seq, kind, entity_id, version, old, new, event_id, occurred_at)
 
-    async def _apply_and_publish(self, changes: list[Change]) -> None:
+    async def _apply_and_publish(self, changes: list[Change],
+                                 published: set[str] | frozenset[str] = frozenset(),
+                                 matches_after: int | None = None) -> None:
+        """`published`: ids of pieces MATCHES already holds (a replay's), not sent again;
+        `matches_after`: a MATCHES sequence before any piece of the batch, when it is
+        older than the latest we know of (a replay's first attempt)."""
         # The record is written while the batch is applied; events go out once it is
         # durable, in slices, so that a batch of large fan-outs never holds them all.
-        written = await self.checkpoint.begin(changes)
+        self.guard()
+        written = await self.checkpoint.begin(
+            changes, self.matches_seq if matches_after is None else matches_after)
         pieces: list[Piece] = []
         held = 0
         for change in changes:
@@ -266,9 +353,9 @@ class MatcherWorker:
             pieces.extend(made)
             held += pairs
             if held >= PAIRS_HELD:
-                await self._publish_after(written, pieces)
+                await self._publish_after(written, pieces, published)
                 pieces, held = [], 0
-        await self._publish_after(written, pieces)
+        await self._publish_after(written, pieces, published)
         crash_point("matcher.after_publish")
         await self._commit(changes[0].seq, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
@@ -276,23 +363,30 @@ class MatcherWorker:
     async def _commit(self, first_seq: int | None, last: int) -> None:
         """The checkpoint's position moves to `last` (first_seq: the batch record applied,
         None when the batch changed nothing)."""
+        self.guard()
         await self.checkpoint.commit(last)
         log.info("batch committed", extra={"first_seq": first_seq, "position": last})
         self.position = max(self.position, last)
 
     async def _publish_after(self, written: asyncio.Future[Any], pieces: list[Piece],
-                             ) -> None:
+                             published: set[str] | frozenset[str]) -> None:
         await asyncio.wait_for(written, 30)
         crash_point("matcher.after_begin")
-        await self._publish(pieces)
+        fresh = [p for p in pieces if p.message_id not in published]
+        if len(fresh) < len(pieces):
+            log.info("pieces already in MATCHES not published again",
+                     extra={"count": len(pieces) - len(fresh)})
+        await self._publish(fresh)
 
     async def _publish(self, pieces: list[Piece]) -> None:
         """Pipelined: a window of publishes in flight, then their acks, then the next."""
         window = min(PUBLISH_WINDOW, max(1, (len(pieces) + 1) // 2))
         for start in range(0, len(pieces), window):
+            self.guard()
             futures = [await self.js.publish_async(p.subject, p.payload, headers=p.headers)
                        for p in pieces[start:start + window]]
-            await asyncio.wait_for(asyncio.gather(*futures), 30)
+            acks = await asyncio.wait_for(asyncio.gather(*futures), 30)
+            self.matches_seq = max(self.matches_seq, *(a.seq for a in acks))
             if start == 0 and window < len(pieces):
                 crash_point("matcher.mid_publish")
         self.metrics.messages.inc(len(pieces))
@@ -320,6 +414,33 @@ def gc_paused() -> Iterator[None]:
         gc.freeze()
         collector.collect_less_often()
         gc.enable()
+
+
+def _read(subject: str, data: bytes, is_new: Callable[[str, str, int], bool]) -> Read | None:
+    """(kind, id, version, profile or None, event id, occurred at) of a REGISTRY message
+    whose version `is_new`; None for an old one, whose profile is not built. Raises
+    Malformed for a message that is not a registry event on its own subject."""
+    try:
+        event = orjson.loads(data)
+        _EVENT.validate_python(event)
+    except ValueError as exc:  # undecodable JSON, or not our shape (ValidationError)
+        reason = (f"{exc.error_count()} invalid field(s), first {exc.errors()[0]['loc']}: "
+                  f"{exc.errors()[0]['msg']}" if isinstance(exc, ValidationError)
+                  else f"not JSON: {exc}")
+        raise Malformed(reason) from None
+    kind = event["type"].split(".", 1)[0]
+    entity_id, version = event["entity_id"], event["version"]
+    # registry.<kind>.[<partition>.]<id>: a message under another entity's subject would
+    # be compacted away with that entity's next change
+    tokens = subject.split(".")
+    if tokens[1] != kind or tokens[-1] != entity_id:
+        raise Malformed(f"a {kind} event for {entity_id!r} under {subject}")
+    if not is_new(kind, entity_id, version):
+        return None
+    body = event["data"]
+    profile = None if body is None else (
+        design_profile if kind == "design" else facility_profile)(body, version)
+    return kind, entity_id, version, profile, event["event_id"], event["occurred_at"]
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:

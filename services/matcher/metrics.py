@@ -20,8 +20,11 @@ class MatcherMetrics:
                                 "changes) published", registry=registry)
         self.errors = Counter(f"{p}_batch_failures_total", "Batches that failed and were "
                               "redelivered", registry=registry)
-        self.unreadable = Counter(f"{p}_unreadable_events_total", "REGISTRY messages that "
-                                  "could not be read and were skipped", registry=registry)
+        self.parked = Counter(f"{p}_parked_total", "REGISTRY messages that were not "
+                              "registry events: parked (checkpoint bucket, parked.<seq>) "
+                              "and skipped", registry=registry)
+        self.lease_held = Gauge(f"{p}_lease_held", "1 while this process holds its "
+                                "partition's lease (live), 0 while standby", registry=registry)
         self.change_seconds = Histogram(
             f"{p}_change_duration_seconds", "Time to apply one change to the index and compute "
             "its match difference", registry=registry,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.settings import CommonSettings
 
@@ -18,6 +18,18 @@ class MatcherSettings(CommonSettings):
     matcher_snapshot_every: int = 50_000
     # MATCHES pieces at most this large; unset: the NATS server's max_payload
     matcher_piece_bytes: int | None = Field(None, ge=4096)
+    # one live process per partition: it holds a lease for this long and renews it every
+    # heartbeat; a standby takes over once the lease has gone unrenewed for a whole lease
+    matcher_lease_s: float = Field(10.0, gt=0)
+    matcher_heartbeat_s: float = Field(3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> MatcherSettings:
+        # the holder gives its lease up a heartbeat before it lapses: at least one more
+        # renewal must fit, or a single slow round would cost the partition its worker
+        if self.matcher_heartbeat_s * 2 >= self.matcher_lease_s:
+            raise ValueError("MAKELOCAL_MATCHER_HEARTBEAT_S must be under half the lease")
+        return self
 
     @property
     def durable(self) -> str:

@@ -15,7 +15,8 @@ import orjson
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from services.common.http import CHALLENGE, ERROR_RESPONSES, ApiError, WriteLimit, required_key
+from services.common.auth import Authenticator
+from services.common.http import ERROR_RESPONSES, ApiError, WriteLimit
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
@@ -56,16 +57,17 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
            limit: WriteLimit) -> APIRouter:
     api = APIRouter(tags=["subscriptions"], responses=ERROR_RESPONSES)
 
+    # no cache of verified keys: this is the only check, a revocation must hold at once
+    keyed = Authenticator(store.owner_of, cache_s=0,
+                          failures_per_min=settings.auth_failures_per_min)
+
     async def owner(request: Request) -> str:
-        """The organization of a valid key; a write also within the key's limit."""
-        key = required_key(request)
-        found = await store.owner_of(key)
-        if found is None:
-            raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
-                           CHALLENGE)
+        """The organization of a valid key (failed keys limited per address); a write
+        also within the key's limit, counted by verified key id only."""
+        key = await keyed.verify(request)
         if request.method not in ("GET", "HEAD"):
-            limit.check(key[0])
-        return found
+            limit.check(key.key_id)
+        return key.owner
 
     async def checked_url(url: str) -> None:
         try:

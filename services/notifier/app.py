@@ -61,6 +61,10 @@ def create_app(settings: NotifierSettings | None = None,
     def forget_consumer() -> None:
         state["consumer"] = None
 
+    async def prune() -> None:
+        for table, n in (await store.prune_history(settings.retention)).items():
+            metrics.pruned.labels(table).inc(n)
+
     async def observe_backlog() -> None:
         pending, oldest, dead, disabled = await store.backlog()
         metrics.pending.set(pending)
@@ -77,7 +81,8 @@ def create_app(settings: NotifierSettings | None = None,
         dispatcher = Dispatcher(store, settings, guard, metrics)
         tasks = [asyncio.create_task(restarting(consume, "consumer", 1.0, forget_consumer)),
                  asyncio.create_task(dispatcher.run()),
-                 asyncio.create_task(every(2.0, observe_backlog))]
+                 asyncio.create_task(every(2.0, observe_backlog)),
+                 asyncio.create_task(every(settings.notifier_prune_every_s, prune))]
         try:
             yield
         finally:

@@ -142,8 +142,7 @@ class MatchConsumer:
             try:
                 change, items = self._items(msg)
             except Exception as exc:  # whatever a message holds, it cannot stop the rest
-                log.error("unreadable match message skipped",
-                          extra={"subject": msg.subject, "error": repr(exc)[:500]})
+                await self._park(msg, exc)
                 continue
             if items:
                 rows.extend(items)
@@ -158,6 +157,19 @@ class MatchConsumer:
         self.metrics.items.inc(added)
         for msg in msgs:
             await msg.ack()
+
+    async def _park(self, msg: Msg, exc: Exception) -> None:
+        """An unreadable message is kept (parked_messages) and acked with the rest: never
+        redelivered in a loop, never holding up the stream."""
+        try:
+            seq: int | None = msg.metadata.sequence.stream
+        except Exception:  # not a JetStream message (a test publishing on a subject)
+            seq = None
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        await self.store.park(msg.subject, seq, reason, msg.data)
+        self.metrics.parked.inc()
+        log.error("unreadable match message parked",
+                  extra={"subject": msg.subject, "seq": seq, "error": reason})
 
     def _items(self, msg: Msg,
                ) -> tuple[dict, list[tuple[str, str, str, int, datetime | None]]]:

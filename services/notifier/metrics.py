@@ -41,6 +41,13 @@ class NotifierMetrics:
         self.attempt_errors = Counter(
             f"{p}_attempt_errors_total", "Attempts that ended in an error of the notifier's "
             "own (recorded as failed attempts and retried on the schedule)", registry=registry)
+        self.parked = Counter(f"{p}_parked_messages_total",
+                              "MATCHES messages that could not be read, parked and acked",
+                              registry=registry)
+        self.pruned = Counter(f"{p}_pruned_rows_total", "History rows past their retention",
+                              ["table"], registry=registry)
+        for table in ("deliveries", "items", "parked_messages"):  # 0 until the first prune
+            self.pruned.labels(table)
         self.smtp_config_errors = Counter(
             f"{p}_smtp_config_errors_total", "Email attempts the mail server refused for our "
             "own configuration (credentials, TLS, sender, relaying, connection)",

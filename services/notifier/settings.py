@@ -10,6 +10,7 @@ from services.common.settings import CommonSettings
 from services.notifier.addresses import Network, parse_networks
 from services.notifier.schedule import DEFAULT_SCHEDULE, parse_schedule
 from services.notifier.sealing import parse_key
+from services.notifier.store import Retention
 
 
 class NotifierSettings(CommonSettings):
@@ -47,6 +48,12 @@ class NotifierSettings(CommonSettings):
     # a PEM file of CAs trusted for https webhooks besides the system's (a private CA)
     notifier_ca_file: str | None = None
     notifier_sweep_s: float = 0.5
+    # finished deliveries (with their attempt log) and parked messages are kept this long
+    notifier_delivery_retention_s: float = Field(14 * 24 * 3600, gt=0)
+    # gathered items' keys deduplicate MATCHES pairs: keep them while MATCHES may bring the
+    # same pair again (it keeps messages 30 days)
+    notifier_item_retention_s: float = Field(31 * 24 * 3600, gt=0)
+    notifier_prune_every_s: float = Field(300.0, gt=0)
     # base64 of 32 random bytes: seals webhook secrets at rest (see sealing.py)
     notifier_secret_key: SecretStr | None = None
     # how long past an attempt's timeout a claimed delivery stays with its process
@@ -67,6 +74,10 @@ class NotifierSettings(CommonSettings):
     # how long an address the mail server said does not exist gets no mail (its
     # subscription's owner can lift it sooner); then one more try tells again
     notifier_suppression_days: float = Field(30.0, gt=0)
+
+    @cached_property
+    def retention(self) -> Retention:
+        return Retention(self.notifier_delivery_retention_s, self.notifier_item_retention_s)
 
     @cached_property
     def schedule(self) -> tuple[float, ...]:

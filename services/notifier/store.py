@@ -14,7 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from services.common import db, keys
+from services.common import db
+from services.common.auth import key_owner
 from services.common.db import checked_schema
 from services.common.text import storable
 from services.notifier import messages
@@ -39,6 +40,17 @@ ATTEMPT_FIELDS = (
     " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret,"
     " s.failing_since IS NOT NULL AS failing, s.owner")
 _VERSION = "coalesce((SELECT version FROM routing_version), -1)"
+PARKED_KEEP = 64 * 1024  # bytes of an unreadable message kept for the operator
+PRUNE_CHUNK = 5000  # rows per pruning statement
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long history is kept (seconds): finished deliveries (their attempt log, and
+    their replay) and parked messages; items, whose keys deduplicate MATCHES pairs."""
+
+    deliveries_s: float
+    items_s: float
 EMAIL_SAMPLE = 100  # matches described one by one in a digest email; the rest are counted
 # Items one INSERT carries at most. A batch's items are (pairs x subscriptions that want
 # them): a change of 1,200 labs watched by a thousand subscriptions would be one statement
@@ -76,13 +88,7 @@ class Store:
 
     async def owner_of(self, key: tuple[str, str]) -> str | None:
         """The organization a valid, unrevoked key belongs to."""
-        key_id, secret = key
-        row = await self.pool.fetchrow(
-            f"SELECT org_id, secret_hash FROM {self.keys_table}"
-            " WHERE key_id = $1 AND revoked_at IS NULL", key_id)
-        if row is None or not keys.verify(secret, bytes(row["secret_hash"])):
-            return None
-        return str(row["org_id"])
+        return await key_owner(self.pool, self.keys_table, key)
 
     # subscriptions
 
@@ -522,6 +528,45 @@ class Store:
             " - make_interval(secs => $1) AND NOT EXISTS (SELECT 1 FROM items i"
             " WHERE i.message_id = m.message_id AND i.delivery_id IS NULL)", older_than_s)
         return int(result.split()[-1])
+
+    async def park(self, subject: str, stream_seq: int | None, reason: str,
+                   data: bytes) -> None:
+        await self.pool.execute(
+            "INSERT INTO parked_messages (subject, stream_seq, reason, data, size)"
+            " VALUES ($1, $2, $3, $4, $5)", subject, stream_seq, storable(reason),
+            data[:PARKED_KEEP], len(data))
+
+    async def prune_history(self, r: Retention) -> dict[str, int]:
+        """Drop what is past its retention, a chunk of rows per statement (short locks,
+        any number of notifiers at once): finished deliveries with their attempts; items
+        already gathered into a delivery, but only once MATCHES can no longer bring their
+        event again (their key is what makes a redelivered or replayed pair a no-op);
+        items left waiting for a subscription disabled that long; parked messages.
+        Returns the rows dropped per table."""
+        statements = {
+            "deliveries": (
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                " WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1)"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)", r.deliveries_s),
+            "items": (
+                "DELETE FROM items WHERE (subscription_id, event_id) IN (SELECT i.subscription_id,"
+                " i.event_id FROM items i JOIN subscriptions s ON s.id = i.subscription_id"
+                " WHERE i.created_at < now() - make_interval(secs => $1)"
+                " AND (i.delivery_id IS NOT NULL OR NOT s.enabled)"
+                " LIMIT $2 FOR UPDATE OF i SKIP LOCKED)", r.items_s),
+            "parked_messages": (
+                "DELETE FROM parked_messages WHERE id IN (SELECT id FROM parked_messages"
+                " WHERE parked_at < now() - make_interval(secs => $1) LIMIT $2)",
+                r.deliveries_s),
+        }
+        dropped = dict.fromkeys(statements, 0)
+        for table, (sql, age) in statements.items():
+            while True:
+                n = int((await self.pool.execute(sql, age, PRUNE_CHUNK)).split()[-1])
+                dropped[table] += n
+                if n < PRUNE_CHUNK:
+                    break
+        return dropped
 
     # operations
 

@@ -14,15 +14,17 @@ from fastapi.responses import JSONResponse, Response
 from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
+from contracts.readers.documents import format_of
+from services.common.auth import Authenticator
 from services.common.http import (
     CHALLENGE,
     ERROR_RESPONSES,
     ApiError,
     WriteLimit,
     parse_near,
-    required_key,
 )
-from services.registry.entities import expand, prepare
+from services.common.sandbox import Busy, Exceeded, ReaderPool
+from services.registry.entities import Prepared, expand
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
 
@@ -38,25 +40,40 @@ _ID = re.compile(ID_PATTERN)
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
 
-def router(kind: EntityKind, store: Store, limit: WriteLimit) -> APIRouter:
+def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticator,
+           readers: ReaderPool) -> APIRouter:
     plural = f"{kind.value}s" if kind is EntityKind.design else "facilities"
     api = APIRouter(prefix=f"/v1/{plural}", tags=[plural], responses=ERROR_RESPONSES)
 
-    def key_of(request: Request) -> tuple[str, str]:
-        """A well-formed key within its write limit, or 401 / 429 before the body is read;
-        the store checks the key in the write's transaction. (The limit counts by key id
-        before that check: bogus secrets under a real id are throttled too.)"""
-        key = required_key(request)
-        limit.check(key[0])
-        return key
+    async def key_of(request: Request) -> tuple[str, str]:
+        """A verified key within its write limit, or 401 / 429 before the body is read: a
+        made-up key costs a lookup, never a parse, and gets no write bucket (the limit
+        counts verified key ids only). The store checks the key again in the write's
+        transaction, which sees a revocation the short-lived cache of verified keys may not."""
+        key = await auth.verify(request)
+        limit.check(key.key_id)
+        return key.pair
 
-    async def body_of(request: Request, entity_id: str | None) -> Any:
+    async def body_of(request: Request, entity_id: str | None) -> Prepared:
+        """Parsed and normalized in a reader child: off the event loop, within its CPU,
+        wall-time and memory bounds (past them 422 or 413, never a stalled loop)."""
+        media_type = request.headers.get("content-type")
+        format_of(media_type)  # 415 before the body is read
         raw = await request.body()
-        return prepare(kind, raw, request.headers.get("content-type"), entity_id)
+        try:
+            prepared: Prepared = await readers.call(kind, raw, media_type, entity_id)
+        except Exceeded as exc:
+            status, code = (413, "too_large") if exc.what == "memory" else (422, "too_complex")
+            raise ApiError(status, code, f"the document cannot be read within the reader's"
+                           f" limits: {exc}", "body") from None
+        except Busy:
+            raise ApiError(503, "busy", "every document reader is busy; retry after the time"
+                           " in Retry-After", None, {"Retry-After": "1"}) from None
+        return prepared
 
     async def write(request: Request, entity_id: str | None, mode: WriteMode,
                     if_match: str | None) -> JSONResponse:
-        key = key_of(request)
+        key = await key_of(request)
         if entity_id is not None:
             _check_id(entity_id)
         prepared = None if mode is WriteMode.delete else await body_of(request, entity_id)
@@ -66,8 +83,10 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit) -> APIRouter:
             decision, row = await store.write(kind, target, prepared, mode=mode, key=key,
                                               expected_version=_version(if_match))
         except WriteRefused as exc:
+            if exc.status == 401:
+                auth.forget(key[0])
             raise ApiError(exc.status, exc.code, exc.message, exc.field,
-                           CHALLENGE if exc.status == 401 else None) from None
+                           CHALLENGE if exc.status == 401 else None, limit=exc.limit) from None
         except asyncpg.UniqueViolationError:
             raise ApiError(409, "exists", "created concurrently by another request",
                            "id") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from nats.aio.client import Client
@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from contracts import asyncapi
 from contracts.events import EntityKind
 from services.common import db, logs
+from services.common import nats as nats_util
+from services.common.auth import Authenticator, key_owner
 from services.common.http import (
     BodyLimit,
     HttpMetrics,
@@ -20,11 +22,17 @@ from services.common.http import (
     install_error_handlers,
     install_operational_routes,
 )
+from services.common.sandbox import ReaderPool
 from services.common.tasks import every
-from services.registry import api
+from services.registry import api, entities
 from services.registry.relay import OutboxRelay, RelayMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
+from services.registry.writes import event_limit
+
+
+class PublisherStuck(Exception):
+    """The relay leader has an event it has not published for too long."""
 
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
@@ -35,9 +43,35 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                     registry=metrics)
     oldest = Gauge("makelocal_registry_outbox_oldest_age_seconds",
                    "Age of the oldest unpublished outbox event", registry=metrics)
+    parked = Gauge("makelocal_registry_outbox_parked_rows",
+                   "Outbox events that can never be published, kept in outbox_parked",
+                   registry=metrics)
     state: dict[str, object] = {"nats": None, "relay": None}
     # The routes hold the store from the start; its pool is opened by the lifespan.
-    store = Store(pool=None)  # type: ignore[arg-type]
+    store = Store(pool=None,  # type: ignore[arg-type]
+                  max_event_bytes=settings.registry_max_event_bytes)
+
+    def on_nats(nc: Client | None) -> None:
+        state["nats"] = nc
+        if nc is not None:
+            learned_max_payload(nc.max_payload)
+
+    def learned_max_payload(max_payload: int) -> None:
+        store.max_event_bytes = event_limit(max_payload, settings.registry_max_event_bytes)
+
+    async def learn_max_payload() -> None:
+        """The largest event the NATS server takes, from its INFO: the API refuses larger
+        ones. Until NATS answers, the default (1 MiB) or the configured limit stands."""
+        while True:
+            try:
+                nc = await asyncio.wait_for(nats_util.connect(
+                    settings.nats_url, "registry-api"), 5)
+            except Exception:
+                await asyncio.sleep(10)
+                continue
+            learned_max_payload(nc.max_payload)
+            await nc.close()
+            return
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,18 +81,17 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                                     max_size=settings.registry_db_pool_size)
         store.pool = pool
         async def observe_backlog() -> None:
-            count, age = await store.outbox_backlog()
+            count, age, parked_rows = await store.outbox_backlog()
             backlog.set(count)
             oldest.set(age)
+            parked.set(parked_rows)
 
-        tasks = [asyncio.create_task(every(2.0, observe_backlog))]
+        tasks = [asyncio.create_task(every(2.0, observe_backlog)),
+                 asyncio.create_task(learn_max_payload())]
+        # A moment for NATS to tell the limit before the first write is taken
+        await asyncio.wait({tasks[-1]}, timeout=3)
         if settings.registry_relay:
-            relay = OutboxRelay(
-                dsn=settings.database_url, schema=settings.registry_db_schema,
-                nats_url=settings.nats_url, metrics=relay_metrics,
-                batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
-                replicas=settings.registry_stream_replicas, partitions=settings.partitions,
-                on_nats=lambda nc: state.__setitem__("nats", nc))
+            relay = relay_of(settings, relay_metrics, on_nats)
             state["relay"] = relay
             tasks.append(asyncio.create_task(relay.run()))
         try:
@@ -67,6 +100,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await readers.close()
             await pool.close()
 
     app = FastAPI(title="makelocal registry", version="1",
@@ -74,8 +108,19 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                               "the REGISTRY stream.", lifespan=lifespan)
 
     limit = WriteLimit(settings.write_rate_per_s, settings.write_burst)
+
+    async def owner_of(key: tuple[str, str]) -> str | None:
+        return await key_owner(store.pool, "api_keys", key)  # the pool opens with the app
+
+    # the write's transaction checks the key again: a short cache misses no revocation
+    auth = Authenticator(owner_of, cache_s=settings.registry_auth_cache_s,
+                         failures_per_min=settings.auth_failures_per_min)
+    readers = ReaderPool(f"{entities.__name__}:{entities.prepare.__name__}",
+                         size=settings.registry_readers, cpu_s=settings.registry_reader_cpu_s,
+                         wall_s=settings.registry_reader_timeout_s,
+                         memory_mb=settings.registry_reader_memory_mb)
     for kind in EntityKind:
-        app.include_router(api.router(kind, store, limit))
+        app.include_router(api.router(kind, store, limit, auth, readers))
     app.state.store = store
 
     async def database_ready() -> None:
@@ -91,8 +136,19 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         if not isinstance(nc, Client) or not nc.is_connected:
             raise ConnectionError("NATS not connected")
 
+    async def publishing() -> None:
+        # The leader's own question: is it getting events out? (Writes still work, so
+        # the standbys stay ready; the MakelocalOutboxStale alert watches the rest.)
+        relay = state["relay"]
+        if not isinstance(relay, OutboxRelay) or not relay.holding_lock:
+            return
+        age = await store.oldest_unpublished_age()
+        if age > settings.registry_outbox_stale_s:
+            raise PublisherStuck(f"an event has waited {age:.0f} s")
+
     install_error_handlers(app)
-    install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready},
+    install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready,
+                                          "publishing": publishing},
                                asyncapi.document("registry", settings.nats_url))
     app.add_middleware(HttpMetrics, registry=metrics, prefix="makelocal_registry")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -116,10 +172,17 @@ def main_relay() -> None:
     """The outbox relay alone, for deployments that run it apart from the API."""
     settings = RegistrySettings()
     logs.configure("registry-relay", settings.log_level)
-    relay = OutboxRelay(
-        dsn=settings.database_url, schema=settings.registry_db_schema,
-        nats_url=settings.nats_url, metrics=RelayMetrics(CollectorRegistry()),
-        batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
-        replicas=settings.registry_stream_replicas, partitions=settings.partitions)
+    relay = relay_of(settings, RelayMetrics(CollectorRegistry()))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(relay.run())
+
+
+def relay_of(settings: RegistrySettings, metrics: RelayMetrics,
+             on_nats: Callable[[Client | None], None] | None = None) -> OutboxRelay:
+    return OutboxRelay(
+        dsn=settings.database_url, schema=settings.registry_db_schema,
+        nats_url=settings.nats_url, metrics=metrics,
+        batch=settings.registry_relay_batch, sweep_s=settings.registry_relay_sweep_s,
+        replicas=settings.registry_stream_replicas, partitions=settings.partitions,
+        lease_s=settings.registry_relay_lease_s,
+        retention_s=settings.registry_outbox_retention_s, on_nats=on_nats)

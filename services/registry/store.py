@@ -15,7 +15,16 @@ import asyncpg
 from contracts.events import EntityKind, new_event
 from services.common import keys
 from services.registry.entities import Prepared
-from services.registry.writes import Current, Decision, WriteMode, WriteRefused, decide
+from services.registry.writes import (
+    DEFAULT_MAX_PAYLOAD,
+    Current,
+    Decision,
+    WriteMode,
+    WriteRefused,
+    check_event_size,
+    decide,
+    event_limit,
+)
 
 EARTH_RADIUS_KM = 6371.0088
 # What a response shows of an entity; `data` stays JSON text from PostgreSQL to the client.
@@ -33,8 +42,11 @@ class Filters:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_event_bytes: int | None = None) -> None:
         self.pool = pool
+        # Events larger than this are refused before anything is stored: the app sets it
+        # from the NATS server's max_payload once it has learned it.
+        self.max_event_bytes = max_event_bytes or event_limit(DEFAULT_MAX_PAYLOAD)
 
     # organizations and keys
 
@@ -95,7 +107,9 @@ class Store:
                     kind.value, entity_id)
             event = new_event(kind, entity_id=entity_id, version=decision.version, owner=owner,
                               data=prepared.entity if prepared else None)
-            outbox = (event.event_id, event.subject, event.model_dump_json().encode())
+            payload = event.model_dump_json().encode()
+            check_event_size(len(payload), self.max_event_bytes)
+            outbox = (event.event_id, event.subject, payload)
             if prepared is None:
                 sql, values = _DELETE, (kind.value, entity_id, decision.version)
             else:
@@ -156,11 +170,19 @@ class Store:
 
     # outbox, as the relay and the metrics see it
 
-    async def outbox_backlog(self) -> tuple[int, float]:
+    async def outbox_backlog(self) -> tuple[int, float, int]:
+        """(unpublished rows, age of the oldest in seconds, parked rows)."""
         row = await self.pool.fetchrow(
             "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-            " AS age FROM outbox WHERE published_at IS NULL")
-        return int(row["n"]), float(row["age"])
+            " AS age, (SELECT count(*) FROM outbox_parked) AS parked"
+            " FROM outbox WHERE published_at IS NULL")
+        return int(row["n"]), float(row["age"]), int(row["parked"])
+
+    async def oldest_unpublished_age(self) -> float:
+        """Seconds the first row in publishing order has waited (0: none waits)."""
+        return float(await self.pool.fetchval(
+            "SELECT coalesce(extract(epoch FROM now() - (SELECT created_at FROM outbox"
+            " WHERE published_at IS NULL ORDER BY position LIMIT 1)), 0)"))
 
 
 async def fetch_unpublished(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
@@ -177,6 +199,27 @@ async def mark_published(conn: asyncpg.Connection, positions: list[int]) -> None
         await conn.execute("SET LOCAL synchronous_commit TO off")
         await conn.execute("UPDATE outbox SET published_at = now() WHERE position = ANY($1)",
                            positions)
+
+
+async def park(conn: asyncpg.Connection, position: int, reason: str) -> None:
+    """Move one outbox row to outbox_parked: the relay goes on with the rows after it."""
+    async with conn.transaction():
+        await conn.execute(
+            "WITH moved AS (DELETE FROM outbox WHERE position = $1 RETURNING *)"
+            " INSERT INTO outbox_parked (position, event_id, subject, entity_id, version,"
+            " payload, created_at, reason) SELECT position, event_id, subject, entity_id,"
+            " version, payload, created_at, $2 FROM moved", position, reason)
+
+
+async def prune_published(conn: asyncpg.Connection, older_than_s: float,
+                          limit: int = 10_000) -> int:
+    """Delete up to `limit` rows published more than `older_than_s` ago; how many went.
+    In slices, so that a long backlog of old rows never holds one long transaction."""
+    result = await conn.execute(
+        "DELETE FROM outbox WHERE position IN (SELECT position FROM outbox"
+        " WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
+        older_than_s, limit)
+    return int(result.rsplit(" ", 1)[1])
 
 
 _DELETE = (

@@ -22,9 +22,11 @@ class Current:
 
 
 class WriteRefused(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, *,
+                 limit: int | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.limit = limit  # the limit reached, when a size limit refused the write
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,28 @@ def decide(current: Current | None, *, mode: WriteMode, owner: str,
     if mode is WriteMode.replace and current.content_hash == content_hash:
         return Decision(current.version, changed=False, created=False)
     return Decision(current.version + 1, changed=True, created=False)
+
+
+# Room left in each NATS message for its headers (Nats-Msg-Id is about 60 bytes): the
+# server counts headers and payload together against its max_payload.
+EVENT_HEADROOM_BYTES = 1024
+# The server's max_payload when it is not (yet) known: nats-server's default, 1 MiB.
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+def event_limit(max_payload: int, configured: int | None = None) -> int:
+    """The largest REGISTRY event payload a NATS server with `max_payload` takes, or
+    `configured` when that is smaller."""
+    fits = max_payload - EVENT_HEADROOM_BYTES
+    return fits if configured is None else min(fits, configured)
+
+
+def check_event_size(size: int, limit: int) -> None:
+    """Refuse a change whose event could never be published: stored, it would be parked
+    by the relay and no consumer would ever hear of it."""
+    if size > limit:
+        raise WriteRefused(413, "event_too_large",
+                           f"this document's change event would be {size:,} bytes; events"
+                           f" are limited to {limit:,} bytes (the NATS server's max_payload"
+                           " less room for headers): make the document smaller (fewer or"
+                           " shorter parts, descriptions, lists)", "body", limit=limit)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -58,10 +59,12 @@ from tests.helpers import (
     stream_messages,
     wait_ready,
 )
+from tests.hostile import Hostile
 from tests.receivers import LoginMailServer, Receiver
 from tests.scenario import DESCRIBED, Load, delivered_events, expected_events
 
-PARTS = ("registry", "relay", "matcher", "notifier", "notifier-2", "postgres", "nats")
+PARTS = ("registry", "relay", "matcher", "matcher-2", "notifier", "notifier-2", "postgres",
+         "nats")
 EMAIL_FACILITIES = ["lab-0", "lab-1"]
 
 
@@ -83,7 +86,8 @@ class Stack:
             "MAKELOCAL_NOTIFIER_SECRET_KEY": TEST_SEALING_KEY,
             "MAKELOCAL_SMTP_PORT": str(smtp_port), "MAKELOCAL_SMTP_TIMEOUT_S": "2",
             "MAKELOCAL_SMTP_USERNAME": "chaos", "MAKELOCAL_SMTP_PASSWORD": "chaos-smtp-pass",
-            "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000"}
+            "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000",
+            "MAKELOCAL_MATCHER_LEASE_S": "3", "MAKELOCAL_MATCHER_HEARTBEAT_S": "1"}
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
         def service(name: str, command: str, extra: dict[str, str]) -> Service:
@@ -96,7 +100,9 @@ class Stack:
         self.services = {
             "registry": service("registry", "registry", {"MAKELOCAL_REGISTRY_RELAY": "false"}),
             "relay": service("relay", "registry-relay", {}),
+            # two matchers for the one partition: one live (its KV lease), one standby
             "matcher": service("matcher", "matcher", {}),
+            "matcher-2": service("matcher-2", "matcher", {}),
             # two notifiers share the deliveries and the subscriptions' changes
             "notifier": service("notifier", "notifier", {}),
             "notifier-2": service("notifier-2", "notifier", {})}
@@ -109,6 +115,23 @@ class Stack:
             service.start()
         for service in self.http:
             service.wait_listening()
+
+    async def ready(self, timeout: float) -> None:
+        """Every service ready; of the two matchers one (the other stands by, not ready:
+        it holds no index)."""
+        matchers = [s for name, s in self.services.items() if name.startswith("matcher")]
+        for service in self.http:
+            if service not in matchers:
+                await wait_ready(service.url, timeout=timeout)
+        async with httpx.AsyncClient(timeout=5) as http:
+            async def one_matcher() -> bool:
+                for matcher in matchers:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get(f"{matcher.url}/readyz")).status_code == 200:
+                            return True
+                return False
+
+            await eventually(one_matcher, timeout=timeout)
 
     def part(self, name: str) -> PostgresServer | NatsServer | Service:
         return {"postgres": self.postgres, "nats": self.nats}.get(name) or self.services[name]
@@ -183,13 +206,14 @@ async def _scenario(stack: Stack, mail: LoginMailServer, minutes: float, rng: ra
     await db.migrate(pg, "registry", "services.registry")
     pool = await db.create_pool(pg, "registry", min_size=1, max_size=1)
     _, key = await Store(pool).create_organization("chaos")
+    _, hostile_key = await Store(pool).create_organization("hostile")
     await pool.close()
     auth = {"Authorization": f"Bearer {key}"}
     registry, notifier = stack.services["registry"].url, stack.services["notifier"].url
     receiver = Receiver()
-    async with InProcess(receiver, None) as hooks, httpx.AsyncClient(timeout=20) as http:
-        for service in stack.http:
-            await wait_ready(service.url, timeout=60)
+    async with InProcess(receiver, None) as hooks, httpx.AsyncClient(timeout=20) as http, \
+            contextlib.AsyncExitStack() as stack_exit:
+        await stack.ready(60)
         hook = await http.post(f"{notifier}/v1/subscriptions", headers=auth,
                                json={"channel": "webhook", "url": f"{hooks.url}/ok"})
         assert hook.status_code == 201, hook.text
@@ -204,12 +228,17 @@ async def _scenario(stack: Stack, mail: LoginMailServer, minutes: float, rng: ra
         churn = Churn(http, auth, [notifier, stack.services["notifier-2"].url],
                       f"{hooks.url}")
         monkey = Monkey(stack, rng)
+        # from an address of its own (127.0.0.2): failed keys are limited per address
+        hostile_http = await stack_exit.enter_async_context(httpx.AsyncClient(
+            timeout=20, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")))
+        hostile = Hostile(hostile_http, {"Authorization": f"Bearer {hostile_key}"}, registry)
         deadline = time.monotonic() + minutes * 60
         rounds = 0
         # at least a few minutes' worth (as asked), and until every part died once
         while time.monotonic() < deadline or len(monkey.kills) < len(PARTS):
             until = asyncio.Event()
             chaos = asyncio.create_task(monkey.run(until))
+            attack = asyncio.create_task(hostile.run(until))
             # Edits touch only what earlier rounds made, which the matcher has seen: each
             # entity changes once between two barriers.
             old_facilities, old_designs = list(load.facility_numbers), list(load.design_numbers)
@@ -223,12 +252,18 @@ async def _scenario(stack: Stack, mail: LoginMailServer, minutes: float, rng: ra
             mail.refusing = rounds in (0, 1)
             until.set()
             await chaos
+            await attack
             rounds += 1
             await _caught_up(stack, http)
             say(f"round {rounds}: {load.writes} writes acknowledged, {len(monkey.kills)} kills")
         mail.refusing = False
 
         await _check(stack, http, load, receiver, hook.json()["secret"], mail, report, churn)
+        report.check(f"hostile writes accepted or answered 500 (of {sum(hostile.answers.values())}"
+                     f" answered {dict(hostile.answers)}, {hostile.lost} lost to dead parts)",
+                     0, hostile.accepted() + hostile.answers[500],
+                     hostile.accepted() + hostile.answers[500] == 0
+                     and hostile.answers[413] > 0)
         report.lines[:0] = [
             f"{rounds} rounds over {minutes:g} min on {os.cpu_count()} cores;"
             f" {len(monkey.kills)} kills: " + ", ".join(monkey.kills),
@@ -237,8 +272,7 @@ async def _scenario(stack: Stack, mail: LoginMailServer, minutes: float, rng: ra
 
 async def _caught_up(stack: Stack, http: httpx.AsyncClient) -> None:
     """Every part up, and MATCHES holding every match event the changes so far imply."""
-    for service in stack.http:
-        await wait_ready(service.url, timeout=120)
+    await stack.ready(120)
     expected = await expected_events(stack.postgres.url, "registry")
 
     async def complete() -> bool:

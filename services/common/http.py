@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -136,9 +137,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if _database_away(exc):
+            # PostgreSQL restarting or unreachable: nothing was written; try again
+            log.warning("database unavailable", extra={"error": type(exc).__name__})
+            return error_response(503, "unavailable", "the database is not reachable just"
+                                  " now; nothing was written, try again", None,
+                                  {"Retry-After": "1"})
         # The traceback goes to our log, never to the client.
         log.error("unhandled error", exc_info=exc)
         return error_response(500, "internal", "internal error; it has been logged")
+
+
+def _database_away(exc: BaseException) -> bool:
+    """A failure to reach PostgreSQL (refused, reset, a connection the pool lost mid-use,
+    the server starting or shutting down), as opposed to a fault of ours."""
+    return isinstance(exc, OSError | asyncpg.exceptions.InterfaceError
+                      | asyncpg.exceptions.InternalClientError
+                      | asyncpg.exceptions.PostgresConnectionError
+                      | asyncpg.exceptions.CannotConnectNowError
+                      | asyncpg.exceptions.AdminShutdownError
+                      | asyncpg.exceptions.ConnectionDoesNotExistError)
 
 
 def field_path(loc: list[Any], body: Any) -> list[str]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import nats.errors
 
 from makelocal.cluster import Service, port_env
@@ -87,7 +88,11 @@ class Stack:
             "MAKELOCAL_SMTP_PORT": str(smtp_port), "MAKELOCAL_SMTP_TIMEOUT_S": "2",
             "MAKELOCAL_SMTP_USERNAME": "chaos", "MAKELOCAL_SMTP_PASSWORD": "chaos-smtp-pass",
             "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000",
-            "MAKELOCAL_MATCHER_LEASE_S": "3", "MAKELOCAL_MATCHER_HEARTBEAT_S": "1"}
+            "MAKELOCAL_MATCHER_LEASE_S": "3", "MAKELOCAL_MATCHER_HEARTBEAT_S": "1",
+            # shorter than a matcher's takeover (the lease): a batch replayed by the
+            # standby meets MATCHES past the window, where only the matcher's own check
+            # against the stream keeps a piece from going in twice
+            "MAKELOCAL_MATCHES_DUPLICATE_WINDOW_S": "2"}
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
         def service(name: str, command: str, extra: dict[str, str]) -> Service:
@@ -306,6 +311,13 @@ async def _check(stack: Stack, http: httpx.AsyncClient, load: Load, receiver: Re
     expected = await expected_events(stack.postgres.url, "registry")
     await asyncio.sleep(2)  # anything extra, late, would show now
     published = await match_events(live)
+    nc = await nats.connect(live)
+    try:
+        window = (await nc.jetstream().stream_info("MATCHES")).config.duplicate_window
+    finally:
+        await nc.close()
+    report.lines.append(f"     MATCHES duplicate window {window:g} s, matcher takeover"
+                        f" (lease) {stack.services['matcher'].env['MAKELOCAL_MATCHER_LEASE_S']} s")
     ids = [m["event_id"] for m in published]
     report.check("match events in MATCHES (each once) = a clean run's", len(expected),
                  f"{len(ids)} ({len(set(expected) - set(ids))} missing,"

@@ -115,14 +115,19 @@ def attack(url: str, seconds: float) -> None:
     `seconds`; prints how they were answered. Run in a process of its own, so that sending
     38 MB at a time does not slow the test's loop, which measures."""
 
-    async def attacker(http: httpx.AsyncClient, end: float, statuses: list[int]) -> None:
+    async def attacker(http: httpx.AsyncClient, end: float, statuses: list[str]) -> None:
         while time.perf_counter() < end:
-            response = await http.post("/v1/designs", content=WIDE,
-                                       headers=YAML | auth(made_up_key()))
-            statuses.append(response.status_code)
+            try:
+                response = await http.post("/v1/designs", content=WIDE,
+                                           headers=YAML | auth(made_up_key()))
+                statuses.append(str(response.status_code))
+            except httpx.TransportError:
+                # the 401 closes the connection (its body unread): a client still sending
+                # 1.9 MB meets the close before it reads the answer
+                statuses.append("closed")
 
-    async def run() -> list[int]:
-        statuses: list[int] = []
+    async def run() -> list[str]:
+        statuses: list[str] = []
         end = time.perf_counter() + seconds
         async with httpx.AsyncClient(base_url=url, timeout=None) as http:
             await asyncio.gather(*(attacker(http, end, statuses) for _ in range(LOAD)))
@@ -148,7 +153,7 @@ async def test_a_made_up_keys_with_big_bodies_leave_healthz_fast(start_registry:
         if attacking.returncode is None:  # (the old code took minutes to answer them all)
             attacking.kill()
             await attacking.wait()
-    assert set(answered) == {"401"} and answered["401"] >= LOAD, answered
+    assert set(answered) <= {"401", "closed"} and sum(answered.values()) >= LOAD, answered
 
 
 async def test_b_a_made_up_keys_body_is_never_parsed(client: httpx.AsyncClient) -> None:

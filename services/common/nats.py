@@ -70,11 +70,12 @@ def compacted_stream(name: str, subjects: list[str], duplicate_window_s: float,
     )
 
 
-def matches_stream(replicas: int, max_bytes: int = MATCHES_MAX_BYTES) -> StreamConfig:
+def matches_stream(replicas: int, max_bytes: int = MATCHES_MAX_BYTES,
+                   duplicate_window_s: float = MATCHES_DUPLICATE_WINDOW_S) -> StreamConfig:
     """Match changes, kept for a month and at most `max_bytes` (the oldest go first): the
     matcher publishes, the notifier consumes."""
     return StreamConfig(name=MATCHES_STREAM, subjects=[MATCHES_SUBJECTS],
-                        storage=StorageType.FILE, duplicate_window=MATCHES_DUPLICATE_WINDOW_S,
+                        storage=StorageType.FILE, duplicate_window=duplicate_window_s,
                         max_age=MATCHES_MAX_AGE_S, max_bytes=max_bytes,
                         discard=DiscardPolicy.OLD, num_replicas=replicas)
 

@@ -6,7 +6,9 @@ the point of a limit against a runaway client, not a quota."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -47,3 +49,30 @@ class TokenBuckets:
 def retry_after(seconds: float) -> str:
     """A Retry-After value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+class InFlight:
+    """At most `cap` requests under way per key: a tenant trickling bodies over many
+    connections holds its own share of the server, not everyone's."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def enter(self, key: str) -> Iterator[None]:
+        if self.counts.get(key, 0) >= self.cap:
+            raise InFlightFull(self.cap)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
+
+
+class InFlightFull(Exception):
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"{cap} requests of this key are under way")
+        self.cap = cap

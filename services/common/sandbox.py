@@ -22,6 +22,7 @@ import resource
 import signal
 import struct
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -43,6 +44,15 @@ class Busy(Exception):
     """No child became free within the wall time."""
 
 
+class ReaderLost(Exception):
+    """The child was killed from outside (the OOM killer, an operator): not the
+    document's fault."""
+
+
+# Deaths that are not the document's doing; a crash (a C stack overflowed: SIGSEGV) is.
+_KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP})
+
+
 class ReaderPool:
     """Up to `size` children running `target` ("module:function"), started when needed."""
 
@@ -51,11 +61,38 @@ class ReaderPool:
         self.target, self.cpu_s, self.wall_s, self.memory_mb = target, cpu_s, wall_s, memory_mb
         self._free: list[asyncio.subprocess.Process] = []
         self._slots = asyncio.Semaphore(size)
+        # a tenant holds at most half the children: one tenant's slow documents leave
+        # the others a reader (its own wait for its share does not take a child)
+        self.per_tenant = max(1, size // 2)
+        self._tenants: dict[str, asyncio.Semaphore] = {}
+        self._callers: Counter[str] = Counter()  # waiting or reading, per tenant
         self._closed = False
 
-    async def call(self, *args: Any) -> Any:
+    async def call(self, *args: Any, tenant: str = "") -> Any:
         """target(*args) in a child: its result, or the InvalidInput it raised; Exceeded
-        past a bound; Busy when every child stays busy for the wall time."""
+        past a bound; Busy when no child (of the tenant's share) becomes free within the
+        wall time. A child killed from outside is replaced and the document read once
+        more; ReaderLost if that one dies too."""
+        share = self._tenants.setdefault(tenant, asyncio.Semaphore(self.per_tenant))
+        self._callers[tenant] += 1
+        try:
+            try:
+                async with asyncio.timeout(self.wall_s):
+                    await share.acquire()
+            except TimeoutError:
+                raise Busy("this tenant's document readers are busy") from None
+            try:
+                return await self._call(*args)
+            except ReaderLost:
+                return await self._call(*args)
+            finally:
+                share.release()
+        finally:
+            self._callers[tenant] -= 1
+            if not self._callers[tenant]:  # no one of it waiting or reading
+                del self._callers[tenant], self._tenants[tenant]
+
+    async def _call(self, *args: Any) -> Any:
         try:
             async with asyncio.timeout(self.wall_s):
                 await self._slots.acquire()
@@ -110,6 +147,8 @@ class ReaderPool:
             raise Exceeded("time", f"reading it took over {self.wall_s:g} s") from None
         except (asyncio.IncompleteReadError, ConnectionError):
             status = await child.wait()
+            if status in _KILLED_FROM_OUTSIDE:
+                raise ReaderLost(f"the reader was killed ({status})") from None
             if status == -signal.SIGXCPU:
                 raise Exceeded("time", f"reading it took over {self.cpu_s} s of CPU") from None
             # e.g. a C stack overflowed: the document is what made it die

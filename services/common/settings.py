@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.matches import MATCHES_MAX_BYTES
+from contracts.matches import MATCHES_DUPLICATE_WINDOW_S, MATCHES_MAX_BYTES
 
 
 class CommonSettings(BaseSettings):
@@ -31,3 +31,5 @@ class CommonSettings(BaseSettings):
     # MATCHES keeps a month of match changes and at most this many bytes (oldest dropped
     # first); the matcher and the notifier must agree on it
     matches_max_bytes: int = Field(MATCHES_MAX_BYTES, ge=1024 * 1024)
+    # how long JetStream drops a repeated MATCHES piece by its id (tests shorten it)
+    matches_duplicate_window_s: float = Field(MATCHES_DUPLICATE_WINDOW_S, gt=0)

@@ -61,6 +61,7 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
                                    partition=settings.matcher_partition,
                                    partitions=settings.partitions,
                                    matches_max_bytes=settings.matches_max_bytes,
+                                   matches_duplicate_window_s=settings.matches_duplicate_window_s,
                                    guard=lease.check)
             state["worker"] = worker
             try:

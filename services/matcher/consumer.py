@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent, partitions_of
 from contracts.matches import (
+    MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_BYTES,
     MATCHES_STREAM,
     MATCHES_SUBJECTS,
@@ -66,6 +67,7 @@ class MatcherWorker:
                  replicas: int = 1, snapshot_every: int = 50_000,
                  piece_bytes: int | None = None, partition: int = 0, partitions: int = 1,
                  matches_max_bytes: int = MATCHES_MAX_BYTES,
+                 matches_duplicate_window_s: float = MATCHES_DUPLICATE_WINDOW_S,
                  guard: Callable[[], None] = lambda: None) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.index, self.metrics = index, metrics
@@ -78,6 +80,7 @@ class MatcherWorker:
         self.piece_bytes = min(nc.max_payload, piece_bytes or nc.max_payload)
         self.partition, self.partitions = partition, partitions
         self.matches_max_bytes = matches_max_bytes
+        self.matches_duplicate_window_s = matches_duplicate_window_s
         self.guard = guard
         self.matches_seq = 0  # MATCHES' sequence at or before our next piece
         self.ready = asyncio.Event()
@@ -103,7 +106,7 @@ class MatcherWorker:
     async def start(self) -> None:
         started = time.perf_counter()
         await nats_util.ensure_stream(self.nc, nats_util.matches_stream(
-            self.replicas, self.matches_max_bytes))
+            self.replicas, self.matches_max_bytes, self.matches_duplicate_window_s))
         await self.checkpoint.open()
         self.matches_seq = (await self.js.stream_info(MATCHES_STREAM)).state.last_seq
         with gc_paused():

@@ -48,6 +48,7 @@ def create_app(settings: NotifierSettings | None = None,
             consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
                                      replicas=settings.notifier_stream_replicas,
                                      matches_max_bytes=settings.matches_max_bytes,
+                                   matches_duplicate_window_s=settings.matches_duplicate_window_s,
                                      listen=functools.partial(
                                          listen_routing, settings.database_url,
                                          settings.notifier_db_schema),

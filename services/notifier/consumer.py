@@ -36,7 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts import matches
-from contracts.matches import MATCHES_MAX_BYTES, MATCHES_STREAM
+from contracts.matches import MATCHES_DUPLICATE_WINDOW_S, MATCHES_MAX_BYTES, MATCHES_STREAM
 from services.common import nats as nats_util
 from services.common.faults import crash_point
 from services.common.tasks import restarting
@@ -55,7 +55,9 @@ Listen = Callable[[Callable[[], None]], Awaitable[asyncpg.Connection]]
 class MatchConsumer:
     def __init__(self, nc: Client, store: Store, metrics: NotifierMetrics, *, durable: str,
                  replicas: int = 1, batch: int = 256,
-                 matches_max_bytes: int = MATCHES_MAX_BYTES, listen: Listen | None = None,
+                 matches_max_bytes: int = MATCHES_MAX_BYTES,
+                 matches_duplicate_window_s: float = MATCHES_DUPLICATE_WINDOW_S,
+                 listen: Listen | None = None,
                  reload_s: float = 30.0) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.store, self.metrics = store, metrics
@@ -67,11 +69,12 @@ class MatchConsumer:
         self._changed = asyncio.Event()
         self.listen, self.reload_s = listen, reload_s
         self.matches_max_bytes = matches_max_bytes
+        self.matches_duplicate_window_s = matches_duplicate_window_s
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
         await nats_util.ensure_stream(self.nc, nats_util.matches_stream(
-            self.replicas, self.matches_max_bytes))
+            self.replicas, self.matches_max_bytes, self.matches_duplicate_window_s))
         try:
             await self.js.consumer_info(MATCHES_STREAM, self.durable)
         except NotFoundError:

@@ -3,6 +3,7 @@ The same routes serve designs and facilities."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Annotated, Any
@@ -23,7 +24,8 @@ from services.common.http import (
     WriteLimit,
     parse_near,
 )
-from services.common.sandbox import Busy, Exceeded, ReaderPool
+from services.common.ratelimit import InFlight, InFlightFull
+from services.common.sandbox import Busy, Exceeded, ReaderLost, ReaderPool
 from services.registry.entities import Prepared, expand
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
@@ -41,7 +43,7 @@ _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
 
 def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticator,
-           readers: ReaderPool) -> APIRouter:
+           readers: ReaderPool, in_flight: InFlight, body_timeout_s: float) -> APIRouter:
     plural = f"{kind.value}s" if kind is EntityKind.design else "facilities"
     api = APIRouter(prefix=f"/v1/{plural}", tags=[plural], responses=ERROR_RESPONSES)
 
@@ -50,33 +52,54 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
         made-up key costs a lookup, never a parse, and gets no write bucket (the limit
         counts verified key ids only). The store checks the key again in the write's
         transaction, which sees a revocation the short-lived cache of verified keys may not."""
-        key = await auth.verify(request)
-        limit.check(key.key_id)
+        try:
+            key = await auth.verify(request)
+            limit.check(key.key_id)
+        except ApiError as exc:
+            raise _closing(exc) from None
         return key.pair
 
-    async def body_of(request: Request, entity_id: str | None) -> Prepared:
+    async def body_of(request: Request, entity_id: str | None, key_id: str) -> Prepared:
         """Parsed and normalized in a reader child: off the event loop, within its CPU,
-        wall-time and memory bounds (past them 422 or 413, never a stalled loop)."""
+        wall-time and memory bounds (past them 422 or 413, never a stalled loop), within
+        the key's share of the readers."""
         media_type = request.headers.get("content-type")
         format_of(media_type)  # 415 before the body is read
-        raw = await request.body()
         try:
-            prepared: Prepared = await readers.call(kind, raw, media_type, entity_id)
+            async with asyncio.timeout(body_timeout_s):
+                raw = await request.body()
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"the body did not arrive within"
+                           f" {body_timeout_s:g} s", "body") from None
+        try:
+            prepared: Prepared = await readers.call(kind, raw, media_type, entity_id,
+                                                    tenant=key_id)
         except Exceeded as exc:
             status, code = (413, "too_large") if exc.what == "memory" else (422, "too_complex")
             raise ApiError(status, code, f"the document cannot be read within the reader's"
                            f" limits: {exc}", "body") from None
-        except Busy:
-            raise ApiError(503, "busy", "every document reader is busy; retry after the time"
-                           " in Retry-After", None, {"Retry-After": "1"}) from None
+        except (Busy, ReaderLost):
+            raise ApiError(503, "busy", "no document reader could take it now; retry after"
+                           " the time in Retry-After", None, {"Retry-After": "1"}) from None
         return prepared
 
     async def write(request: Request, entity_id: str | None, mode: WriteMode,
                     if_match: str | None) -> JSONResponse:
         key = await key_of(request)
+        try:
+            with in_flight.enter(key[0]):
+                return await _write(request, key, entity_id, mode, if_match)
+        except InFlightFull as exc:
+            raise _closing(ApiError(429, "too_many_in_flight", f"{exc.cap} writes of this key"
+                                    " are under way; wait for one to finish", "Authorization",
+                                    {"Retry-After": "1"})) from None
+
+    async def _write(request: Request, key: tuple[str, str], entity_id: str | None,
+                     mode: WriteMode, if_match: str | None) -> JSONResponse:
         if entity_id is not None:
             _check_id(entity_id)
-        prepared = None if mode is WriteMode.delete else await body_of(request, entity_id)
+        prepared = None if mode is WriteMode.delete else await body_of(request, entity_id,
+                                                                       key[0])
         target = entity_id or (prepared.entity.id if prepared else "")
         _check_id(target)
         try:
@@ -199,3 +222,9 @@ def _version(if_match: str | None) -> int | None:
 def _etag(version: int) -> str:
     return f'"{version}"'
 
+
+def _closing(exc: ApiError) -> ApiError:
+    """The refusal of a request whose body was not read: the connection closes after it
+    (kept alive, it would hold a socket for a body that may never come)."""
+    exc.headers = (exc.headers or {}) | {"Connection": "close"}
+    return exc

@@ -22,6 +22,7 @@ from services.common.http import (
     install_error_handlers,
     install_operational_routes,
 )
+from services.common.ratelimit import InFlight
 from services.common.sandbox import ReaderPool
 from services.common.tasks import every
 from services.registry import api, entities
@@ -108,6 +109,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                               "the REGISTRY stream.", lifespan=lifespan)
 
     limit = WriteLimit(settings.write_rate_per_s, settings.write_burst)
+    in_flight = InFlight(settings.registry_writes_in_flight_per_key)
 
     async def owner_of(key: tuple[str, str]) -> str | None:
         return await key_owner(store.pool, "api_keys", key)  # the pool opens with the app
@@ -120,7 +122,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                          wall_s=settings.registry_reader_timeout_s,
                          memory_mb=settings.registry_reader_memory_mb)
     for kind in EntityKind:
-        app.include_router(api.router(kind, store, limit, auth, readers))
+        app.include_router(api.router(kind, store, limit, auth, readers, in_flight,
+                                      settings.registry_body_timeout_s))
     app.state.store = store
 
     async def database_ready() -> None:

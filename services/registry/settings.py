@@ -20,6 +20,10 @@ class RegistrySettings(CommonSettings):
     registry_reader_cpu_s: int = 5
     registry_reader_timeout_s: float = 10.0
     registry_reader_memory_mb: int = 512
+    # a body must arrive within this (a client trickling it holds a connection no longer)
+    registry_body_timeout_s: float = 30.0
+    # writes under way at once per API key (reading bodies, parsing, storing)
+    registry_writes_in_flight_per_key: int = 16
     # A verified API key is trusted this long without asking the database again (a write
     # still checks it in its own transaction)
     registry_auth_cache_s: float = 15.0

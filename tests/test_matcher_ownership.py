@@ -173,8 +173,8 @@ async def test_a_matcher_whose_partition_count_is_not_registrys_refuses_to_start
         await eventually(lambda: _refused(matcher.url), timeout=10)
         assert (await scraped(matcher.url, "makelocal_matcher_events_consumed_total")) == 0
     [refused] = [r for r in caplog.records if r.getMessage() == "matcher refuses to start"]
-    assert "MAKELOCAL_PARTITIONS is 1 here but the REGISTRY stream spreads designs over 2" \
-        in refused.error  # type: ignore[attr-defined]
+    assert ("MAKELOCAL_PARTITIONS is 1 for this matcher but the REGISTRY stream spreads"
+            " designs over 2") in refused.error  # type: ignore[attr-defined]
 
     # the process: a log line that says why, and a non-zero exit
     log = tmp_path / "matcher.log"

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import NotFoundError
 
+from contracts.events import REGISTRY_STREAM, partitions_of
 from contracts.matches import (
     MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_AGE_S,
@@ -118,3 +119,25 @@ async def fetch_ready(sub: JetStreamContext.PullSubscription, batch: int,
         except TimeoutError:
             pass  # nothing more was there; a late answer waits in the queue for next time
     return msgs
+
+
+class PartitionMismatch(Exception):
+    """A service's partition count is not the one REGISTRY routes design events by."""
+
+
+async def check_partitions(js: JetStreamContext, partitions: int, who: str) -> None:
+    """PartitionMismatch unless REGISTRY's subject transform (where the registry records
+    its partition count) spreads designs over `partitions`: else designs would go to no
+    matcher, or to two, and a registry would silently re-route them. No stream yet:
+    nothing to check."""
+    try:
+        info = await js.stream_info(REGISTRY_STREAM)
+    except NotFoundError:
+        return
+    transform = info.config.subject_transform
+    found = partitions_of(transform.dest if transform else None)
+    if found != partitions:
+        raise PartitionMismatch(
+            f"MAKELOCAL_PARTITIONS is {partitions} for this {who} but the REGISTRY stream "
+            f"spreads designs over {found} partition(s): set it to {found} (changing the "
+            "count means moving every matcher's partition: not done by a restart)")

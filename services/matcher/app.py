@@ -21,9 +21,10 @@ from services.common.http import (
     install_error_handlers,
     install_operational_routes,
 )
+from services.common.nats import PartitionMismatch
 from services.common.tasks import restarting
 from services.matcher import api
-from services.matcher.consumer import MatcherWorker, PartitionMismatch
+from services.matcher.consumer import MatcherWorker
 from services.matcher.index import CapabilityIndex
 from services.matcher.lease import Lease, Standby, new_owner_id
 from services.matcher.metrics import MatcherMetrics

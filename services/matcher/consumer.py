@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
-from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent, partitions_of
+from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent
 from contracts.matches import (
     MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_BYTES,
@@ -57,10 +57,6 @@ class Malformed(Exception):
     """A REGISTRY message that is not a registry event: parked, never retried."""
 
 
-class PartitionMismatch(Exception):
-    """This matcher's partition count is not the one REGISTRY routes design events by."""
-
-
 class MatcherWorker:
     def __init__(self, nc: Client, index: CapabilityIndex, metrics: MatcherMetrics, *,
                  bucket: str, durable: str, filter_subjects: list[str], batch: int = 1000,
@@ -88,20 +84,8 @@ class MatcherWorker:
     # start-up
 
     async def check_partitions(self) -> None:
-        """Raise PartitionMismatch unless REGISTRY's subject transform (where the registry
-        records its partition count) spreads designs over as many partitions as we split
-        them by: else designs would go to no matcher, or to two. No stream yet: nothing
-        to check (binding the consumer fails, and the next start checks again)."""
-        try:
-            info = await self.js.stream_info(REGISTRY_STREAM)
-        except NotFoundError:
-            return
-        transform = info.config.subject_transform
-        registry = partitions_of(transform.dest if transform else None)
-        if registry != self.partitions:
-            raise PartitionMismatch(
-                f"MAKELOCAL_PARTITIONS is {self.partitions} here but the REGISTRY stream "
-                f"spreads designs over {registry} partition(s): set it to {registry}")
+        """PartitionMismatch unless REGISTRY routes designs by our partition count."""
+        await nats_util.check_partitions(self.js, self.partitions, "matcher")
 
     async def start(self) -> None:
         started = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -30,6 +32,8 @@ from services.registry.relay import OutboxRelay, RelayMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
 from services.registry.writes import event_limit
+
+log = logging.getLogger(__name__)
 
 
 class PublisherStuck(Exception):
@@ -164,6 +168,7 @@ def main() -> None:
 
     settings = RegistrySettings()
     logs.configure("registry", settings.log_level)
+    refuse_other_partitions(settings, "registry")
     # Several worker processes share the port; each runs a relay, and the advisory lock
     # keeps exactly one of them publishing.
     uvicorn.run("services.registry.app:create_app", factory=True, host=settings.host,
@@ -175,9 +180,33 @@ def main_relay() -> None:
     """The outbox relay alone, for deployments that run it apart from the API."""
     settings = RegistrySettings()
     logs.configure("registry-relay", settings.log_level)
+    refuse_other_partitions(settings, "registry-relay")
     relay = relay_of(settings, RelayMetrics(CollectorRegistry()))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(relay.run())
+
+
+def refuse_other_partitions(settings: RegistrySettings, who: str) -> None:
+    """Exit 2, saying why, when REGISTRY already routes designs by another partition
+    count; NATS unreachable now: the relay checks again before it publishes."""
+    async def check() -> str | None:
+        try:
+            nc = await nats_util.connect(settings.nats_url, f"{who}-check")
+        except Exception as exc:
+            log.warning("partition check deferred", extra={"error": repr(exc)})
+            return None
+        try:
+            await nats_util.check_partitions(nc.jetstream(), settings.partitions, who)
+        except nats_util.PartitionMismatch as exc:
+            return str(exc)
+        finally:
+            await nc.close()
+        return None
+
+    reason = asyncio.run(check())
+    if reason is not None:
+        log.error(f"{who} refuses to start", extra={"error": reason})
+        sys.exit(2)
 
 
 def relay_of(settings: RegistrySettings, metrics: RelayMetrics,

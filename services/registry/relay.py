@@ -49,6 +49,7 @@ from services.registry.store import fetch_unpublished, mark_published, park, pru
 from services.registry.writes import EVENT_HEADROOM_BYTES
 
 log = logging.getLogger(__name__)
+PARTITION_RECHECK_S = 10.0  # a relay refusing to publish looks again this often
 T = TypeVar("T")
 PUBLISH_TIMEOUT_S = 5.0
 BATCH_GATHER_S = 0.005
@@ -215,6 +216,15 @@ class OutboxRelay:
         while True:
             try:
                 nc = await nats_util.connect(self.nats_url, f"registry-relay:{self.schema}")
+                try:
+                    # updating the stream would re-route design events under the matchers
+                    await nats_util.check_partitions(nc.jetstream(), self.partitions,
+                                                     "registry")
+                except nats_util.PartitionMismatch as exc:
+                    await nc.close()
+                    log.error("relay refuses to publish", extra={"error": str(exc)})
+                    await asyncio.sleep(PARTITION_RECHECK_S)
+                    continue
                 await nats_util.ensure_stream(nc, nats_util.compacted_stream(
                     REGISTRY_STREAM, [REGISTRY_SUBJECTS], REGISTRY_DUPLICATE_WINDOW_S,
                     self.replicas, design_partition_transform(self.partitions)))

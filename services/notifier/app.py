@@ -29,6 +29,9 @@ from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store, listen_routing
 
+# at shutdown, how long the pool may wait for its connections to come back
+SHUTDOWN_WAIT_S = 5.0
+
 
 def create_app(settings: NotifierSettings | None = None,
                resolver: Resolver = system_resolver) -> FastAPI:
@@ -90,7 +93,10 @@ def create_app(settings: NotifierSettings | None = None,
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await store.pool.close()
+            try:  # graceful: waits for every connection to come back
+                await asyncio.wait_for(store.pool.close(), SHUTDOWN_WAIT_S)
+            except TimeoutError:  # one still held: shutting down must not hang on it
+                store.pool.terminate()
 
     app = FastAPI(title="makelocal notifier", version="1", lifespan=lifespan,
                   description="Match alerts by signed webhook (Standard Webhooks) and email.")

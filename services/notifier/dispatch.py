@@ -81,6 +81,8 @@ class Dispatcher:
         finally:
             for task in self.in_flight:
                 task.cancel()
+            if self.in_flight:  # their connections back to the pool before it closes
+                await asyncio.wait(set(self.in_flight), timeout=5)
             await self.http.close()
 
     async def _run_once(self) -> None:

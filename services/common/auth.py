@@ -16,9 +16,10 @@ from typing import NoReturn
 
 import asyncpg
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common import keys
-from services.common.http import CHALLENGE, ApiError, required_key
+from services.common.http import CHALLENGE, ApiError, error_response, required_key
 from services.common.ratelimit import TokenBuckets, retry_after
 
 KeyOwner = Callable[[tuple[str, str]], Awaitable[str | None]]
@@ -106,3 +107,35 @@ def _too_many(wait: float) -> ApiError:
     return ApiError(429, "rate_limited", "too many requests with invalid API keys from this"
                     " address; retry after the time in Retry-After", "Authorization",
                     {"Retry-After": retry_after(wait)})
+
+
+class KeyBeforeBody:
+    """ASGI middleware: a write under `prefix` whose key does not verify is refused before
+    its body is read or parsed (FastAPI reads and validates a JSON body before the route
+    runs); the connection closes after the refusal. The verified key is left in the
+    request's state for the route (`verified(request)`)."""
+
+    def __init__(self, app: ASGIApp, auth: Authenticator, prefix: str) -> None:
+        self.app, self.auth, self.prefix = app, auth, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS")
+                and scope["path"].startswith(self.prefix)):
+            request = Request(scope)
+            try:
+                key = await self.auth.verify(request)
+            except ApiError as exc:
+                response = error_response(exc.status, exc.code, exc.message, exc.field,
+                                          (exc.headers or {}) | {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})[_VERIFIED] = key
+        await self.app(scope, receive, send)
+
+
+_VERIFIED = "verified_key"
+
+
+def verified(request: Request) -> VerifiedKey | None:
+    """The key KeyBeforeBody verified for this request, if it did."""
+    return request.scope.get("state", {}).get(_VERIFIED)

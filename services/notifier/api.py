@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from services.common.auth import Authenticator
+from services.common.auth import Authenticator, verified
 from services.common.http import ERROR_RESPONSES, ApiError, WriteLimit
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
@@ -54,17 +54,13 @@ def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
 
 
 def router(store: Store, guard: Guard, settings: NotifierSettings,
-           limit: WriteLimit) -> APIRouter:
+           limit: WriteLimit, keyed: Authenticator) -> APIRouter:
     api = APIRouter(tags=["subscriptions"], responses=ERROR_RESPONSES)
-
-    # no cache of verified keys: this is the only check, a revocation must hold at once
-    keyed = Authenticator(store.owner_of, cache_s=0,
-                          failures_per_min=settings.auth_failures_per_min)
 
     async def owner(request: Request) -> str:
         """The organization of a valid key (failed keys limited per address); a write
         also within the key's limit, counted by verified key id only."""
-        key = await keyed.verify(request)
+        key = verified(request) or await keyed.verify(request)
         if request.method not in ("GET", "HEAD"):
             limit.check(key.key_id)
         return key.owner

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from contracts import asyncapi
 from services.common import collector, db, logs
 from services.common import nats as nats_util
+from services.common.auth import Authenticator, KeyBeforeBody
 from services.common.http import (
     BodyLimit,
     HttpMetrics,
@@ -111,11 +112,17 @@ def create_app(settings: NotifierSettings | None = None,
 
     checks: dict[str, Callable[[], Awaitable[None]]] = {"database": database_ready,
                                                         "nats": consuming}
+    # no cache of verified keys: this is the only check, a revocation must hold at once
+    keyed = Authenticator(store.owner_of, cache_s=0,
+                          failures_per_min=settings.auth_failures_per_min)
     app.include_router(api.router(store, guard, settings,
-                                  WriteLimit(settings.write_rate_per_s, settings.write_burst)))
+                                  WriteLimit(settings.write_rate_per_s, settings.write_burst),
+                                  keyed))
     install_error_handlers(app)
     install_operational_routes(app, registry, checks,
                                asyncapi.document("notifier", settings.nats_url))
+    # the key before the body (FastAPI's parsing is inside it), refusals counted
+    app.add_middleware(KeyBeforeBody, auth=keyed, prefix="/v1/subscriptions")
     app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_notifier")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.store = store

@@ -188,7 +188,8 @@ def main_relay() -> None:
 
 def refuse_other_partitions(settings: RegistrySettings, who: str) -> None:
     """Exit 2, saying why, when REGISTRY already routes designs by another partition
-    count; NATS unreachable now: the relay checks again before it publishes."""
+    count; NATS or JetStream not answering now: the relay checks again before it
+    publishes (a registry must start while a NATS node is down)."""
     async def check() -> str | None:
         try:
             nc = await nats_util.connect(settings.nats_url, f"{who}-check")
@@ -199,11 +200,21 @@ def refuse_other_partitions(settings: RegistrySettings, who: str) -> None:
             await nats_util.check_partitions(nc.jetstream(), settings.partitions, who)
         except nats_util.PartitionMismatch as exc:
             return str(exc)
+        except Exception as exc:  # JetStream not answering (a node down): later, then
+            log.warning("partition check deferred", extra={"error": repr(exc)})
         finally:
             await nc.close()
         return None
 
-    reason = asyncio.run(check())
+    async def bounded() -> str | None:
+        try:
+            async with asyncio.timeout(10):  # never hold a start up for long
+                return await check()
+        except TimeoutError:
+            log.warning("partition check deferred", extra={"error": "timed out"})
+            return None
+
+    reason = asyncio.run(bounded())
     if reason is not None:
         log.error(f"{who} refuses to start", extra={"error": reason})
         sys.exit(2)

@@ -4,7 +4,7 @@ wheels on free ports; each test gets its own database schema and a fresh REGISTR
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,7 @@ from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-from tests.helpers import InProcess, InProcessRegistry
+from tests.helpers import InProcess, InProcessRegistry, ServiceProcess, eventually
 from tests.receivers import MailServer, Receiver
 
 
@@ -173,3 +173,29 @@ async def notifier(notifier_settings: NotifierSettings, store: Store,
 
     async with InProcess(create_app(notifier_settings), notifier_settings) as running:
         yield running
+
+
+StartRegistry = Callable[[dict[str, str]], Awaitable[ServiceProcess]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def start_registry(registry_env: dict[str, str],
+                         tmp_path: Path) -> AsyncIterator[StartRegistry]:
+    """Start a registry API (no relay) in a process of its own, with extra environment,
+    once it answers /healthz: the test's loop stays free to send load and measure."""
+    started: list[ServiceProcess] = []
+
+    async def start(extra: dict[str, str]) -> ServiceProcess:
+        service = ServiceProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"} | extra,
+                                 tmp_path / "registry.log").start(wait=False)
+        started.append(service)
+        await service.listening()
+        async with httpx.AsyncClient(base_url=service.url, timeout=5) as http:
+            async def up() -> bool:
+                return (await http.get("/healthz")).status_code == 200
+            await eventually(up, timeout=30)
+        return service
+
+    yield start
+    for service in started:
+        service.kill()

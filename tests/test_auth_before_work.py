@@ -15,15 +15,12 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import httpx
-import pytest_asyncio
 
 from services.registry.settings import RegistrySettings
-from tests.conftest import auth
-from tests.helpers import JSON, InProcess, InProcessRegistry, ServiceProcess, eventually, okh
+from tests.conftest import StartRegistry, auth
+from tests.helpers import JSON, InProcess, InProcessRegistry, okh
 
 YAML = {"Content-Type": "application/yaml"}
 LOAD = 20  # requests in flight at once, as in the measured fault
@@ -79,30 +76,8 @@ async def healthz_latencies(url: str, seconds: float) -> list[float]:
     return latencies
 
 
-Start = Callable[[dict[str, str]], Awaitable[str]]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def start_registry(registry_env: dict[str, str], org: tuple[str, str],
-                         tmp_path: Path) -> AsyncIterator[Start]:
-    """Start a registry in a process of its own (the test's loop sends the load and
-    measures) with extra environment; its URL."""
-    started: list[ServiceProcess] = []
-
-    async def start(extra: dict[str, str]) -> str:
-        service = ServiceProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"} | extra,
-                                 tmp_path / "registry.log").start(wait=False)
-        started.append(service)
-        await service.listening()
-        async with httpx.AsyncClient(base_url=service.url, timeout=5) as http:
-            async def up() -> bool:
-                return (await http.get("/healthz")).status_code == 200
-            await eventually(up, timeout=30)
-        return service.url
-
-    yield start
-    for service in started:
-        service.kill()
 
 
 async def registry_with(settings: RegistrySettings, **extra: object) -> InProcess:
@@ -136,9 +111,10 @@ def attack(url: str, seconds: float) -> None:
     print(json.dumps(collections.Counter(asyncio.run(run()))))
 
 
-async def test_a_made_up_keys_with_big_bodies_leave_healthz_fast(start_registry: Start) -> None:
+async def test_a_made_up_keys_with_big_bodies_leave_healthz_fast(
+        start_registry: StartRegistry) -> None:
     # no limit on failed keys here: every request is a lookup, none is refused early
-    url = await start_registry({"MAKELOCAL_AUTH_FAILURES_PER_MIN": "1000000"})
+    url = (await start_registry({"MAKELOCAL_AUTH_FAILURES_PER_MIN": "1000000"})).url
     attacking = await asyncio.create_subprocess_exec(
         sys.executable, "-c", f"from {__name__} import attack; attack({url!r}, 3.5)",
         stdout=asyncio.subprocess.PIPE)
@@ -223,19 +199,19 @@ async def test_d_only_verified_key_ids_have_write_buckets(settings: RegistrySett
 
 
 async def test_e_a_valid_keys_hostile_document_gets_a_prompt_4xx(
-        start_registry: Start, org: tuple[str, str]) -> None:
-    process = await start_registry({"MAKELOCAL_REGISTRY_READER_CPU_S": "1",
-                                    "MAKELOCAL_REGISTRY_READER_TIMEOUT_S": "4"})
+        start_registry: StartRegistry, org: tuple[str, str]) -> None:
+    url = (await start_registry({"MAKELOCAL_REGISTRY_READER_CPU_S": "1",
+                                 "MAKELOCAL_REGISTRY_READER_TIMEOUT_S": "4"})).url
     async def send(http: httpx.AsyncClient, name: str, body: bytes) -> tuple[str, int, float]:
         start = time.perf_counter()
         response = await http.post(f"/v1/designs?id={name}", content=body,
                                    headers=YAML | auth(org[1]))
         return name, response.status_code, time.perf_counter() - start
 
-    async with httpx.AsyncClient(base_url=process, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         sent = asyncio.gather(send(http, "laughs", BILLION_LAUGHS), send(http, "deep", DEEP),
                               send(http, "wide", WIDE), send(http, "wide2", WIDE))
-        latencies = await healthz_latencies(process, 3.0)
+        latencies = await healthz_latencies(url, 3.0)
         results = await sent
     for name, status, took in results:
         assert 400 <= status < 500 and took < 6.0, (name, status, took)
@@ -243,7 +219,7 @@ async def test_e_a_valid_keys_hostile_document_gets_a_prompt_4xx(
     assert p99(latencies) < HEALTHZ_P99_S, (
         f"p99 {p99(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
     # the readers killed for overrunning are replaced: a plain design still goes in
-    async with httpx.AsyncClient(base_url=process, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         made = await http.post("/v1/designs?id=plain", content=okh("Plain", ["3DP"]),
                                headers=JSON | auth(org[1]))
         assert made.status_code == 201, made.text

@@ -10,16 +10,13 @@ import os
 import resource
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import httpx
-import pytest_asyncio
 
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-from tests.conftest import auth
-from tests.helpers import JSON, InProcess, InProcessRegistry, ServiceProcess, eventually, okh
+from tests.conftest import StartRegistry, auth
+from tests.helpers import JSON, InProcess, InProcessRegistry, eventually, okh
 
 YAML = {"Content-Type": "application/yaml"}
 
@@ -108,32 +105,12 @@ async def test_one_tenant_busy_readers_do_not_starve_another_tenant(
 #    descriptor limit put on the registry process (the same happens at any limit, it only
 #    takes more connections).
 
-Start = Callable[[dict[str, str]], Awaitable[ServiceProcess]]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def start_registry(registry_env: dict[str, str],
-                         tmp_path: Path) -> AsyncIterator[Start]:
-    started: list[ServiceProcess] = []
-
-    async def start(extra: dict[str, str]) -> ServiceProcess:
-        service = ServiceProcess(registry_env | {"MAKELOCAL_REGISTRY_RELAY": "false"} | extra,
-                                 tmp_path / "registry.log").start(wait=False)
-        started.append(service)
-        await service.listening()
-        async with httpx.AsyncClient(base_url=service.url, timeout=5) as http:
-            async def up() -> bool:
-                return (await http.get("/healthz")).status_code == 200
-            await eventually(up, timeout=30)
-        return service
-
-    yield start
-    for service in started:
-        service.kill()
 
 
 async def test_slow_bodies_of_one_tenant_do_not_stop_the_registry(
-        start_registry: Start, store: Store, org: tuple[str, str]) -> None:
+        start_registry: StartRegistry, store: Store, org: tuple[str, str]) -> None:
     _, victim_key = await store.create_organization("Victim Lab")
     service = await start_registry({})
     assert service.proc is not None

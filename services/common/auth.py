@@ -19,7 +19,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common import keys
-from services.common.http import CHALLENGE, ApiError, error_response, required_key
+from services.common.http import CHALLENGE, ApiError, closing, error_response, required_key
 from services.common.ratelimit import TokenBuckets, retry_after
 
 KeyOwner = Callable[[tuple[str, str]], Awaitable[str | None]]
@@ -125,8 +125,9 @@ class KeyBeforeBody:
             try:
                 key = await self.auth.verify(request)
             except ApiError as exc:
+                closing(exc)
                 response = error_response(exc.status, exc.code, exc.message, exc.field,
-                                          (exc.headers or {}) | {"Connection": "close"})
+                                          exc.headers)
                 await response(scope, receive, send)
                 return
             scope.setdefault("state", {})[_VERIFIED] = key

@@ -106,6 +106,13 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+def closing(exc: ApiError) -> ApiError:
+    """The refusal of a request whose body was not read: the connection closes after it
+    (kept alive, it would hold a socket for a body that may never come)."""
+    exc.headers = (exc.headers or {}) | {"Connection": "close"}
+    return exc
+
+
 def install_error_handlers(app: FastAPI) -> None:
     document_errors(app)
 

@@ -22,6 +22,7 @@ from services.common.http import (
     ERROR_RESPONSES,
     ApiError,
     WriteLimit,
+    closing,
     parse_near,
 )
 from services.common.ratelimit import InFlight, InFlightFull
@@ -56,7 +57,7 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
             key = await auth.verify(request)
             limit.check(key.key_id)
         except ApiError as exc:
-            raise _closing(exc) from None
+            raise closing(exc) from None
         return key.pair
 
     async def body_of(request: Request, entity_id: str | None, key_id: str) -> Prepared:
@@ -90,7 +91,7 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
             with in_flight.enter(key[0]):
                 return await _write(request, key, entity_id, mode, if_match)
         except InFlightFull as exc:
-            raise _closing(ApiError(429, "too_many_in_flight", f"{exc.cap} writes of this key"
+            raise closing(ApiError(429, "too_many_in_flight", f"{exc.cap} writes of this key"
                                     " are under way; wait for one to finish", "Authorization",
                                     {"Retry-After": "1"})) from None
 
@@ -221,10 +222,3 @@ def _version(if_match: str | None) -> int | None:
 
 def _etag(version: int) -> str:
     return f'"{version}"'
-
-
-def _closing(exc: ApiError) -> ApiError:
-    """The refusal of a request whose body was not read: the connection closes after it
-    (kept alive, it would hold a socket for a body that may never come)."""
-    exc.headers = (exc.headers or {}) | {"Connection": "close"}
-    return exc

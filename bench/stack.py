@@ -27,6 +27,7 @@ class Stack:
             "MAKELOCAL_LOG_LEVEL": "WARNING", "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8",
             # one key posts every design: the per-key write limit would cap the rates
             "MAKELOCAL_WRITE_RATE_PER_S": "1000000", "MAKELOCAL_WRITE_BURST": "1000000",
+            "MAKELOCAL_REGISTRY_WRITES_IN_FLIGHT_PER_KEY": "1000000",
             # one benchmark organization holds every subscription
             "MAKELOCAL_NOTIFIER_MAX_SUBSCRIPTIONS_PER_ORG": "1000000",
             **{f"MAKELOCAL_{k.upper()}_PORT": str(v) for k, v in self.ports.items()}}

@@ -26,7 +26,12 @@ class Term(Model):
     label: str
     known: bool = True
     inferred: bool = Field(False, description="guessed from files, keywords or text")
-    source: str | None = Field(None, description="where the term came from")
+    source: str | None = Field(None, description="where the term came from: the field, as"
+                               " the manifest spells it")
+    evidence: str | None = Field(None, description="for an inferred term: the file or the"
+                                 " words in that field that gave it")
+    confidence: float | None = Field(None, ge=0, le=1, description="for an inferred term:"
+                                     " how surely the evidence means it")
 
 
 class Box(Model):
@@ -42,6 +47,8 @@ class Part(Model):
     processes: list[Term] = []
     materials: list[Term] = []
     outer_dimensions: Box | None = None
+    evidence: str | None = Field(None, description="set when the part is inferred: a size"
+                                 " a machine must take, read from the manifest's text")
 
 
 class Design(Model):

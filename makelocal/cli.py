@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
                           help="the owning organization's key (or MAKELOCAL_API_KEY)")
     p_import.add_argument("--data-dir", type=Path, default=None)
     p_import.add_argument("--no-progress", action="store_true")
+    p_import.add_argument("--map", action="append", default=[], metavar="COLUMN=FIELD",
+                          help="read a CSV no known layout fits: which column holds which "
+                          "field (repeat; e.g. --map 'Lab=name' --map Lat=lat). Fields: "
+                          "name (required), id, lat, lon, coordinates, street, city, region, "
+                          "postcode, country, status, access_type, processes, materials, "
+                          "equipment_type, make, model, quantity, link, description, owner")
 
     p_status = sub.add_parser("status", help="health, lag, backlog and deliveries of the "
                               "running stack, as a table")
@@ -156,15 +162,22 @@ async def _org_create(name: str, data_dir: Path) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from contracts.errors import InvalidInput
+    from contracts.readers.mapped import parse_mapping
     from makelocal.importer import import_paths
 
+    try:
+        mapping = parse_mapping(args.map)
+    except InvalidInput as exc:
+        print(f"makelocal: {exc.message}", file=sys.stderr)
+        return 2
     if not args.api_key:
         print("makelocal: an API key is needed: --api-key or MAKELOCAL_API_KEY", file=sys.stderr)
         return 2
     url = args.registry_url or running_stack(args.data_dir or default_data_dir()).get(
         "registry_url", "http://127.0.0.1:8001")
     summary = asyncio.run(import_paths(args.paths, registry_url=url, api_key=args.api_key,
-                                       progress=not args.no_progress))
+                                       progress=not args.no_progress, mapping=mapping or None))
     c = summary.counts
     print(f"created {c['created']}, updated {c['updated']}, unchanged {c['unchanged']}, "
           f"rejected {c['rejected']}")

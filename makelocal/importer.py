@@ -38,20 +38,23 @@ def files_in(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def read_all(paths: list[Path]) -> list[tuple[Record, bytes | None, str | None]]:
-    """Each record with the body to send and its media type (None when rejected)."""
+def read_all(paths: list[Path], mapping: dict[str, str] | None = None,
+             ) -> list[tuple[Record, bytes | None, str | None]]:
+    """Each record with the body to send and its media type (None when rejected).
+    `mapping` ({column: field}, from --map) reads CSVs no known layout fits."""
     out = []
     for path in files_in(paths):
         raw = path.read_bytes()
-        for record in records(str(path), raw):
+        for record in records(str(path), raw, mapping):
             if record.document is None:
                 out.append((record, None, None))
                 continue
             whole_file = record.where == str(path)
             fmt = next((f for s, f in SUFFIXES.items() if path.name.lower().endswith(s)),
-                       "json")
-            if whole_file:
+                       None)
+            if whole_file and fmt is not None:
                 # A manifest file is sent as written, so the registry keeps the original.
+                # (One recognised by content under another suffix is sent as JSON below.)
                 body, media = raw, MEDIA[fmt]
             else:
                 body = json.dumps(record.document, sort_keys=True, ensure_ascii=False).encode()
@@ -65,8 +68,9 @@ def read_all(paths: list[Path]) -> list[tuple[Record, bytes | None, str | None]]
 
 
 async def import_paths(paths: list[Path], *, registry_url: str, api_key: str,
-                       concurrency: int = 8, progress: bool = True) -> Summary:
-    items = read_all(paths)
+                       concurrency: int = 8, progress: bool = True,
+                       mapping: dict[str, str] | None = None) -> Summary:
+    items = read_all(paths, mapping)
     summary = Summary()
     semaphore = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {api_key}"}

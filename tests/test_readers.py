@@ -28,8 +28,9 @@ def test_planktoscope_parts_have_sizes_from_openscad_strings(data_dir: Path) -> 
     assert (case.outer_dimensions.x_mm, case.outer_dimensions.y_mm,
             case.outer_dimensions.z_mm) == (275, 125, 105)
     assert [t.id for t in case.processes] == ["cnc-machining"]
-    assert {t.id for t in design.processes} == {"cnc-machining", "pcb-fabrication",
-                                                "standard-parts"}
+    assert {(t.id, t.inferred) for t in design.processes} == {
+        ("cnc-machining", False), ("pcb-fabrication", False), ("standard-parts", False),
+        ("electronics-assembly", True)}  # a PCB made is a PCB populated
 
 
 def test_ohloom_keeps_non_standard_keys_and_reads_part_outer_dimensions(data_dir: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from contracts.errors import InvalidInput
+from contracts.errors import InvalidInput, Position
 
 MEDIA_TYPES = {
     "application/toml": "toml",
@@ -54,34 +54,44 @@ def format_of(media_type: str | None) -> str:
 
 def parse_document(raw: bytes, fmt: str) -> dict[str, Any]:
     """Parse a manifest; only a mapping at the top is a manifest."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"body is not UTF-8 (byte {exc.start})", code="encoding") from None
-    try:
-        if fmt == "toml":
-            doc = tomllib.loads(text)
-        elif fmt == "yaml":
-            doc = yaml.load(text, Loader=_NoAliasLoader)
-        else:
-            doc = json.loads(text, parse_constant=_reject_constant)
-    except InvalidInput:
-        raise
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"malformed TOML: {exc}", code="syntax") from None
-    except yaml.YAMLError as exc:
-        if _BAD_ESCAPE in str(exc):  # libyaml's word for what the pure loader lets through
-            raise InvalidInput("text holds an escape of an unpaired surrogate or of no"
-                               " character", code="invalid_character") from None
-        raise InvalidInput(f"malformed YAML: {_first_line(exc)}", code="syntax") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", code="syntax") from None
-    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"unreadable {fmt.upper()}: {_first_line(exc)}", code="syntax") from None
+    doc = parse_value(raw, fmt)
     if not isinstance(doc, dict):
         raise InvalidInput(f"a manifest must be a mapping, not {type(doc).__name__}", code="type")
     _refuse_unstorable(doc)
     return doc
+
+
+def parse_value(raw: bytes, fmt: str) -> Any:
+    """TOML, YAML or JSON text -> whatever value it holds (a list of records too); every
+    syntax error located."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        shown = raw.decode("utf-8-sig", "replace")
+        raise InvalidInput(f"body is not UTF-8 (byte {exc.start}, line {line}, column"
+                           f" {column})", code="encoding",
+                           position=Position.in_text(shown, line, column)) from None
+    try:
+        if fmt == "toml":
+            return tomllib.loads(text)
+        if fmt == "yaml":
+            return yaml.load(_unknown_directives_as_comments(text), Loader=_NoAliasLoader)
+        return json.loads(text, parse_constant=_reject_constant)
+    except InvalidInput:
+        raise
+    except tomllib.TOMLDecodeError as exc:
+        raise toml_error(exc, text) from None
+    except yaml.YAMLError as exc:
+        if _BAD_ESCAPE in str(exc):  # libyaml's word for what the pure loader lets through
+            raise InvalidInput("text holds an escape of an unpaired surrogate or of no"
+                               " character", code="invalid_character") from None
+        raise yaml_error(exc, text) from None
+    except json.JSONDecodeError as exc:
+        raise located("JSON", exc.msg, text, exc.lineno, exc.colno) from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"unreadable {fmt.upper()}: {_first_line(exc)}", code="syntax") from None
 
 
 _BAD_ESCAPE = "found invalid Unicode character escape code"
@@ -104,6 +114,81 @@ def _refuse_unstorable(doc: dict[str, Any]) -> None:
                 stack.append((f"{path}.{key}" if path else str(key), item))
         elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+
+
+_DIRECTIVE = re.compile(r"^%(?!YAML[ \t]|TAG[ \t])", re.M)
+
+
+def _unknown_directives_as_comments(text: str) -> str:
+    """Early OKH v1 manifests open with "%Open know-how manifest 0.1": a YAML directive
+    that libyaml refuses and the pure-Python reader skips. Read as the comment it was
+    meant to be (same length, so every position stays where it was). Only before the
+    first document's start, where directives live."""
+    head, marker, rest = text.partition("\n---")
+    if not marker or not _DIRECTIVE.search(head):
+        return text
+    return _DIRECTIVE.sub("#", head) + marker + rest
+
+
+def located(fmt: str, reason: str, text: str, line: int, column: int,
+            hint: str | None = None) -> InvalidInput:
+    """A syntax error that says where: line, column and the text of that line."""
+    position = Position.in_text(text, line, column)
+    message = f"malformed {fmt} at line {line}, column {column}: {reason}"
+    if hint:
+        message += f" ({hint})"
+    return InvalidInput(f"{message}: {position.text!r}", code="syntax", position=position)
+
+
+_TOML_AT = re.compile(r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)$",
+                      re.S)
+
+
+def toml_error(exc: tomllib.TOMLDecodeError, text: str) -> InvalidInput:
+    # tomllib (3.11) gives the position only inside its message
+    found = _TOML_AT.match(str(exc))
+    if found is None:  # "(at end of document)"
+        lines = text.splitlines() or [""]
+        reason = re.sub(r"\s*\(at end of document\)$", "", str(exc))
+        return located("TOML", reason + " at the end of the document", text, len(lines),
+                       len(lines[-1]) + 1)
+    reason = found["reason"]
+    hint = _TOML_HINTS.get(reason)
+    return located("TOML", reason, text, int(found["line"]), int(found["column"]), hint)
+
+
+_TOML_HINTS = {
+    "Invalid value": "text values are quoted: key = \"text\"",
+    "Illegal character '\\n'": "a quoted value closes on its own line",
+    "Cannot overwrite a value": "the key is given twice",
+    "Cannot declare": "the table is declared twice",
+    "Expected '=' after a key in a key/value pair": "a key and its value are joined by =",
+}
+
+
+def yaml_error(exc: yaml.YAMLError, text: str) -> InvalidInput:
+    mark = getattr(exc, "problem_mark", None)
+    problem = str(getattr(exc, "problem", None) or _first_line(exc))
+    if mark is None:
+        return InvalidInput(f"malformed YAML: {problem}", code="syntax")
+    line, column = mark.line + 1, mark.column + 1  # libyaml counts from 0
+    lines = text.splitlines()
+    at = lines[line - 1][column - 1:column] if 0 < line <= len(lines) else ""
+    if at and "character" in problem and repr(at) not in problem:
+        problem = problem.replace("character", f"character {at!r}", 1)
+    hint = None
+    if at in ("@", "`"):
+        hint = f"a value that starts with {at} must be quoted: \"{at}...\""
+    elif at == "\t":
+        hint = "YAML indents with spaces, not tabs"
+    elif "mapping values are not allowed" in problem:
+        hint = "a value holding ': ' must be quoted"
+    elif "end of stream" in problem and "quoted" in str(getattr(exc, "context", "")):
+        opened = getattr(exc, "context_mark", None)
+        if opened is not None:  # the slip is where the quote opened, not at the end
+            return located("YAML", "a quoted value is not closed", text, opened.line + 1,
+                           opened.column + 1)
+    return located("YAML", problem, text, line, column, hint)
 
 
 def _reject_constant(name: str) -> None:

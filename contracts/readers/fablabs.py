@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ast
-import csv
-import io
 from collections.abc import Iterator
 from typing import Any
 
 from contracts.models import derive_id
+from contracts.readers.csvtext import Table
 from contracts.readers.sources import Record
 
 CAPABILITIES = {
@@ -22,10 +21,9 @@ CAPABILITIES = {
 STATUSES = {"active": "Active", "planned": "Planned", "closed": "Closed"}
 
 
-def records(name: str, raw: bytes) -> Iterator[Record]:
-    text = raw.decode("utf-8-sig", errors="replace")
-    for row_no, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
-        yield _record(f"{name}:{row_no}", row)
+def records(name: str, table: Table) -> Iterator[Record]:
+    for line, row in table.rows:
+        yield _record(f"{name}:{line}", row)
 
 
 def _record(where: str, row: dict[str, Any]) -> Record:

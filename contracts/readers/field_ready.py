@@ -6,17 +6,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.errors import InvalidInput
 from contracts.models import derive_id
-from contracts.readers.sources import Record, load_json_list
+from contracts.readers.sources import Record
 
 
-def records(name: str, raw: bytes) -> Iterator[Record]:
-    try:
-        items = load_json_list(name, raw)
-    except InvalidInput as exc:
-        yield Record("design", name, error=exc.message)
-        return
+def records(name: str, items: list[Any]) -> Iterator[Record]:
     for index, item in enumerate(items):
         yield _record(f"{name}[{index}]", item)
 

@@ -3,12 +3,11 @@ makerspace, with its equipment and their x/y/z travel."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from typing import Any
 
 from contracts.models import derive_id
+from contracts.readers.csvtext import Table
 from contracts.readers.sources import Record
 
 TYPES = {
@@ -25,10 +24,9 @@ TYPES = {
 }
 
 
-def records(name: str, raw: bytes) -> Iterator[Record]:
-    text = raw.decode("utf-8-sig", errors="replace")
+def records(name: str, table: Table) -> Iterator[Record]:
     by_facility: dict[str, dict[str, Any]] = {}
-    for row_no, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+    for row_no, row in table.rows:
         facility = (row.get("facility") or "").strip()
         if not facility:
             yield Record("facility", f"{name}:{row_no}", error="machine row names no facility")

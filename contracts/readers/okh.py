@@ -109,6 +109,7 @@ LINK_KEYS = (
 
 def read_design(doc: dict[str, Any], *, design_id: str | None = None) -> Design:
     """A Design from an OKH manifest of either generation."""
+    doc = _unprefixed(doc)
     okhv = doc.get("okhv")
     if isinstance(okhv, str) and okhv.upper().startswith("OKH-LOSH"):
         return _read_losh(doc, design_id)
@@ -121,6 +122,22 @@ def read_design(doc: dict[str, Any], *, design_id: str | None = None) -> Design:
         field="title",
         code="missing",
     )
+
+
+def _unprefixed(doc: dict[str, Any]) -> dict[str, Any]:
+    """Keys written with a namespace ("okh:manifest-version", as some RDF-minded manifests
+    do) read as the plain ones; a plain key given too wins."""
+    if not any(isinstance(k, str) and k.startswith("okh:") for k in doc):
+        return doc
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(key, str) and key.startswith("okh:"):
+            plain = key[4:]
+            out.setdefault("okh-manifest-version" if plain == "manifest-version" else plain,
+                           value)
+        else:
+            out[key] = value
+    return out
 
 
 def manifest_id(doc: dict[str, Any]) -> str:
@@ -136,8 +153,9 @@ def manifest_id(doc: dict[str, Any]) -> str:
 def _read_losh(doc: dict[str, Any], design_id: str | None) -> Design:
     warnings: list[str] = []
     name = text(doc.get("name"), "name", required=True)
+    tsdc_key = "tsdc" if "tsdc" in doc or "tsdc-id" not in doc else "tsdc-id"
     design_processes = terms(
-        "process", _codes(doc.get("tsdc"), "tsdc"), source="tsdc", warnings=warnings
+        "process", _codes(doc.get(tsdc_key), tsdc_key), source=tsdc_key, warnings=warnings
     )
     design_processes += terms(
         "process",
@@ -157,8 +175,11 @@ def _read_losh(doc: dict[str, Any], design_id: str | None) -> Design:
         raise InvalidInput(f"more than {MAX_PARTS} parts", field="part", code="too_long")
     parts = [_losh_part(p, f"part[{i}]", warnings) for i, p in enumerate(raw_parts)]
     if not design_processes and not any(p.processes for p in parts):
-        files = text_list(doc.get("source"), "source") + text_list(doc.get("export"), "export")
-        design_processes = _inferred(files, [], warnings)
+        guess = inference.infer(_sources(doc, LOSH_SOURCES))
+        design_processes, parts = guess.processes, parts + guess.parts
+        if not design_materials:
+            design_materials = guess.materials
+        _explain(guess.processes, "tsdc", warnings)
     return _design(
         doc,
         design_id,
@@ -191,9 +212,7 @@ def _losh_part(raw: Any, field: str, warnings: list[str]) -> Part:
         warnings=warnings,
     )
     if not processes:
-        files = text_list(raw.get("source"), f"{field}.source")
-        files += text_list(raw.get("export"), f"{field}.export")
-        processes = _inferred(files, [], warnings)
+        processes = inference.infer(_sources(raw, PART_SOURCES, prefix=f"{field}.")).processes
     materials = terms(
         "material",
         text_list(raw.get("material"), f"{field}.material"),
@@ -211,7 +230,12 @@ def _losh_part(raw: Any, field: str, warnings: list[str]) -> Part:
 
 def _read_v1(doc: dict[str, Any], design_id: str | None) -> Design:
     warnings: list[str] = []
-    name = text(doc.get("title"), "title", required=True)
+    if doc.get("title") is None and doc.get("name") is not None:
+        # OKH v1 says `title`; a manifest saying `name` means the same
+        warnings.append("`title` is missing; `name` is read as the title")
+        name = text(doc.get("name"), "name", required=True)
+    else:
+        name = text(doc.get("title"), "title", required=True)
     stated = terms(
         "process",
         text_list(doc.get("manufacturing-processes"), "manufacturing-processes"),
@@ -224,26 +248,13 @@ def _read_v1(doc: dict[str, Any], design_id: str | None) -> Design:
         source="materials",
         warnings=warnings,
     )
-    processes = stated
-    if not stated:
-        files = []
-        for key in (
-            "manufacturing-files",
-            "design-files",
-            "making-instructions",
-            "bom",
-            "schematics",
-        ):
-            files += text_list(doc.get(key), key)
-        prose = [
-            name,
-            text(doc.get("description"), "description") or "",
-            text(doc.get("intended-use"), "intended-use") or "",
-        ]
-        prose += text_list(doc.get("keywords"), "keywords") + text_list(
-            doc.get("tool-list"), "tool-list"
-        )
-        processes = _inferred(files, prose, warnings)
+    processes, parts = stated, []
+    if not any(t.known for t in stated):  # names no one knows say nothing to match on
+        guess = inference.infer(_sources(doc, V1_SOURCES))
+        processes, parts = stated + guess.processes, guess.parts
+        if not materials:
+            materials = guess.materials
+        _explain(guess.processes, "manufacturing-processes", warnings)
     return _design(
         doc,
         design_id,
@@ -252,7 +263,7 @@ def _read_v1(doc: dict[str, Any], design_id: str | None) -> Design:
         description=text(doc.get("description"), "description"),
         processes=processes,
         materials=materials,
-        parts=[],
+        parts=parts,
         outer=None,
         known=V1_KNOWN,
         warnings=warnings,
@@ -274,6 +285,8 @@ def _design(
     warnings: list[str],
 ) -> Design:
     all_processes = processes + [t for p in parts for t in p.processes]
+    all_processes += [i for t in all_processes for i in inference.implications(t)
+                      if i.id not in {u.id for u in all_processes}]
     all_materials = materials + [t for p in parts for t in p.materials]
     links = {k: v for k in LINK_KEYS if isinstance(v := doc.get(k), str) and v.strip()}
     return build(
@@ -296,20 +309,71 @@ def _design(
     )
 
 
-def _inferred(files: list[str], prose: list[str], warnings: list[str]) -> list[Term]:
-    found = inference.from_files(files) + inference.from_text(prose, "text")
-    out = [
-        Term(id=process, label=process, inferred=True, source=evidence)
-        for process, evidence in found
-    ]
-    return [_labelled(t) for t in out]
+# Where each generation of manifest shows what making it takes, and how to read each
+# field (see inference.Source).
+LOSH_SOURCES: tuple[tuple[str, inference.Role], ...] = (
+    ("name", "name"), ("function", "prose"), ("description", "prose"),
+    ("keywords", "keywords"), ("source", "files"), ("export", "files"), ("bom", "files"),
+    ("manufacturing-instructions", "files"), ("image", "images"),
+)
+PART_SOURCES: tuple[tuple[str, inference.Role], ...] = (
+    ("name", "keywords"), ("source", "files"), ("export", "files"), ("image", "images"),
+)
+V1_SOURCES: tuple[tuple[str, inference.Role], ...] = (
+    ("title", "name"), ("description", "prose"), ("intended-use", "prose"),
+    ("keywords", "keywords"), ("tool-list", "tools"), ("manufacturing-files", "files"),
+    ("design-files", "files"), ("making-instructions", "files"), ("schematics", "files"),
+    ("bom", "files"), ("files", "files"), ("image", "images"),
+)
+# What an author can add when nothing says how to make the design, by the field they
+# would have used: the warning names them.
+ADVICE = {
+    "tsdc": "add `tsdc` (e.g. tsdc = [\"3DP\"]) to the manifest or its parts, or list the"
+            " files to make it (.stl, .kicad_pcb, .dxf) under `source` or `export`",
+    "manufacturing-processes": "add `manufacturing-processes` (e.g. [\"3D printing\"]), or"
+            " list the files to make it under `manufacturing-files` or `design-files`, or"
+            " the machines under `tool-list`",
+}
 
 
-def _labelled(term: Term) -> Term:
-    from contracts.vocabulary import processes
+def _sources(doc: dict[str, Any], fields: tuple[tuple[str, inference.Role], ...], *,
+             prefix: str = "") -> list[inference.Source]:
+    """The fields inference reads, as the manifest spells them. A field of the wrong type
+    is someone else's error to report: here it simply gives no evidence."""
+    out = []
+    for key, role in fields:
+        values = _strings(doc.get(key))
+        if values:
+            out.append(inference.Source(f"{prefix}{key}", role, tuple(values)))
+    return out
 
-    entry = processes().entries.get(term.id)
-    return term.model_copy(update={"label": entry.label}) if entry else term
+
+def _strings(value: Any, limit: int = 1000) -> list[str]:
+    """Every text in a field, however nested: file entries are {path, title, type} and
+    each of those may say how the file is made ("3D printed LED mount", type "PCB")."""
+    out: list[str] = []
+    stack = [value]
+    while stack and len(out) < limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item.strip():
+                out.append(item.strip())
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return out
+
+
+def _explain(inferred: list[Term], field: str, warnings: list[str]) -> None:
+    if not inferred:
+        warnings.append(f"no process is stated and none could be inferred, so no facility"
+                        f" can be matched to this design: {ADVICE[field]}")
+        return
+    said = "; ".join(f"{t.label} ({t.confidence:.2f}, {t.source}: {t.evidence!r})"
+                     for t in inferred[:5])
+    warnings.append(f"processes inferred, not stated: {said}; state them in `{field}` to be"
+                    f" sure")
 
 
 def _codes(value: Any, field: str) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 from contracts.errors import InvalidInput
 from contracts.models import Address, Box, Equipment, Facility, FacilityStatus, Location, Term
 from contracts.models import derive_id as _derive_id
+from contracts.readers import inference
 from contracts.readers.fields import (
     MAX_LIST,
     box_from_text,
@@ -73,6 +74,8 @@ def read_facility(doc: dict[str, Any], *, facility_id: str | None = None) -> Fac
         warnings=warnings,
     )
     offered += [t for e in equipment for t in e.processes]
+    # what an offer brings with it, as for a design (a place making PCBs populates them)
+    offered += [i for t in offered for i in inference.implications(t)]
     materials = terms(
         "material",
         _names(doc.get("typical_materials"), "typical_materials"),

@@ -99,10 +99,13 @@ def document_errors(app: FastAPI) -> None:
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None, *,
-                   limit: int | None = None) -> JSONResponse:
+                   limit: int | None = None,
+                   position: dict[str, Any] | None = None) -> JSONResponse:
     error: dict[str, Any] = {"code": code, "message": message, "field": field}
     if limit is not None:
         error["limit"] = limit
+    if position:
+        error |= position
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
@@ -124,7 +127,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
         status = 415 if exc.code == "unsupported_media_type" else 422
-        return error_response(status, exc.code, exc.message, exc.field)
+        located = exc.as_dict()
+        return error_response(status, exc.code, exc.message, exc.field,
+                              position={k: located[k] for k in ("line", "column", "text")
+                                        if k in located})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

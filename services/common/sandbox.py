@@ -107,7 +107,7 @@ class ReaderPool:
             if outcome == "ok":
                 return value
             if outcome == "invalid":
-                raise InvalidInput(value["message"], field=value["field"], code=value["code"])
+                raise InvalidInput.from_dict(value)
             if outcome == "memory":
                 raise Exceeded("memory", f"reading it needs over {self.memory_mb} MiB")
             raise RuntimeError(f"document reader failed: {value}")

@@ -10,7 +10,7 @@ from contracts.geo import haversine_km
 from contracts.models import ID_PATTERN
 from services.common.http import ERROR_RESPONSES, ApiError, parse_near
 from services.matcher.index import CapabilityIndex
-from services.matcher.rules import Evaluation, evaluate
+from services.matcher.rules import Evaluation, can_design_match, evaluate
 
 Id = Annotated[str, Query(pattern=ID_PATTERN)]
 
@@ -38,6 +38,9 @@ def router(index: CapabilityIndex) -> APIRouter:
                              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         design = design_of(design_id)
         origin = parse_near(near, radius_km)
+        if not can_design_match(design):
+            return {"design": design_id, "status": NEEDS_INFORMATION, "needs": _needs(design),
+                    "matches": [], "near_misses": []}
         allowed = None
         if origin is not None:
             allowed = dict(index.near(origin[0], origin[1], origin[2]))
@@ -52,8 +55,21 @@ def router(index: CapabilityIndex) -> APIRouter:
             row = _row("facility", facility.id, facility.version, evaluation, distance)
             (matches if evaluation.matches else misses).append(row)
         key = _ranking
-        return {"design": design_id, "matches": sorted(matches, key=key)[:limit],
+        return {"design": design_id, "status": "matchable",
+                "matches": sorted(matches, key=key)[:limit],
                 "near_misses": sorted(misses, key=key)[:limit]}
+
+    @api.get("/designs/needing-information",
+             summary="Designs no facility can be matched to until their manifest says more")
+    async def needing_information(
+            after: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
+        waiting = sorted(d.id for d in index.designs.values() if not can_design_match(d)
+                         and (after is None or d.id > after))
+        page = waiting[:limit]
+        return {"designs": [{"design": i, "status": NEEDS_INFORMATION,
+                             "needs": _needs(index.designs[i])} for i in page],
+                "next": page[-1] if len(waiting) > limit else None}
 
     @api.get("/facilities/{facility_id}/designs", summary="Designs a facility can make")
     async def designs_for(facility_id: str,
@@ -73,6 +89,18 @@ def router(index: CapabilityIndex) -> APIRouter:
                 "explanation": [r.as_dict() for r in evaluation.requirements]}
 
     return api
+
+
+NEEDS_INFORMATION = "needs_information"
+
+
+def _needs(design: Any) -> str:
+    unknown = [n.id for n in design.processes if not n.known]
+    if unknown:
+        return (f"the processes it states ({', '.join(unknown[:5])}) are not in the"
+                " vocabulary: name a known process so facilities can be matched")
+    return ("no process is stated or could be inferred from its files and text: its"
+            " manifest needs `tsdc` / `manufacturing-processes`, or the files to make it")
 
 
 def _distance(origin: tuple[float, float, float] | None, facility: Any) -> float | None:

@@ -160,6 +160,8 @@ def part_rungs(part: PartNeed) -> tuple[Rungs, Rungs]:
     take the second surely does not (a side s fits a side m only if rung(s) <= rung(m)).
     A flat part has no third side: for 'surely' its larger side stands for it."""
     up = [bisect_left(LADDER, side) for side in part.size]
+    if len(up) == 1:  # one side: the machine's largest must take it
+        return (0, 0, up[0]), (0, 0, up[0])
     if len(up) == 2:
         return (up[0], up[1], up[1]), (0, up[0], up[1])
     box = (up[0], up[1], up[2])

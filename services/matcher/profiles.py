@@ -14,7 +14,8 @@ from contracts import vocabulary
 from contracts.models import Design, Facility, FacilityStatus
 
 ACTIVE = FacilityStatus.active.value
-Size = tuple[float, ...]  # sorted ascending; 2 sides for a bed, 3 for a volume
+Size = tuple[float, ...]  # sorted ascending; 2 sides for a bed, 3 for a volume; a need
+# may state 1 ("a bed at least 170 mm wide")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +88,14 @@ class FacilityProfile:
                                                          other.materials, other.machines)
 
 
-def sorted_size(box: Mapping[str, Any] | None) -> Size | None:
+def sorted_size(box: Mapping[str, Any] | None, least: int = 2) -> Size | None:
+    """The sides stated, sorted; None when fewer than `least` are (a machine of one known
+    side has no known size; a need may state one)."""
     if not box:
         return None
     sides = [float(s) for s in (box.get("x_mm"), box.get("y_mm"), box.get("z_mm"))
              if s is not None]
-    return tuple(sorted(sides)) if len(sides) >= 2 else None
+    return tuple(sorted(sides)) if len(sides) >= least else None
 
 
 T = TypeVar("T")
@@ -149,7 +152,7 @@ def design_profile(design: Design | Mapping[str, Any], version: int) -> DesignPr
         needs.append(need(term["id"], term.get("known", True), term.get("inferred", False)))
     parts = []
     for part in d.get("parts") or ():
-        size = sorted_size(part.get("outer_dimensions"))
+        size = sorted_size(part.get("outer_dimensions"), least=1)
         processes = _terms(t["id"] for t in part.get("processes") or () if t.get("known", True))
         if size and processes:
             parts.append(PartNeed(sys.intern(part["name"]), processes, size))

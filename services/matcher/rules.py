@@ -296,7 +296,10 @@ def _part_label(name: str, size: Size) -> str:
 
 def fits(part: Size, volume: Size) -> bool:
     """Axis-aligned, any orientation: sorted sides against sorted sides. A bed (2 sides)
-    takes the part's two largest sides (sheet work: thickness is not a bed dimension)."""
+    takes the part's two largest sides (sheet work: thickness is not a bed dimension). A
+    need of one side fits a machine whose largest side takes it."""
+    if len(part) == 1:
+        return part[0] <= volume[-1]
     if len(volume) == 2:
         part = part[-2:]
     return all(p <= v for p, v in zip(part, volume, strict=False))

@@ -16,6 +16,7 @@ from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
 from contracts.readers.documents import format_of
+from contracts.readers.validation import report
 from services.common.auth import Authenticator
 from services.common.http import (
     CHALLENGE,
@@ -61,28 +62,7 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
         return key.pair
 
     async def body_of(request: Request, entity_id: str | None, key_id: str) -> Prepared:
-        """Parsed and normalized in a reader child: off the event loop, within its CPU,
-        wall-time and memory bounds (past them 422 or 413, never a stalled loop), within
-        the key's share of the readers."""
-        media_type = request.headers.get("content-type")
-        format_of(media_type)  # 415 before the body is read
-        try:
-            async with asyncio.timeout(body_timeout_s):
-                raw = await request.body()
-        except TimeoutError:
-            raise ApiError(408, "body_timeout", f"the body did not arrive within"
-                           f" {body_timeout_s:g} s", "body") from None
-        try:
-            prepared: Prepared = await readers.call(kind, raw, media_type, entity_id,
-                                                    tenant=key_id)
-        except Exceeded as exc:
-            status, code = (413, "too_large") if exc.what == "memory" else (422, "too_complex")
-            raise ApiError(status, code, f"the document cannot be read within the reader's"
-                           f" limits: {exc}", "body") from None
-        except (Busy, ReaderLost):
-            raise ApiError(503, "busy", "no document reader could take it now; retry after"
-                           " the time in Retry-After", None, {"Retry-After": "1"}) from None
-        return prepared
+        return await read_body(request, readers, kind, entity_id, key_id, body_timeout_s)
 
     async def write(request: Request, entity_id: str | None, mode: WriteMode,
                     if_match: str | None) -> JSONResponse:
@@ -183,6 +163,53 @@ class RenderedJSON(Response):
     """A body that is JSON text already (see `represent`)."""
 
     media_type = "application/json"
+
+
+async def read_body(request: Request, readers: ReaderPool, kind: EntityKind | None,
+                    entity_id: str | None, key_id: str, body_timeout_s: float) -> Prepared:
+    """Parsed and normalized in a reader child: off the event loop, within its CPU,
+    wall-time and memory bounds (past them 422 or 413, never a stalled loop), within
+    the key's share of the readers."""
+    media_type = request.headers.get("content-type")
+    format_of(media_type)  # 415 before the body is read
+    try:
+        async with asyncio.timeout(body_timeout_s):
+            raw = await request.body()
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the body did not arrive within"
+                       f" {body_timeout_s:g} s", "body") from None
+    try:
+        prepared: Prepared = await readers.call(kind, raw, media_type, entity_id,
+                                                tenant=key_id)
+    except Exceeded as exc:
+        status, code = (413, "too_large") if exc.what == "memory" else (422, "too_complex")
+        raise ApiError(status, code, f"the document cannot be read within the reader's"
+                       f" limits: {exc}", "body") from None
+    except (Busy, ReaderLost):
+        raise ApiError(503, "busy", "no document reader could take it now; retry after"
+                       " the time in Retry-After", None, {"Retry-After": "1"}) from None
+    return prepared
+
+
+def validation_router(auth: Authenticator, readers: ReaderPool,
+                      body_timeout_s: float) -> APIRouter:
+    """POST /v1/validate: what a write would store, stores nothing. A key is needed (a
+    reader's time is spent on it) but any organization's will do."""
+    api = APIRouter(prefix="/v1", tags=["validation"], responses=ERROR_RESPONSES)
+
+    @api.post("/validate", openapi_extra={"requestBody": MANIFEST_BODY},
+              summary="Read a manifest as a write would, and report; nothing is stored")
+    async def validate(request: Request, kind: Annotated[EntityKind | None, Query(
+            description="design or facility; by default the document says")] = None,
+    ) -> JSONResponse:
+        try:
+            key = await auth.verify(request)
+        except ApiError as exc:
+            raise closing(exc) from None
+        prepared = await read_body(request, readers, kind, None, key.key_id, body_timeout_s)
+        return JSONResponse(report(prepared.entity))
+
+    return api
 
 
 def represent(kind: EntityKind, row: asyncpg.Record, extra: dict[str, Any]) -> str:

@@ -128,6 +128,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     for kind in EntityKind:
         app.include_router(api.router(kind, store, limit, auth, readers, in_flight,
                                       settings.registry_body_timeout_s))
+    app.include_router(api.validation_router(auth, readers, settings.registry_body_timeout_s))
     app.state.store = store
 
     async def database_ready() -> None:

@@ -11,6 +11,7 @@ from contracts.models import Design, Facility
 from contracts.readers.documents import format_of, parse_document
 from contracts.readers.okh import manifest_id, read_design
 from contracts.readers.okw import facility_key, read_facility, snake
+from contracts.readers.sources import kind_of_document
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,14 @@ class Prepared:
         return None, None
 
 
-def prepare(kind: EntityKind, raw: bytes, media_type: str | None,
+def prepare(kind: EntityKind | None, raw: bytes, media_type: str | None,
             entity_id: str | None) -> Prepared:
-    """Parse and normalize one body; raises InvalidInput and nothing else."""
+    """Parse and normalize one body; raises InvalidInput and nothing else. With no kind,
+    the document says which it is (an OKH manifest names a design)."""
     fmt = format_of(media_type)
     doc = parse_document(raw, fmt)
+    if kind is None:
+        kind = EntityKind(kind_of_document(doc, ""))
     chosen = entity_id or (manifest_id(doc) if kind is EntityKind.design
                            else facility_key({snake(str(k)): v for k, v in doc.items()}))
     entity: Design | Facility = (

@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
                           "postcode, country, status, access_type, processes, materials, "
                           "equipment_type, make, model, quantity, link, description, owner")
 
+    p_validate = sub.add_parser("validate", help="read OKH/OKW files as an import would and "
+                                "report what would be stored, the warnings and what was "
+                                "inferred; no key, no server; exit 1 on any error")
+    p_validate.add_argument("paths", nargs="+", type=Path, help="files or folders")
+    p_validate.add_argument("--map", action="append", default=[], metavar="COLUMN=FIELD",
+                            help="as for import: which CSV column is which field")
+    p_validate.add_argument("--json", action="store_true", help="print the reports as JSON")
+
     p_status = sub.add_parser("status", help="health, lag, backlog and deliveries of the "
                               "running stack, as a table")
     p_status.add_argument("--data-dir", type=Path, default=None)
@@ -103,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))
     if args.command == "import":
         return _import(args)
+    if args.command == "validate":
+        return _validate(args)
     if args.command == "status":
         from makelocal.status import status
 
@@ -161,23 +171,41 @@ async def _org_create(name: str, data_dir: Path) -> int:
     return 0
 
 
-def _import(args: argparse.Namespace) -> int:
+def _mapping(args: argparse.Namespace) -> dict[str, str] | None:
+    """--map pairs, or SystemExit(2) naming what is wrong with them."""
     from contracts.errors import InvalidInput
     from contracts.readers.mapped import parse_mapping
-    from makelocal.importer import import_paths
 
     try:
-        mapping = parse_mapping(args.map)
+        return parse_mapping(args.map) or None
     except InvalidInput as exc:
         print(f"makelocal: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from makelocal.validate import render, validate
+
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"makelocal: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    results, errors = validate(args.paths, _mapping(args))
+    print(render(results, as_json=args.json))
+    return 1 if errors else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from makelocal.importer import import_paths
+
+    mapping = _mapping(args)
     if not args.api_key:
         print("makelocal: an API key is needed: --api-key or MAKELOCAL_API_KEY", file=sys.stderr)
         return 2
     url = args.registry_url or running_stack(args.data_dir or default_data_dir()).get(
         "registry_url", "http://127.0.0.1:8001")
     summary = asyncio.run(import_paths(args.paths, registry_url=url, api_key=args.api_key,
-                                       progress=not args.no_progress, mapping=mapping or None))
+                                       progress=not args.no_progress, mapping=mapping))
     c = summary.counts
     print(f"created {c['created']}, updated {c['updated']}, unchanged {c['unchanged']}, "
           f"rejected {c['rejected']}")

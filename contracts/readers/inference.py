@@ -69,12 +69,36 @@ class Inference:
 class _Rule:
     process: str
     kind: Class
+    phrase: str
+
+
+@dataclass(frozen=True)
+class _Phrasebook:
+    """Many phrases as one pattern (one pass over a text, not one per phrase): the longest
+    phrase that matches at a place wins ("3D printer" is a machine, not "3D print")."""
+
     pattern: re.Pattern[str]
+    rules: tuple[_Rule, ...]  # the rule of each group, in order
+
+    @classmethod
+    def of(cls, rules: Iterable[_Rule]) -> _Phrasebook:
+        order = {"made": 0, "doing": 1, "machines": 2, "folders": 3}
+        ordered = tuple(sorted(rules, key=lambda r: (-len(r.phrase), order[r.kind])))
+        # the word-start check once per place, not once per phrase
+        pattern = "|".join(f"({_phrase_pattern(r.phrase, start=False)})" for r in ordered)
+        firsts = "".join(sorted({re.escape(r.phrase[0]) for r in ordered if r.phrase}))
+        return cls(re.compile(rf"{_WORD_START}(?=[{firsts}])(?:{pattern})" if ordered
+                              else r"(?!)"), ordered)
+
+    def find(self, text: str) -> list[tuple[_Rule, tuple[int, int]]]:
+        return [(self.rules[m.lastindex - 1], m.span())  # type: ignore[operator]
+                for m in self.pattern.finditer(text)]
 
 
 @dataclass(frozen=True)
 class _Rules:
-    phrases: tuple[_Rule, ...]
+    words: _Phrasebook  # made, doing and machines: read in text
+    folders: _Phrasebook  # read in paths only
     files: dict[str, tuple[str, float]]  # ending -> (process, confidence)
     implies: dict[str, tuple[tuple[str, float], ...]]
     machine_use: re.Pattern[str]
@@ -162,7 +186,7 @@ def _from_file(rules: _Rules, path: str, where: str, role: Role) -> list[Term]:
     # folders and file names: "PCB/board.zip", "laser_files/", "Box_Laser_Cut.dxf"; one
     # by one ("PCB/assembly/" is a PCB and its assembly)
     for word in _path_words(lower):
-        for rule, _ in _phrases(rules, word):
+        for rule, _ in rules.words.find(word) + rules.folders.find(word):
             confidence = CONFIDENCE[role].get(rule.kind)
             if confidence is not None:
                 out.append(_term("process", rule.process, where, path.strip(), confidence))
@@ -183,7 +207,7 @@ def _from_text(rules: _Rules, text: str, where: str, role: Role,
                own: frozenset[str]) -> list[tuple[Term, tuple[int, int]]]:
     out = []
     folded = fold(text)
-    for rule, (start, end) in _phrases(rules, folded):
+    for rule, (start, end) in rules.words.find(folded):
         confidence = CONFIDENCE[role].get(rule.kind)
         if confidence is None:
             continue
@@ -210,26 +234,11 @@ def _named_processes(names: Iterable[Source]) -> frozenset[str]:
     own = set()
     for source in names:
         for value in source.values:
-            for rule, _ in _phrases(rules, fold(value)):
+            for rule, _ in rules.words.find(fold(value)):
                 if rule.kind == "machines":
                     own.add(rule.process)
                     own |= vocabulary.processes().ancestors(rule.process)
     return frozenset(own)
-
-
-def _phrases(rules: _Rules, text: str) -> list[tuple[_Rule, tuple[int, int]]]:
-    """Every rule's matches, longest first, none overlapping a longer one ("3D printer"
-    is a machine, not "3D print" and more)."""
-    hits = [(rule, m.span()) for rule in rules.phrases for m in rule.pattern.finditer(text)]
-    hits.sort(key=lambda h: h[1][0] - h[1][1])
-    taken: list[tuple[int, int]] = []
-    out = []
-    for rule, (start, end) in hits:
-        if any(start < e and s < end for s, e in taken):
-            continue
-        taken.append((start, end))
-        out.append((rule, (start, end)))
-    return sorted(out, key=lambda h: h[1][0])
 
 
 # "parts that can be 3D printed": can of the passive is a need, not a capability
@@ -293,7 +302,7 @@ def _sizes(rules: _Rules, text: str, where: str, found: dict[str, Term]) -> list
             continue
         sentence_start = folded.rfind(". ", 0, cue.start()) + 1
         sentence = folded[sentence_start:cue.end() + size.end()]
-        processes = [rule.process for rule, _ in _phrases(rules, sentence)]
+        processes = [rule.process for rule, _ in rules.words.find(sentence)]
         if not processes:
             continue
         box = _box(size)
@@ -326,7 +335,10 @@ def _box(size: re.Match[str]) -> Box | None:
     return Box(x_mm=sides[0], y_mm=sides[1], z_mm=sides[2])
 
 
-def _phrase_pattern(phrase: str) -> str:
+_WORD_START = r"(?<![^\W_])"
+
+
+def _phrase_pattern(phrase: str, *, start: bool = True) -> str:
     words = fold(phrase).split()
     parts = []
     for word in words:
@@ -334,7 +346,7 @@ def _phrase_pattern(phrase: str) -> str:
         body = re.escape(word.rstrip("*"))
         parts.append(body + (r"[^\W_]*" if open_end else ""))
     # "_" separates words too: file names are snake_case ("Box_Laser_Cut.dxf")
-    return r"(?<![^\W_])" + r"[\s_\-]*".join(parts) + r"(?![^\W_])"
+    return (_WORD_START if start else "") + r"[\s_\-]*".join(parts) + r"(?![^\W_])"
 
 
 def _alternatives(phrases: Iterable[str]) -> re.Pattern[str]:
@@ -358,11 +370,12 @@ def _rules() -> _Rules:
             files[fold(ending)] = (process, float(confidence))
         for kind in ("made", "doing", "machines", "folders"):
             for phrase in spec.get(kind) or ():
-                phrases.append(_Rule(process, kind, re.compile(_phrase_pattern(str(phrase)))))
+                phrases.append(_Rule(process, kind, fold(str(phrase))))
     # longer endings first: ".kicad_pcb" before ".pcb"
     files = dict(sorted(files.items(), key=lambda kv: -len(kv[0])))
     return _Rules(
-        phrases=tuple(phrases),
+        words=_Phrasebook.of(r for r in phrases if r.kind != "folders"),
+        folders=_Phrasebook.of(r for r in phrases if r.kind == "folders"),
         files=files,
         implies=implies,
         machine_use=_alternatives(data["machine_use"]),

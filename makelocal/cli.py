@@ -109,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "org":
         return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))
-    if args.command == "import":
-        return _import(args)
-    if args.command == "validate":
-        return _validate(args)
+    try:
+        if args.command == "import":
+            return _import(args)
+        if args.command == "validate":
+            return _validate(args)
+    except _UsageError:
+        return 2
     if args.command == "status":
         from makelocal.status import status
 
@@ -171,8 +174,12 @@ async def _org_create(name: str, data_dir: Path) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """Told to the user already; the command exits 2."""
+
+
 def _mapping(args: argparse.Namespace) -> dict[str, str] | None:
-    """--map pairs, or SystemExit(2) naming what is wrong with them."""
+    """--map pairs, or _UsageError after naming what is wrong with them."""
     from contracts.errors import InvalidInput
     from contracts.readers.mapped import parse_mapping
 
@@ -180,7 +187,7 @@ def _mapping(args: argparse.Namespace) -> dict[str, str] | None:
         return parse_mapping(args.map) or None
     except InvalidInput as exc:
         print(f"makelocal: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise _UsageError from None
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ class Position:
 
     @classmethod
     def in_text(cls, source: str, line: int, column: int) -> Position:
-        lines = source.splitlines()
+        # only \n ends a line, as the TOML, JSON and YAML readers count them
+        # (str.splitlines also breaks at U+2028, U+0085 and others)
+        lines = source.split("\n")
         at = lines[line - 1] if 0 < line <= len(lines) else ""
         return cls(line, column, excerpt(at, column))
 
@@ -25,7 +27,7 @@ class Position:
 def excerpt(line: str, column: int, width: int = 80) -> str:
     """At most `width` characters of one line, around the column (long lines are cut with
     an ellipsis so the error stays readable and bounded)."""
-    line = line.rstrip("\r\n")
+    line = line.rstrip("\r")
     if len(line) <= width:
         return line
     start = max(0, min(column - 1 - width // 2, len(line) - width))

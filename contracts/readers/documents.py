@@ -57,7 +57,6 @@ def parse_document(raw: bytes, fmt: str) -> dict[str, Any]:
     doc = parse_value(raw, fmt)
     if not isinstance(doc, dict):
         raise InvalidInput(f"a manifest must be a mapping, not {type(doc).__name__}", code="type")
-    _refuse_unstorable(doc)
     return doc
 
 
@@ -75,10 +74,11 @@ def parse_value(raw: bytes, fmt: str) -> Any:
                            position=Position.in_text(shown, line, column)) from None
     try:
         if fmt == "toml":
-            return tomllib.loads(text)
-        if fmt == "yaml":
-            return yaml.load(_unknown_directives_as_comments(text), Loader=_NoAliasLoader)
-        return json.loads(text, parse_constant=_reject_constant)
+            value = tomllib.loads(text)
+        elif fmt == "yaml":
+            value = yaml.load(_unknown_directives_as_comments(text), Loader=_NoAliasLoader)
+        else:
+            value = json.loads(text, parse_constant=_reject_constant)
     except InvalidInput:
         raise
     except tomllib.TOMLDecodeError as exc:
@@ -92,6 +92,8 @@ def parse_value(raw: bytes, fmt: str) -> Any:
         raise located("JSON", exc.msg, text, exc.lineno, exc.colno) from None
     except (RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"unreadable {fmt.upper()}: {_first_line(exc)}", code="syntax") from None
+    _refuse_unstorable(value)
+    return value
 
 
 _BAD_ESCAPE = "found invalid Unicode character escape code"
@@ -100,20 +102,44 @@ _BAD_ESCAPE = "found invalid Unicode character escape code"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _refuse_unstorable(doc: dict[str, Any]) -> None:
-    stack: list[tuple[str, Any]] = [("", doc)]
+# Deeper than any manifest or record needs; past it, storing, serialising and reading
+# the value recurse (pydantic stops at about 250 levels). Counted in containers.
+MAX_DEPTH = 64
+# Integers of more digits than this are no quantity a manifest states, and past 4,300
+# digits Python cannot even write them out as JSON.
+MAX_DIGITS = 30
+
+
+def _refuse_unstorable(doc: Any) -> None:
+    """What PostgreSQL, JSON or our readers cannot hold, refused before anything reads it:
+    NUL and unpaired surrogates (which JSON and YAML escapes can spell), nesting past
+    MAX_DEPTH, integers of more than MAX_DIGITS digits."""
+    stack: list[tuple[str, Any, int]] = [("", doc, 0)]
     while stack:  # iterative: a parsed document may be nested a thousand deep
-        path, value = stack.pop()
+        path, value, depth = stack.pop()
         if isinstance(value, str):
             if _UNSTORABLE.search(value):
                 raise InvalidInput("text holds a NUL character or an unpaired surrogate",
                                    field=path or None, code="invalid_character")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((path, str(key)))  # (a bad key is not echoed as a field)
-                stack.append((f"{path}.{key}" if path else str(key), item))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int):
+            if value.bit_length() > MAX_DIGITS * 3.33:
+                raise InvalidInput(f"a number of more than {MAX_DIGITS} digits",
+                                   field=path or None, code="range")
+        elif isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise InvalidInput(f"nested more than {MAX_DEPTH} levels deep",
+                                   field=path or None, code="too_deep")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    stack.append((path, key if isinstance(key, str | int) else str(key),
+                                  depth + 1))  # (a bad key is not echoed as a field)
+                    stack.append((f"{path}.{key}"[:200] if path else str(key)[:200], item,
+                                  depth + 1))
+            else:
+                stack.extend((f"{path}[{i}]"[:200], item, depth + 1)
+                             for i, item in enumerate(value))
 
 
 _DIRECTIVE = re.compile(r"^%(?!YAML[ \t]|TAG[ \t])", re.M)
@@ -172,7 +198,7 @@ def yaml_error(exc: yaml.YAMLError, text: str) -> InvalidInput:
     if mark is None:
         return InvalidInput(f"malformed YAML: {problem}", code="syntax")
     line, column = mark.line + 1, mark.column + 1  # libyaml counts from 0
-    lines = text.splitlines()
+    lines = text.split("\n")
     at = lines[line - 1][column - 1:column] if 0 < line <= len(lines) else ""
     if at and "character" in problem and repr(at) not in problem:
         problem = problem.replace("character", f"character {at!r}", 1)
@@ -183,11 +209,15 @@ def yaml_error(exc: yaml.YAMLError, text: str) -> InvalidInput:
         hint = "YAML indents with spaces, not tabs"
     elif "mapping values are not allowed" in problem:
         hint = "a value holding ': ' must be quoted"
-    elif "end of stream" in problem and "quoted" in str(getattr(exc, "context", "")):
-        opened = getattr(exc, "context_mark", None)
-        if opened is not None:  # the slip is where the quote opened, not at the end
-            return located("YAML", "a quoted value is not closed", text, opened.line + 1,
+    context = str(getattr(exc, "context", None) or "")
+    opened = getattr(exc, "context_mark", None)
+    if opened is not None and ("quoted" in context or "flow" in context):
+        # a quote or bracket left open: the slip is where it opened
+        what = "a quoted value" if "quoted" in context else "a [list] or {mapping}"
+        if not at.strip():
+            return located("YAML", f"{what} is not closed", text, opened.line + 1,
                            opened.column + 1)
+        hint = hint or f"{what} opened at line {opened.line + 1} is not closed"
     return located("YAML", problem, text, line, column, hint)
 
 

@@ -103,7 +103,9 @@ class _Rules:
     implies: dict[str, tuple[tuple[str, float], ...]]
     machine_use: re.Pattern[str]
     capability: re.Pattern[str]
-    product: re.Pattern[str]
+    product: re.Pattern[str]  # right after a phrase
+    product_for: re.Pattern[str]  # "an extractor for" right before one
+    negation: re.Pattern[str]
     material_join: re.Pattern[str]
     size_cue: re.Pattern[str]
 
@@ -121,7 +123,7 @@ def infer(sources: Iterable[Source]) -> Inference:
             where = source.field if len(source.values) == 1 else f"{source.field}[{index}]"
             value = raw[:MAX_TEXT]
             if source.role in ("files", "images"):
-                for term in _from_file(rules, value, where, source.role):
+                for term in _from_file(rules, value, where, source.role, own):
                     _keep(found, term)
                 continue
             for term, span in _from_text(rules, value, where, source.role, own):
@@ -174,7 +176,8 @@ def _term(kind: vocabulary.Kind, entry_id: str, where: str, evidence: str,
                 evidence=evidence[:MAX_EVIDENCE], confidence=round(confidence, 2))
 
 
-def _from_file(rules: _Rules, path: str, where: str, role: Role) -> list[Term]:
+def _from_file(rules: _Rules, path: str, where: str, role: Role,
+               own: frozenset[str]) -> list[Term]:
     lower = fold(path.strip()).rstrip("/ ")
     lower = lower.split("?", 1)[0].split("#", 1)[0]  # a URL's query names no file type
     name = lower.rsplit("/", 1)[-1]
@@ -186,9 +189,10 @@ def _from_file(rules: _Rules, path: str, where: str, role: Role) -> list[Term]:
     # folders and file names: "PCB/board.zip", "laser_files/", "Box_Laser_Cut.dxf"; one
     # by one ("PCB/assembly/" is a PCB and its assembly)
     for word in _path_words(lower):
-        for rule, _ in rules.words.find(word) + rules.folders.find(word):
+        for rule, (start, end) in rules.words.find(word) + rules.folders.find(word):
             confidence = CONFIDENCE[role].get(rule.kind)
-            if confidence is not None:
+            if confidence is not None and not _refuted(rules, rule, word, start, end, role,
+                                                       own):
                 out.append(_term("process", rule.process, where, path.strip(), confidence))
     return out
 
@@ -209,22 +213,31 @@ def _from_text(rules: _Rules, text: str, where: str, role: Role,
     folded = fold(text)
     for rule, (start, end) in rules.words.find(folded):
         confidence = CONFIDENCE[role].get(rule.kind)
-        if confidence is None:
-            continue
-        before = _sentence_before(folded, start)
-        if role in ("prose", "keywords") and rule.kind in ("doing", "machines") and (
-                rule.process in own):
-            continue  # the design is such a machine: its name says so
-        if rule.kind == "machines" and role == "prose" and not rules.machine_use.search(
-                before[-24:]):
-            continue
-        if role == "prose" and rule.kind == "doing" and (
-                rules.capability.search(_PASSIVE.sub(" ", before))
-                or rules.product.match(folded, end)):
+        if confidence is None or _refuted(rules, rule, folded, start, end, role, own):
             continue
         out.append((_term("process", rule.process, where, _quote(text, start, end),
                           confidence), (start, end)))
     return out
+
+
+def _refuted(rules: _Rules, rule: _Rule, text: str, start: int, end: int, role: Role,
+             own: frozenset[str]) -> bool:
+    """Whether the words around a phrase say it is no need: the precision rules."""
+    before = _sentence_before(text, start)
+    if rules.negation.search(before[-24:]):
+        return True  # "no soldering required", "without a PCB"
+    if role == "tools":
+        return False  # a tool list names what making takes ("welding helmet" included)
+    if rule.kind in ("doing", "machines", "folders") and rule.process in own:
+        return True  # the design is such a machine: its name says so
+    if rule.kind != "made" and (rules.product.match(text, end)
+                                or rules.product_for.search(before[-40:])):
+        return True  # "a PCB holder", "a fume extractor for soldering" ("3D printed case"
+        # is a case made so: a need)
+    if rule.kind == "machines" and role == "prose":
+        return not rules.machine_use.search(before[-24:])  # "on a laser cutter"
+    return rule.kind == "doing" and role == "prose" and bool(
+        rules.capability.search(_PASSIVE.sub(" ", before)))  # "it can do laser cutting"
 
 
 def _named_processes(names: Iterable[Source]) -> frozenset[str]:
@@ -288,32 +301,37 @@ _SIZE = re.compile(
     rf"\s*(mm|cm|in)(?![a-z])")
 
 
+MAX_SIZE_CUES = 20  # of one field: a size need is said once or twice, not hundreds of times
+
+
 def _sizes(rules: _Rules, text: str, where: str, found: dict[str, Term]) -> list[Part]:
     """A size a machine must take, said in words: "a 3D printer with a bed at least 170 mm
-    wide", "build volume of 200 x 200 x 150 mm". It applies to the process the same
-    sentence names (else none: a size without its machine is not a need)."""
+    wide", "build volume of 200 x 200 x 150 mm". Only with the machine named in the same
+    sentence ("the bed is 1900 mm long" of a bed that is furniture is no need)."""
     folded = fold(text)
-    out = []
-    for cue in rules.size_cue.finditer(folded):
-        window = folded[cue.end():cue.end() + 60]
-        window = _SENTENCE_END.split(window)[0]
+    machines = [(rule, span) for rule, span in rules.words.find(folded)
+                if rule.kind == "machines"]
+    if not machines:
+        return []
+    out: list[Part] = []
+    for cue in list(rules.size_cue.finditer(folded))[:MAX_SIZE_CUES]:
+        window = _SENTENCE_END.split(folded[cue.end():cue.end() + 60])[0]
         size = _SIZE.search(window)
         if size is None:
             continue
-        sentence_start = folded.rfind(". ", 0, cue.start()) + 1
-        sentence = folded[sentence_start:cue.end() + size.end()]
-        processes = [rule.process for rule, _ in rules.words.find(sentence)]
-        if not processes:
-            continue
-        box = _box(size)
+        start = cue.start() - len(_sentence_before(folded, cue.start()))
+        named = [rule for rule, (s, _) in machines if start <= s < cue.start()]
+        box = _box(size) if named else None
         if box is None:
             continue
         evidence = _quote(text, cue.start(), cue.end() + size.end())
-        process = _term("process", processes[0], where, evidence, CONFIDENCE["tools"]["made"]
-                        or 0.6)
+        process = _term("process", named[-1].process, where, evidence,
+                        CONFIDENCE["tools"]["machines"] or 0.6)
         found.setdefault(process.id, process)
-        out.append(Part(name=f"size from {where}", processes=[process],
-                        outer_dimensions=box, evidence=evidence[:MAX_EVIDENCE]))
+        part = Part(name=f"size from {where}", processes=[process], outer_dimensions=box,
+                    evidence=evidence[:MAX_EVIDENCE])
+        if part not in out:
+            out.append(part)
     return out
 
 
@@ -381,6 +399,10 @@ def _rules() -> _Rules:
         machine_use=_alternatives(data["machine_use"]),
         capability=_alternatives(data["capability"]),
         product=re.compile(r"[\s_\-]*(?:" + _alternatives(data["products"]).pattern + ")"),
+        product_for=re.compile(r"(?:" + _alternatives(data["products"]).pattern
+                               + r")\s+(?:for|für|pour|para)\s+(?:the\s+|a\s+)?$"),
+        negation=re.compile(r"(?:" + _alternatives(data["negation"]).pattern
+                            + r")(?:\s+\w+)?[\s_\-]*$"),
         material_join=re.compile(r"\s*(?:" + "|".join(
             re.escape(j) for j in sorted(data["material_joins"], key=len, reverse=True))
             + r")\s+"),

@@ -55,6 +55,13 @@ def known_layouts() -> str:
     return "; ".join(f"{lay.name}: {lay.description}" for lay in LAYOUTS)
 
 
+def shown(names: list[str], most: int = 20) -> str:
+    """Column names or keys as an error quotes them: a few, each cut short (a header cell
+    may be 300 KB; the error must not be)."""
+    cut = [n if len(n) <= 60 else n[:59] + "…" for n in names[:most]]
+    return repr(cut)[:-1] + (", …]" if len(names) > most else "]")
+
+
 def unknown(name: str, what: str, kind: Kind = "facility") -> Record:
     return Record(kind, name, error=f"unknown layout ({what}); known layouts: "
                   + known_layouts())
@@ -190,8 +197,8 @@ def _data(name: str, raw: bytes, family: str, value: Any) -> Iterator[Record]:
         if sum(1 for i in sample if fits(i)) * 2 >= len(sample):
             yield from reader(name, value)
             return
-    keys = sorted({str(k) for i in sample for k in i})[:12]
-    yield unknown(name, f"a list of objects with keys {keys}")
+    keys = sorted({str(k) for i in sample for k in i})
+    yield unknown(name, f"a list of objects with keys {shown(keys, 12)}")
 
 
 def _documents(name: str, items: list[Any]) -> Iterator[Record]:
@@ -214,9 +221,9 @@ def _csv(name: str, table: Table, mapping: Mapping | None) -> Iterator[Record]:
     if found is None:
         if mapping:
             yield Record("facility", name, error=f"--map names columns not in the header: "
-                         f"{missing}; the header has {table.header[:40]}")
+                         f"{shown(missing)}; the header has {shown(table.header, 40)}")
         else:
-            yield unknown(name, f"CSV columns {table.header[:20]}")
+            yield unknown(name, f"CSV columns {shown(table.header)}")
         return
     for record in found:
         if mapping:

@@ -77,6 +77,11 @@ def missing_columns(mapping: dict[str, str], table: Table) -> list[str]:
 
 
 def records(name: str, table: Table, mapping: dict[str, str]) -> Iterator[Record]:
+    twice = [c for c in mapping if sum(fold(h) == fold(c) for h in table.header) > 1]
+    if twice:  # which of the two is meant cannot be guessed, and a guess loses data
+        yield Record("facility", name, error=f"--map names column {twice[0][:60]!r}, which"
+                     " the header has more than once; rename one of them")
+        return
     by_fold = {fold(h): h for h in reversed(table.header)}
     columns = {by_fold[fold(c)]: f for c, f in mapping.items()}
     groups: dict[str, list[tuple[int, dict[str, str]]]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.errors import InvalidInput
+from contracts.readers.csvtext import read_table
 from contracts.readers.documents import parse_document
 
 SLIPS = [
@@ -25,6 +26,9 @@ SLIPS = [
     ("json", '{"title": "x",\n "keywords": ["a",]\n}', 2, 19, ' "keywords": ["a",]', []),
     ("json", '{"title": "x"\n "license": "MIT"}', 2, 2, ' "license": "MIT"}', ["delimiter"]),
     ("json", "{'title': 'x'}", 1, 2, "{'title': 'x'}", ["double quotes"]),
+    ("csv", 'name,city\n"Lab A,Berlin\n', 2, 1, '"Lab A,Berlin', ["never closed"]),
+    ("csv", "name,city\nLab A,Berlin,DE\n", 2, 14, "Lab A,Berlin,DE", ["3 cells", "2 columns"]),
+    ("csv", 'name,city\n"Lab" A,Berlin\n', 2, 6, '"Lab" A,Berlin', ["after a closing quote"]),
 ]
 
 
@@ -32,7 +36,10 @@ SLIPS = [
 def test_a_slip_is_shown_where_it_is(fmt: str, document: str, line: int, column: int,
                                      shown: str, words: list[str]) -> None:
     with pytest.raises(InvalidInput) as caught:
-        parse_document(document.encode(), fmt)
+        if fmt == "csv":
+            read_table(document.encode())
+        else:
+            parse_document(document.encode(), fmt)
     error = caught.value
     assert error.code == "syntax"
     assert error.position is not None

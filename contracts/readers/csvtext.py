@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from contracts.errors import InvalidInput, Position, excerpt
+from contracts.errors import InvalidInput
+from contracts.readers.documents import located
 
 DELIMITERS = (",", ";", "\t")
 
@@ -49,16 +50,14 @@ def read_table(raw: bytes) -> Table:
         if header is None:
             header = [c.strip() for c in cells]
             if not any(header):
-                raise InvalidInput("the header row names no columns", code="syntax",
-                                   position=_at(lines, line, 1))
+                raise located("CSV", "the header row names no columns", "".join(lines), line, 1)
             continue
         if len(cells) == 1 and not cells[0].strip():
             continue  # a blank line between rows holds nothing
         if len(cells) > len(header):
             at_line, at_column = columns[len(header)]
-            raise InvalidInput(
-                f"row has {len(cells)} cells but the header names {len(header)} columns",
-                code="syntax", position=_at(lines, at_line, at_column))
+            raise located("CSV", f"row has {len(cells)} cells but the header names"
+                          f" {len(header)} columns", "".join(lines), at_line, at_column)
         # Short rows are padded: spreadsheets drop trailing empty cells.
         rows.append((line, {h: (cells[i] if i < len(cells) else "")
                             for i, h in enumerate(header)}))
@@ -116,8 +115,7 @@ def _quoted_record(lines: list[str], index: int, delimiter: str,
         while col < len(line):
             ch = line[col]
             if ch == "\x00":
-                raise InvalidInput("NUL character in CSV", code="syntax",
-                                   position=_at(lines, line_no, col + 1))
+                raise located("CSV", "NUL character in CSV", "".join(lines), line_no, col + 1)
             if quoted:
                 if ch == '"':
                     if line[col + 1:col + 2] == '"':
@@ -137,9 +135,8 @@ def _quoted_record(lines: list[str], index: int, delimiter: str,
                 cell, closed = [], False
                 columns.append((line_no, col + 2))
             elif closed:
-                raise InvalidInput(
-                    f"text after a closing quote (expected {delimiter!r} or end of row)",
-                    code="syntax", position=_at(lines, line_no, col + 1))
+                raise located("CSV", f"text after a closing quote (expected {delimiter!r} or"
+                              " end of row)", "".join(lines), line_no, col + 1)
             elif ch == '"' and not cell:
                 quoted, open_at = True, (line_no, col + 1)
             else:
@@ -147,8 +144,8 @@ def _quoted_record(lines: list[str], index: int, delimiter: str,
             col += 1
         index += 1
     if quoted:
-        raise InvalidInput("quoted cell never closed (unterminated quote)", code="syntax",
-                           position=_at(lines, *open_at))
+        raise located("CSV", "quoted cell never closed (unterminated quote)",
+                      "".join(lines), *open_at)
     cells.append("".join(cell))
     return cells, columns, index
 
@@ -161,8 +158,3 @@ def _lines(text: str) -> list[str]:
     if pieces[-1]:
         out.append(pieces[-1])
     return out
-
-
-def _at(lines: list[str], line: int, column: int) -> Position:
-    at = lines[line - 1] if 0 < line <= len(lines) else ""
-    return Position(line, column, excerpt(at, column))

@@ -18,6 +18,7 @@ SERVICES = {
     "registry-relay": ("services.registry.app:main_relay", "only the registry's outbox relay"),
     "matcher": ("services.matcher.app:main", "the matcher service"),
     "notifier": ("services.notifier.app:main", "the notifier service"),
+    "web": ("services.web.app:main", "the web page for makers"),
 }
 
 
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--data-dir", type=Path, default=None,
                       help="where data lives across restarts (default: %(default)s)")
     defaults = Ports()
-    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp",
-                 "prometheus", "nats-routes"):
+    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "web",
+                 "smtp", "prometheus", "nats-routes"):
         attr = name.replace("-", "_")
         p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
     p_up.add_argument("--prometheus", action="store_true",
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "up":
         ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
-                      args.registry_port, args.matcher_port, args.notifier_port, args.smtp_port,
-                      args.prometheus_port, args.nats_routes_port)
+                      args.registry_port, args.matcher_port, args.notifier_port,
+                      web=args.web_port, smtp=args.smtp_port, prometheus=args.prometheus_port,
+                      nats_routes=args.nats_routes_port)
         try:
             return up(args.data_dir or default_data_dir(), ports,
                       with_prometheus=args.prometheus, cluster=args.cluster)
@@ -157,18 +159,11 @@ def _admin_credentials(data_dir: Path) -> None:
 
 
 async def _org_create(name: str, data_dir: Path) -> int:
-    from services.common import db
+    from makelocal.stack import create_organization
     from services.registry.settings import RegistrySettings
-    from services.registry.store import Store
 
-    settings = RegistrySettings()
-    dsn = running_stack(data_dir).get("database_url", settings.database_url)
-    await db.migrate(dsn, settings.registry_db_schema, "services.registry")
-    pool = await db.create_pool(dsn, settings.registry_db_schema, min_size=1, max_size=1)
-    try:
-        org_id, key = await Store(pool).create_organization(name)
-    finally:
-        await pool.close()
+    dsn = running_stack(data_dir).get("database_url", RegistrySettings().database_url)
+    org_id, key = await create_organization(dsn, name)
     print(f"organization {org_id} ({name})")
     print(f"API key (shown once, store it now): {key}")
     return 0

@@ -3,6 +3,7 @@ stopped together on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ class Ports:
     registry: int = 8001
     matcher: int = 8002
     notifier: int = 8003
+    web: int = 8000
     smtp: int = 8025
     prometheus: int = 9090
     nats_routes: int = 6222  # --cluster only: the first node's cluster port
@@ -46,7 +48,8 @@ def check_ports(ports: Ports) -> None:
                          (ports.postgres, "--postgres-port"),
                          (ports.registry, "--registry-port"),
                          (ports.matcher, "--matcher-port"),
-                         (ports.notifier, "--notifier-port"), (ports.smtp, "--smtp-port")):
+                         (ports.notifier, "--notifier-port"), (ports.web, "--web-port"),
+                         (ports.smtp, "--smtp-port")):
         if not port_is_free(port):
             raise PortInUse(port, option)
 
@@ -58,7 +61,10 @@ def service_env(database_url: str, ports: Ports) -> dict[str, str]:
         "MAKELOCAL_REGISTRY_PORT": str(ports.registry),
         "MAKELOCAL_MATCHER_PORT": str(ports.matcher),
         "MAKELOCAL_NOTIFIER_PORT": str(ports.notifier),
-        "MAKELOCAL_NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports.notifier}",
+        # the links in alert emails open the web page's own pages for them
+        "MAKELOCAL_NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{ports.web}",
+        "MAKELOCAL_NOTIFIER_PAGES_URL": f"http://127.0.0.1:{ports.web}",
+        "MAKELOCAL_WEB_PORT": str(ports.web),
         # local receivers must work on one machine; production allows none by default
         "MAKELOCAL_NOTIFIER_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
         "MAKELOCAL_SMTP_HOST": "127.0.0.1", "MAKELOCAL_SMTP_PORT": str(ports.smtp),
@@ -75,6 +81,35 @@ def notifier_key(data_dir: Path) -> str:
         path.touch(mode=0o600)
         path.write_text(new_key())
     return path.read_text().strip()
+
+
+WEB_KEY_FILE = "web.key"
+
+
+def web_key(data_dir: Path, database_url: str) -> str:
+    """The key the web page creates makers' email alerts with: an organization of its own,
+    made on the first start and kept (owner read-only) in the data directory."""
+    path = data_dir / WEB_KEY_FILE
+    if not path.exists():
+        _, key = asyncio.run(create_organization(database_url, "makelocal web page"))
+        path.touch(mode=0o600)
+        path.write_text(key)
+    return path.read_text().strip()
+
+
+async def create_organization(database_url: str, name: str) -> tuple[str, str]:
+    """A new organization and its API key (the registry's schema made first if need be)."""
+    from services.common import db
+    from services.registry.settings import RegistrySettings
+    from services.registry.store import Store
+
+    schema = RegistrySettings().registry_db_schema
+    await db.migrate(database_url, schema, "services.registry")
+    pool = await db.create_pool(database_url, schema, min_size=1, max_size=1)
+    try:
+        return await Store(pool).create_organization(name)
+    finally:
+        await pool.close()
 
 
 def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
@@ -138,17 +173,26 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
                                   | nats_auth.service_env(name, passwords), logs / f"{name}.log")
                 services.append(service.start())
                 service.wait_listening()
-        for service in services[1:]:
+        first = {s.command: s.url for s in reversed(services)}
+        web = Service("web", "web", ports.web, env | {
+            "MAKELOCAL_REGISTRY_URL": first["registry"], "MAKELOCAL_MATCHER_URL":
+            first["matcher"], "MAKELOCAL_NOTIFIER_URL": first["notifier"],
+            "MAKELOCAL_WEB_API_KEY": web_key(data_dir, postgres.url)}, logs / "web.log")
+        services.append(web.start())
+        web.wait_listening()
+        say(f"{'web page':<15} {web.url}  (open it in a browser: find designs, who near you"
+            " can make them, alerts)")
+        for service in services[1:-1]:
             say(f"{service.name:<15} {service.url}  (API docs /docs, metrics /metrics)")
         if with_prometheus:
             started = _start_prometheus(data_dir, ports, services[1:], logs, say)
             if started is not None:
                 services.append(started)
-        first = {s.command: s.url for s in reversed(services)}
         (data_dir / STATE_FILE).write_text(json.dumps({
             "nats_url": nats_url, "database_url": postgres.url,
             "registry_url": first["registry"], "matcher_url": first["matcher"],
-            "notifier_url": first["notifier"], "mail_dir": str(mail), "pid": os.getpid(),
+            "notifier_url": first["notifier"], "web_url": web.url, "mail_dir": str(mail),
+            "pid": os.getpid(),
             # every instance, for `makelocal status` (a cluster runs two of each)
             "services": {s.name: s.url for s in services if s.command in SERVICE_KINDS},
         }))

@@ -20,6 +20,7 @@ from makelocal.embedded import nats_binary
 from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from services.registry.settings import RegistrySettings
+from services.web.settings import WebSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -30,7 +31,7 @@ PORTS = {"registry": 8001, "registry-relay": 8001, "matcher": 8002, "notifier": 
 def variables() -> set[str]:
     """Every MAKELOCAL_* variable some service reads."""
     fields: set[str] = set()
-    for settings in (RegistrySettings, MatcherSettings, NotifierSettings):
+    for settings in (RegistrySettings, MatcherSettings, NotifierSettings, WebSettings):
         fields |= set(settings.model_fields)
     return {f"MAKELOCAL_{name.upper()}" for name in fields}
 

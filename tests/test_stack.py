@@ -48,13 +48,19 @@ def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
         tmp_path: Path) -> None:
     ports = {"nats": free_port(), "nats-monitor": free_port(), "postgres": free_port(),
              "registry": free_port(), "matcher": free_port(), "notifier": free_port(),
-             "smtp": free_port(), "prometheus": free_port()}
+             "web": free_port(), "smtp": free_port(), "prometheus": free_port()}
     proc = _up(tmp_path / "data", ports, "--prometheus")
     try:
         printed = _read_until(proc, "ready")
         assert f"http://127.0.0.1:{ports['registry']}" in printed
         assert f"nats://127.0.0.1:{ports['nats']}" in printed
         assert str(tmp_path / "data") in printed
+        # the web page comes first among the services: it is what people open
+        services_printed = printed[printed.index("web page"):]
+        assert f"http://127.0.0.1:{ports['web']}" in services_printed.splitlines()[0]
+        assert f"http://127.0.0.1:{ports['registry']}" in services_printed
+        page = httpx.get(f"http://127.0.0.1:{ports['web']}/", timeout=10)
+        assert page.status_code == 200 and "Find a design" in page.text
         assert f"127.0.0.1:{ports['smtp']}" in printed and str(tmp_path / "data" / "mail") \
             in printed
         for service in SERVICE_KINDS:
@@ -154,7 +160,7 @@ def test_up_cluster_runs_three_nats_nodes_and_two_of_each_service(tmp_path: Path
     """`makelocal up --cluster`: every node and instance on the ports it printed, the
     matchers each on its partition, REGISTRY replicated 3 times; SIGTERM stops them all."""
     base = {name: free_port() for name in (
-        "nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "smtp",
+        "nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "web", "smtp",
         "nats-routes")}
     # the cluster takes the next ports too: pick bases whose neighbours are free
     for name, step, count in (("nats", 1, 3), ("nats-monitor", 1, 3), ("nats-routes", 1, 3),

@@ -273,7 +273,8 @@ class Dispatcher:
         unsubscribe = (f"{self.settings.notifier_public_url}/v1/email/unsubscribe"
                        f"?token={d['unsubscribe_token']}" if d["channel"] == "email" else None)
         message = messages.email(d["id"], d["kind"], orjson.loads(bytes(d["body"])),
-                                 sender=self.settings.smtp_from, to=to, unsubscribe=unsubscribe)
+                                 sender=self.settings.smtp_from, to=to, unsubscribe=unsubscribe,
+                                 pages=self.settings.notifier_pages_url)
         result = await send_mail(self.smtp, message)
         if result.status == 250:
             await self._finish(d, "email", result, "delivered")

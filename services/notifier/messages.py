@@ -14,6 +14,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import orjson
@@ -97,17 +98,19 @@ def notice_body(subscription_id: str, reason: str) -> bytes:
     return body("notice", {"subscription_id": subscription_id, "reason": reason})
 
 
-def _describe(event: Mapping[str, Any]) -> str:
+def _describe(event: Mapping[str, Any], pages: str | None) -> str:
     verb = "can now make" if event.get("type") == "matches.found" else "can no longer make"
     score = event.get("score")
     tail = f" (score {score:.2f})" if isinstance(score, int | float) else ""
-    return f"Facility {event.get('facility_id')} {verb} design {event.get('design_id')}{tail}"
+    design = event.get("design_id")
+    link = f": {pages.rstrip('/')}/designs/{quote(str(design))}" if pages and design else ""
+    return f"Facility {event.get('facility_id')} {verb} design {design}{tail}{link}"
 
 
 def email(delivery_id: UUID, kind: str, payload: Mapping[str, Any], *, sender: str, to: str,
-          unsubscribe: str | None) -> EmailMessage:
+          unsubscribe: str | None, pages: str | None = None) -> EmailMessage:
     """The email for a stored delivery body: plain text and HTML, and for alerts the
-    one-click unsubscribe headers (RFC 8058)."""
+    one-click unsubscribe headers (RFC 8058); `pages`: the web page to link designs to."""
     data = payload.get("data") or {}
     if kind == "verify":
         subject = "Confirm your makelocal alerts"
@@ -125,7 +128,7 @@ def email(delivery_id: UUID, kind: str, payload: Mapping[str, Any], *, sender: s
         events = data.get("events") or []
         total = int(data.get("count") or len(events))
         subject = (f"makelocal: {total} match change{'s' if total != 1 else ''}")
-        lines = [_describe(e) for e in events]
+        lines = [_describe(e, pages) for e in events]
         if total > len(events):
             lines.append(f"... and {total - len(events)} more; the API lists them all.")
     if unsubscribe:

@@ -19,6 +19,9 @@ class NotifierSettings(CommonSettings):
     # API keys are the registry's: the notifier reads its key table, nothing else of it.
     notifier_keys_schema: str = "registry"
     notifier_public_url: str = "http://127.0.0.1:8003"  # where links in emails point
+    # the web page for makers, if one runs: each match in an alert email links to the
+    # design's page there (unset: no such link)
+    notifier_pages_url: str | None = None
     notifier_durable: str = "notifier"
     notifier_stream_replicas: int = 1
     # seconds after each failed attempt, comma-separated (Svix's schedule by default)

@@ -1,0 +1,117 @@
+"""Wiring: settings -> API clients, templates, pages. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common import logs
+from services.common.http import BodyLimit, HttpMetrics, install_operational_routes
+from services.common.ratelimit import TokenBuckets
+from services.web import places, routes
+from services.web.clients import Api, Directory, Refused, Unavailable
+from services.web.settings import WebSettings
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+FORM_BODY_BYTES = 64 * 1024  # the alert form is a few fields: nothing larger is read
+
+
+def create_app(settings: WebSettings | None = None) -> FastAPI:
+    settings = settings or WebSettings()
+    timeout = settings.web_upstream_timeout_s
+    key = settings.web_api_key.get_secret_value() if settings.web_api_key else None
+    registry_api = Api("registry", settings.registry_url, timeout)
+    up = routes.Upstream(
+        registry=registry_api,
+        matcher=Api("matcher", settings.matcher_url, timeout),
+        notifier=Api("notifier", settings.notifier_url, timeout,
+                     {"Authorization": f"Bearer {key}"} if key else None),
+        directory=Directory(registry_api, settings.web_directory_s),
+        signups=TokenBuckets(rate=settings.web_signups_per_hour / 3600,
+                             burst=settings.web_signups_per_hour),
+        alerts_enabled=key is not None)
+    templates = Jinja2Templates(directory=HERE / "templates")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the gazetteer takes a second to load: before the first person types a place
+        await asyncio.to_thread(places.find, "Paris")
+        yield
+        for api in (up.registry, up.matcher, up.notifier):
+            await api.close()
+
+    app = FastAPI(title="makelocal web", version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(routes.router(templates, up))
+    registry = CollectorRegistry()
+
+    async def answers(api: Api) -> None:
+        response = await api.http.get("/healthz")
+        response.raise_for_status()
+
+    install_operational_routes(app, registry, {
+        "registry": lambda: answers(up.registry), "matcher": lambda: answers(up.matcher),
+        "notifier": lambda: answers(up.notifier)})
+
+    def message(request: Request, status: int, title: str, text: str) -> HTMLResponse:
+        return templates.TemplateResponse(request, "message.html",
+                                          {"title": title, "text": text}, status_code=status)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> HTMLResponse:
+        log.warning("upstream unavailable", extra={"service": exc.service, "error": str(exc)})
+        response = message(request, 503, "Not available just now",
+                           f"The {exc.service} does not answer. Try again in a minute.")
+        response.headers["Retry-After"] = "30"
+        return response
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> HTMLResponse:
+        where = f" ({exc.field})" if exc.field else ""
+        return message(request, 422, "This cannot be shown", f"{exc.message}{where}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> HTMLResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:])
+        return message(request, 422, "This address is not right",
+                       f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
+        if exc.status_code == 404:
+            return message(request, 404, "Not found", "There is no page at this address.")
+        return message(request, exc.status_code, "Not possible", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> HTMLResponse:
+        # logged in full here; the person gets a page, never a traceback
+        log.exception("page failed", extra={"path": request.url.path})
+        return message(request, 500, "Something went wrong",
+                       "This page could not be made. Try again, or go back.")
+
+    app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_web")
+    app.add_middleware(BodyLimit, limit=FORM_BODY_BYTES)
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = WebSettings()
+    logs.configure("web", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.web_port,
+                log_config=None, access_log=False)

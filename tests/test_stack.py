@@ -17,6 +17,8 @@ from makelocal.cluster import SERVICE_KINDS
 from makelocal.embedded import free_port, port_is_free
 from tests.monitoring import alert_expressions, every_named_metric
 
+ROOT = Path(__file__).parents[1]
+
 
 def _up(data_dir: Path, ports: dict[str, int], *options: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "makelocal.cli", "up", "--data-dir", str(data_dir), *options]
@@ -72,6 +74,7 @@ def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
             served = httpx.get(f"http://127.0.0.1:{ports[service]}/asyncapi", timeout=10)
             assert served.json()["info"]["title"] == f"makelocal {service}"
         _email_reaches_the_mail_sink(tmp_path / "data", ports["notifier"])
+        _the_readme_lines_work_as_written(tmp_path / "data", ports)
         _prometheus_scrapes_every_service_and_metric(ports["prometheus"])
         _status_shows_every_service_ready(tmp_path / "data")
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -104,6 +107,47 @@ def _email_reaches_the_mail_sink(data_dir: Path, notifier_port: int) -> None:
         time.sleep(0.2)
     mail = next((data_dir / "mail").glob("*.eml")).read_text()
     assert "To: maker@example.org" in mail and "/v1/email/verify?token=" in mail
+
+
+def readme_commands() -> list[str]:
+    """The README's lines after "Then, in another shell", continuation lines joined."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Then, in another shell", 1)[1].split("```sh\n", 1)[1]
+    commands, pending = [], ""
+    for line in block.split("```", 1)[0].splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        commands.append(pending + line)
+        pending = ""
+    return commands
+
+
+def _the_readme_lines_work_as_written(data_dir: Path, ports: dict[str, int]) -> None:
+    """Each line as a newcomer pastes it (only the ports, the venv's place and the key
+    printed are the test's own); every curl is -f, so an HTTP error fails it."""
+    env = os.environ | {"MAKELOCAL_DATA_DIR": str(data_dir)}
+    commands = readme_commands()
+    assert any("Content-Type: application/json" in c and " -d " in c for c in commands)
+    for command in commands:
+        for default, name in ((8001, "registry"), (8002, "matcher"), (8003, "notifier")):
+            command = command.replace(f"127.0.0.1:{default}", f"127.0.0.1:{ports[name]}")
+        command = command.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+        if command.startswith("export MAKELOCAL_API_KEY="):
+            continue  # the key `org create` printed is exported below
+        deadline = time.monotonic() + 60
+        while True:  # the matcher answers 404 until the import has reached it
+            done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, timeout=180,
+                                  capture_output=True, text=True)
+            if done.returncode == 0 or f":{ports['matcher']}" not in command or (
+                    time.monotonic() > deadline):
+                break
+            time.sleep(1)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-800:]}\n{done.stderr[-800:]}"
+        if "org create" in command:
+            env["MAKELOCAL_API_KEY"] = done.stdout.split("store it now): ")[1].strip()
 
 
 def _status_shows_every_service_ready(

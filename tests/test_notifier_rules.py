@@ -177,3 +177,22 @@ def test_a_fault_of_ours_is_retried_for_ever_at_most_five_minutes_apart() -> Non
     assert all(d is not None and 0 < d <= 300 for d in delays)
     assert delays[0] < 10  # the schedule's first step, jittered
     assert schedule.next_delay(49, DEFAULT_SCHEDULE) is None  # a subscriber's fault ends
+
+
+def test_an_alert_email_links_each_design_and_its_manage_page_when_a_web_page_runs() -> None:
+    import uuid
+
+    from services.notifier.messages import email
+
+    payload = {"data": {"count": 1, "events": [{"type": "matches.found",
+                                                "facility_id": "lab", "design_id": "plate",
+                                                "score": 0.9}]}}
+    unsubscribe = "http://web.example/v1/email/unsubscribe?token=tok"
+    with_pages = email(uuid.uuid4(), "matches", payload, sender="a@b.c", to="m@b.c",
+                       unsubscribe=unsubscribe, pages="http://web.example/")
+    text = with_pages.get_body(("plain",)).get_content()
+    assert "can now make design plate (score 0.90): http://web.example/designs/plate" in text
+    assert "Manage this alert: http://web.example/alerts/manage?token=tok" in text
+    without = email(uuid.uuid4(), "matches", payload, sender="a@b.c", to="m@b.c",
+                    unsubscribe=unsubscribe).get_body(("plain",)).get_content()
+    assert "/designs/plate" not in without and "Manage" not in without

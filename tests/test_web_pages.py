@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -144,6 +145,24 @@ async def test_an_alert_is_asked_for_confirmed_by_email_and_can_be_stopped(
     assert done.status_code == 200 and "confirmed" in done.text
     again = await site.post(f"/v1/email/verify?token={token}")
     assert again.status_code == 404 and "not valid" in again.text
+
+    # an alert email's manage link: what the alert is about, and a button to stop it
+    conn = await asyncpg.connect(notifier_settings.database_url)
+    try:
+        unsubscribe = await conn.fetchval(
+            f"SELECT unsubscribe_token FROM {notifier_settings.notifier_db_schema}"
+            ".subscriptions WHERE address = 'maker@example.org'")
+    finally:
+        await conn.close()
+    manage = await site.get("/alerts/manage", params={"token": unsubscribe})
+    assert manage.status_code == 200 and "maker@example.org" in manage.text
+    assert "on." in manage.text and 'href="/designs/plate"' in manage.text
+    assert "3D printing" in manage.text and "within 30 km" in manage.text
+    stopped = await site.post(f"/v1/email/unsubscribe?token={unsubscribe}")
+    assert stopped.status_code == 200 and "unsubscribed" in stopped.text
+    after = await site.get("/alerts/manage", params={"token": unsubscribe})
+    assert "stopped (unsubscribed)" in after.text and "Stop this alert" not in after.text
+    assert (await site.get("/alerts/manage", params={"token": "nope"})).status_code == 404
     forged = await site.post("/v1/email/unsubscribe?token=<script>")
     assert forged.status_code == 404 and "<script>" not in forged.text
 

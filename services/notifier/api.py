@@ -269,6 +269,16 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                ask=("Unsubscribe", "Stop match alerts to {}?", "Unsubscribe"),
                done=("Unsubscribed", "No more alerts will be sent to this address."))
 
+    @api.get("/v1/email/subscription", tags=["email"],
+             summary="The alert an email's link names (the token is the authority)")
+    async def by_link(token: Token) -> JSONResponse:
+        row = await store.subscription_by_link(token)
+        if row is None:
+            raise ApiError(404, "not_found", "this link is not valid", "token")
+        return _json({"address": row["address"], "filter": row["filter"],
+                      "enabled": row["enabled"], "verified": row["verified"],
+                      "disabled_reason": row["disabled_reason"]})
+
     return api
 
 

@@ -132,7 +132,11 @@ def email(delivery_id: UUID, kind: str, payload: Mapping[str, Any], *, sender: s
         if total > len(events):
             lines.append(f"... and {total - len(events)} more; the API lists them all.")
     if unsubscribe:
-        lines += ["", f"Unsubscribe: {unsubscribe}"]
+        manage = (f"{pages.rstrip('/')}/alerts/manage?{unsubscribe.split('?', 1)[1]}"
+                  if pages and kind not in ("verify", "notice") and "?" in unsubscribe
+                  else None)
+        lines += ["", *([f"Manage this alert: {manage}"] if manage else []),
+                  f"Unsubscribe: {unsubscribe}"]
     # Long header lines stay whole: a folded List-Unsubscribe URL gets RFC 2047-encoded,
     # and mail clients then cannot follow it.
     message = EmailMessage(policy=_POLICY)

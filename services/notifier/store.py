@@ -161,6 +161,12 @@ class Store:
         return await self.pool.fetchval(
             "SELECT address FROM subscriptions WHERE unsubscribe_token = $1", token)
 
+    async def subscription_by_link(self, token: str) -> asyncpg.Record | None:
+        """What an email's manage link shows: the alert its unsubscribe token names."""
+        return await self.pool.fetchrow(
+            "SELECT address, filter, enabled, verified, disabled_reason FROM subscriptions"
+            " WHERE unsubscribe_token = $1 AND channel = 'email'", token)
+
     async def verify_target(self, token: str) -> str | None:
         """The address a verification link would confirm (none once it was used)."""
         return await self.pool.fetchval(

@@ -157,6 +157,18 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
                         **_alert_context(up))
         return page(request, "alert_sent.html", email=email.strip())
 
+    @pages.get("/alerts/manage", response_class=HTMLResponse)
+    async def manage(request: Request, token: Annotated[str, Query(max_length=100)] = ""
+                     ) -> HTMLResponse:
+        found = await up.notifier.call("GET", "/v1/email/subscription",
+                                       params={"token": token}, missing_ok=True) if (
+            _TOKEN.match(token)) else None
+        if found is None:
+            return page(request, "message.html", 404, title="Link not valid",
+                        text="This alert link is not valid.")
+        return page(request, "manage.html", alert=found, token=token,
+                    asks=views.alert_terms(found["filter"], _labels()))
+
     for path, what in (("/v1/email/verify", "confirm"), ("/v1/email/unsubscribe",
                                                          "unsubscribe")):
         _email_link(pages, page, up, path, what)
@@ -239,6 +251,10 @@ def _form_field(api_field: str | None) -> str:
 def _alert_context(up: Upstream) -> dict[str, Any]:
     return {"processes": _process_choices(), "radii": RADII_KM,
             "alerts_enabled": up.alerts_enabled}
+
+
+def _labels() -> dict[str, str]:
+    return {e.id: e.label for e in process_vocabulary().entries.values()}
 
 
 def _process_choices() -> list[tuple[str, str]]:

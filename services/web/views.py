@@ -90,3 +90,17 @@ def markers(facilities: list[dict[str, Any]]) -> list[list[Any]]:
     """[id, name, lat, lon] of each facility with a place: the map's data, kept small."""
     return [[f["id"], f["name"], round(f["lat"], 5), round(f["lon"], 5)]
             for f in facilities if f.get("lat") is not None and f.get("lon") is not None]
+
+
+def alert_terms(filter_: dict[str, Any], labels: dict[str, str]) -> list[tuple[str, str, str]]:
+    """An alert's filter as (what, words, link or "") rows a person reads."""
+    out: list[tuple[str, str, str]] = []
+    region = filter_.get("region")
+    if region:
+        out.append(("Near", f"{region['lat']:.4f}, {region['lon']:.4f}, within"
+                            f" {region['radius_km']:g} km", ""))
+    if filter_.get("processes"):
+        out.append(("Processes", ", ".join(labels.get(p, p) for p in filter_["processes"]), ""))
+    out += [("Design", d, f"/designs/{d}") for d in filter_.get("design_ids", [])]
+    out += [("Facility", f, f"/facilities/{f}") for f in filter_.get("facility_ids", [])]
+    return out

@@ -25,7 +25,11 @@ from services.web.settings import WebSettings
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMMANDS = set(SERVICES) | {"mail-sink"}
-PORTS = {"registry": 8001, "registry-relay": 8001, "matcher": 8002, "notifier": 8003}
+PORTS = {"registry": 8001, "registry-relay": 8001, "matcher": 8002, "notifier": 8003,
+         "web": 8000}
+# the web page reads and writes these public APIs over HTTP (no NATS, no database)
+WEB_UPSTREAMS = {"MAKELOCAL_REGISTRY_URL": "registry", "MAKELOCAL_MATCHER_URL": "matcher",
+                 "MAKELOCAL_NOTIFIER_URL": "notifier"}
 
 
 def variables() -> set[str]:
@@ -53,7 +57,8 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
     services = compose["services"]
     ours = {name: s for name, s in services.items() if s.get("image") == "makelocal:latest"}
     kinds = sorted(s["command"][0] for s in ours.values())
-    assert kinds == ["matcher", "matcher", "notifier", "notifier", "registry", "registry"]
+    assert kinds == ["matcher", "matcher", "notifier", "notifier", "registry", "registry",
+                     "web"]
     assert {"nats-1", "nats-2", "nats-3", "postgres", "prometheus", "grafana",
             "mailpit"} <= set(services)
     known = variables()
@@ -62,8 +67,13 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
         assert service["command"][0] in COMMANDS, name
         env = service["environment"]
         assert set(env) <= known, f"{name}: {set(env) - known}"
+        user = nats_auth.COMMAND_USER.get(service["command"][0])  # its own NATS user
+        if user is None:  # the web page: HTTP only, given no NATS or database to reach
+            assert not {v for v in env if v.startswith(("MAKELOCAL_NATS_",
+                                                         "MAKELOCAL_DATABASE_"))}, name
+            assert "nats-1" not in service["depends_on"], name
+            continue
         assert env["MAKELOCAL_NATS_URL"].count("nats://") == 3  # every cluster node
-        user = nats_auth.COMMAND_USER[service["command"][0]]  # its own NATS user
         assert env["MAKELOCAL_NATS_USER"] == user, name
         variable = nats_auth.password_variable(user)
         assert env["MAKELOCAL_NATS_PASSWORD"].startswith(f"${{{variable}:?"), name
@@ -71,6 +81,20 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
             partitions.add(env["MAKELOCAL_MATCHER_PARTITION"])
             assert env["MAKELOCAL_PARTITIONS"] == "2"
     assert partitions == {"0", "1"}
+    # the web page: the APIs by their compose names, its key a secret from the environment
+    web = services["web"]["environment"]
+    for variable, kind in WEB_UPSTREAMS.items():
+        host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", web[variable]).groups()
+        assert ours[host]["command"][0] == kind and int(port) == PORTS[kind], variable
+        assert host in services["web"]["depends_on"], host
+    assert web["MAKELOCAL_WEB_API_KEY"].startswith("${WEB_API_KEY:?")
+    assert services["web"]["ports"] == [f"{web['MAKELOCAL_WEB_PORT']}:{PORTS['web']}"]
+    # the links in alert emails open the web page, published on the host's port 8000
+    for name, service in ours.items():
+        if service["command"][0] == "notifier":
+            env = service["environment"]
+            assert env["MAKELOCAL_NOTIFIER_PUBLIC_URL"] == "http://localhost:8000", name
+            assert env["MAKELOCAL_NOTIFIER_PAGES_URL"] == "http://localhost:8000", name
     for node in ("nats-1", "nats-2", "nats-3"):
         command = services[node]["command"]
         assert "--jetstream" in command and "--cluster_name" in command
@@ -134,7 +158,7 @@ def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
     assert set(config["data"]) <= known, set(config["data"]) - known
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     assert sorted(d["metadata"]["name"] for d in deployments) == [
-        "matcher-0", "matcher-1", "notifier", "registry"]
+        "matcher-0", "matcher-1", "notifier", "registry", "web"]
     pod_labels = []
     for d in deployments:
         template = d["spec"]["template"]
@@ -149,9 +173,17 @@ def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert template["spec"]["securityContext"] == {"runAsNonRoot": True,
+                                                       "runAsUser": 10001}
+        # scraped by Prometheus's pod discovery, on the port serving /metrics
+        annotations = template["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
         assert {e["name"] for e in container["env"]} <= known
         env = {e["name"]: e for e in container["env"]}
-        user = nats_auth.COMMAND_USER[command]  # its own NATS user, password in the Secret
+        user = nats_auth.COMMAND_USER.get(command)  # its own NATS user, password in the Secret
+        if user is None:  # the web page: HTTP only, no NATS user
+            assert "MAKELOCAL_NATS_USER" not in env and "MAKELOCAL_NATS_PASSWORD" not in env
+            continue
         assert env["MAKELOCAL_NATS_USER"]["value"] == user
         assert env["MAKELOCAL_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "makelocal", "key": nats_auth.secret_key(user)}
@@ -160,11 +192,47 @@ def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
             selector = d["spec"]["selector"]
             selector = selector.get("matchLabels", selector)
             assert any(selector.items() <= labels.items() for labels in pod_labels), d
+    # the web page: its key from the Secret, the APIs at Services selecting their pods
+    (web,) = (d for d in deployments if d["metadata"]["name"] == "web")
+    env = {e["name"]: e for e in web["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MAKELOCAL_WEB_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "makelocal", "key": "web-api-key"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for variable, kind in WEB_UPSTREAMS.items():
+        host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", config["data"][variable]).groups()
+        service = services[host]
+        assert [p["port"] for p in service["spec"]["ports"]] == [int(port)] == [PORTS[kind]]
+        selected = [d for d in deployments if service["spec"]["selector"].items()
+                    <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert selected and all(d["spec"]["template"]["spec"]["containers"][0]["args"][0]
+                                == kind for d in selected), variable
+    assert config["data"]["MAKELOCAL_NOTIFIER_PAGES_URL"] == config["data"][
+        "MAKELOCAL_NOTIFIER_PUBLIC_URL"]  # both the web page's public URL
     overlay = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "production" /
                               "kustomization.yaml").read_text())
     assert (DEPLOY / "k8s" / "overlays" / "production" / overlay["resources"][0]).is_dir()
     names = {d["metadata"]["name"] for d in deployments}
     assert {r["name"] for r in overlay["replicas"]} <= names
+
+
+def test_prometheus_scrapes_every_service_compose_and_makelocal_up_run() -> None:
+    """deploy/prometheus/compose.yml has one job per service kind with every compose
+    instance as a target; prometheus.yml (which `makelocal up --prometheus` fills with the
+    stack's ports) has the same jobs."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    expected: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        if service.get("image") == "makelocal:latest":
+            kind = service["command"][0]
+            expected.setdefault(f"makelocal-{kind}", set()).add(f"{name}:{PORTS[kind]}")
+    assert "makelocal-web" in expected
+    for file in ("compose.yml", "prometheus.yml"):
+        config = yaml.safe_load((DEPLOY / "prometheus" / file).read_text())
+        jobs = {job["job_name"]: {t for c in job["static_configs"] for t in c["targets"]}
+                for job in config["scrape_configs"]}
+        assert set(jobs) == set(expected), file
+        if file == "compose.yml":
+            assert jobs == expected
 
 
 def test_nats_runs_three_jetstream_nodes_and_streams_keep_three_replicas() -> None:

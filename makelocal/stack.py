@@ -175,8 +175,11 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
                 service.wait_listening()
         first = {s.command: s.url for s in reversed(services)}
         web = Service("web", "web", ports.web, env | {
-            "MAKELOCAL_REGISTRY_URL": first["registry"], "MAKELOCAL_MATCHER_URL":
-            first["matcher"], "MAKELOCAL_NOTIFIER_URL": first["notifier"],
+            "MAKELOCAL_REGISTRY_URL": first["registry"], "MAKELOCAL_NOTIFIER_URL":
+            first["notifier"],
+            # every partition's matcher: each holds only its partition's designs
+            "MAKELOCAL_MATCHER_URL": ",".join(s.url for s in services
+                                              if s.command == "matcher"),
             "MAKELOCAL_WEB_API_KEY": web_key(data_dir, postgres.url)}, logs / "web.log")
         services.append(web.start())
         web.wait_listening()

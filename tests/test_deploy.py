@@ -84,9 +84,14 @@ def test_compose_runs_the_whole_topology_with_commands_and_variables_that_exist(
     # the web page: the APIs by their compose names, its key a secret from the environment
     web = services["web"]["environment"]
     for variable, kind in WEB_UPSTREAMS.items():
-        host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", web[variable]).groups()
-        assert ours[host]["command"][0] == kind and int(port) == PORTS[kind], variable
-        assert host in services["web"]["depends_on"], host
+        hosts = set()
+        for url in web[variable].split(","):
+            host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url).groups()
+            assert ours[host]["command"][0] == kind and int(port) == PORTS[kind], variable
+            assert host in services["web"]["depends_on"], host
+            hosts.add(host)
+        if kind == "matcher":  # each partition holds its own designs: the page asks all
+            assert hosts == {n for n, s in ours.items() if s["command"][0] == "matcher"}
     assert web["MAKELOCAL_WEB_API_KEY"].startswith("${WEB_API_KEY:?")
     assert services["web"]["ports"] == [f"{web['MAKELOCAL_WEB_PORT']}:{PORTS['web']}"]
     # the links in alert emails open the web page, published on the host's port 8000
@@ -199,13 +204,18 @@ def test_kubernetes_deployments_probe_request_and_run_what_exists() -> None:
         "name": "makelocal", "key": "web-api-key"}
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     for variable, kind in WEB_UPSTREAMS.items():
-        host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", config["data"][variable]).groups()
-        service = services[host]
-        assert [p["port"] for p in service["spec"]["ports"]] == [int(port)] == [PORTS[kind]]
-        selected = [d for d in deployments if service["spec"]["selector"].items()
-                    <= d["spec"]["template"]["metadata"]["labels"].items()]
-        assert selected and all(d["spec"]["template"]["spec"]["containers"][0]["args"][0]
-                                == kind for d in selected), variable
+        for url in config["data"][variable].split(","):
+            host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url).groups()
+            service = services[host]
+            assert [p["port"] for p in service["spec"]["ports"]] == [int(port)] == [
+                PORTS[kind]]
+            selected = [d for d in deployments if service["spec"]["selector"].items()
+                        <= d["spec"]["template"]["metadata"]["labels"].items()]
+            assert selected and all(d["spec"]["template"]["spec"]["containers"][0]["args"][0]
+                                    == kind for d in selected), variable
+    matchers = config["data"]["MAKELOCAL_MATCHER_URL"].split(",")
+    assert len(matchers) == sum(1 for d in deployments if d["spec"]["template"]["spec"][
+        "containers"][0]["args"][0] == "matcher")  # every partition's matcher
     assert config["data"]["MAKELOCAL_NOTIFIER_PAGES_URL"] == config["data"][
         "MAKELOCAL_NOTIFIER_PUBLIC_URL"]  # both the web page's public URL
     overlay = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "production" /

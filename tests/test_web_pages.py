@@ -36,6 +36,7 @@ from tests.receivers import MailServer, text_of
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 YAML = {"Content-Type": "application/yaml"}
 TOML = {"Content-Type": "application/toml"}
+MATCHER: dict[str, str] = {}  # the running site's matcher (one per partition may hold it)
 
 
 def web_settings(registry: str, matcher: str, notifier: str, key: str | None,
@@ -66,6 +67,7 @@ async def site(client: httpx.AsyncClient, org: tuple[str, str], registry: InProc
                       content=b"title: A lamp\ndescription: A lamp for the living room.\n")
     async with InProcessMatcher(matcher_settings) as matcher:
         await wait_ready(matcher.url)
+        MATCHER["url"] = matcher.url
         async with httpx.AsyncClient(base_url=matcher.url) as query:
             async def indexed() -> bool:
                 answer = (await query.get("/v1/designs/plate/facilities")).json()
@@ -176,6 +178,23 @@ async def test_sign_ups_from_one_address_are_limited(
                                                      "process": ["3d-printing"]})).status_code
                    for i in range(3)]
     assert answers == [200, 200, 429]
+
+
+async def test_the_page_asks_every_matcher_partition(
+        registry: InProcess, notifier: InProcess, org: tuple[str, str],
+        site: httpx.AsyncClient) -> None:
+    """A design is held by one partition's matcher: with another partition listed (here
+    one that is away), its page still shows who can make it; a facility's designs need
+    every partition, so one away is said, not silently half-shown."""
+    away = f"http://127.0.0.1:{free_port()}"
+    app = create_app(web_settings(registry.url, f"{away},{MATCHER['url']}", notifier.url,
+                                  org[1]))
+    async with InProcess(app, None) as web, httpx.AsyncClient(base_url=web.url,
+                                                              timeout=10) as http:
+        page = await http.get("/designs/plate")
+        assert page.status_code == 200 and "Lyon Lab" in page.text
+        facility = await http.get("/facilities/lyon-lab")
+        assert facility.status_code == 503 and "matcher does not answer" in facility.text
 
 
 async def test_an_api_away_is_a_page_that_says_so(org: tuple[str, str]) -> None:

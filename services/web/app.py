@@ -20,7 +20,7 @@ from services.common import logs
 from services.common.http import BodyLimit, HttpMetrics, install_operational_routes
 from services.common.ratelimit import TokenBuckets
 from services.web import places, routes
-from services.web.clients import Api, Directory, Refused, Unavailable
+from services.web.clients import Api, Directory, Matchers, Refused, Unavailable
 from services.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     registry_api = Api("registry", settings.registry_url, timeout)
     up = routes.Upstream(
         registry=registry_api,
-        matcher=Api("matcher", settings.matcher_url, timeout),
+        matchers=Matchers([Api("matcher", url, timeout) for url in settings.matcher_urls]),
         notifier=Api("notifier", settings.notifier_url, timeout,
                      {"Authorization": f"Bearer {key}"} if key else None),
         directory=Directory(registry_api, settings.web_directory_s),
@@ -49,8 +49,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         # the gazetteer takes a second to load: before the first person types a place
         await asyncio.to_thread(places.find, "Paris")
         yield
-        for api in (up.registry, up.matcher, up.notifier):
+        for api in (up.registry, up.notifier):
             await api.close()
+        await up.matchers.close()
 
     app = FastAPI(title="makelocal web", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
@@ -62,8 +63,11 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         response = await api.http.get("/healthz")
         response.raise_for_status()
 
+    async def every_matcher() -> None:
+        await asyncio.gather(*(answers(m) for m in up.matchers.partitions))
+
     install_operational_routes(app, registry, {
-        "registry": lambda: answers(up.registry), "matcher": lambda: answers(up.matcher),
+        "registry": lambda: answers(up.registry), "matcher": every_matcher,
         "notifier": lambda: answers(up.notifier)})
 
     def message(request: Request, status: int, title: str, text: str) -> HTMLResponse:
@@ -114,4 +118,5 @@ def main() -> None:
     settings = WebSettings()
     logs.configure("web", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.web_port,
-                log_config=None, access_log=False)
+                log_config=None, access_log=False, proxy_headers=True,
+                forwarded_allow_ips=settings.web_forwarded_allow_ips)

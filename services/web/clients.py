@@ -69,6 +69,49 @@ def _error(response: httpx.Response) -> dict[str, Any]:
 
 
 @dataclass
+class Matchers:
+    """The matcher of every partition. A design is held by one of them (which, the
+    registry stream's hash says; asking all costs one round trip); what a facility can
+    make is the union of all of theirs."""
+
+    partitions: list[Api]
+
+    async def facilities_for(self, design_id: str, params: dict[str, Any]) -> Any:
+        """The answer of the partition holding the design; one partition away does not
+        matter when another holds it."""
+        answers = await self._ask(f"/v1/designs/{design_id}/facilities", params)
+        return next((a for a in answers if a is not None), None)
+
+    async def designs_for(self, facility_id: str, limit: int) -> dict[str, Any] | None:
+        """Every partition's designs for the facility, best first: all must answer (a
+        partition away would silently drop its share)."""
+        answers = await self._ask(f"/v1/facilities/{facility_id}/designs", {"limit": limit},
+                                  every=True)
+        found = [a for a in answers if a is not None]
+        if not found:
+            return None
+        rows = sorted((r for a in found for r in a["matches"]), key=lambda r: -r["score"])
+        return {"facility": facility_id, "matches": rows[:limit]}
+
+    async def _ask(self, path: str, params: dict[str, Any], *, every: bool = False,
+                   ) -> list[Any]:
+        answers = await asyncio.gather(*(m.call("GET", path, params=params, missing_ok=True)
+                                         for m in self.partitions), return_exceptions=True)
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        for failure in failed:
+            if not isinstance(failure, Unavailable | Refused):
+                raise failure
+        if failed and (every or all(a is None or isinstance(a, BaseException)
+                                    for a in answers)):
+            raise failed[0]
+        return [a for a in answers if not isinstance(a, BaseException)]
+
+    async def close(self) -> None:
+        for matcher in self.partitions:
+            await matcher.close()
+
+
+@dataclass
 class Directory:
     """Every facility's id, name, place and processes, read page by page from the registry
     and kept `ttl_s` seconds: the map shows them all and match lists name them."""

@@ -18,7 +18,7 @@ from contracts.models import ID_PATTERN
 from contracts.vocabulary import processes as process_vocabulary
 from services.common.ratelimit import TokenBuckets, retry_after
 from services.web import places, views
-from services.web.clients import Api, Directory, Refused
+from services.web.clients import Api, Directory, Matchers, Refused
 
 PAGE_SIZE = 20
 RADII_KM = (10, 25, 50, 100, 250, 1000)
@@ -31,7 +31,7 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
 @dataclass
 class Upstream:
     registry: Api
-    matcher: Api
+    matchers: Matchers
     notifier: Api
     directory: Directory
     signups: TokenBuckets
@@ -79,8 +79,7 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
         params: dict[str, Any] = {"limit": 50}
         if origin is not None:
             params |= {"near": f"{origin.lat},{origin.lon}", "radius_km": radius_km}
-        answer = await up.matcher.call("GET", f"/v1/designs/{design_id}/facilities",
-                                       params=params, missing_ok=True) or {
+        answer = await up.matchers.facilities_for(design_id, params) or {
             "status": "not_indexed", "matches": [], "near_misses": []}
         directory = await up.directory.all()
         matches = views.ranked(answer["matches"], directory, origin is not None)
@@ -101,8 +100,7 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
         found = await up.registry.call("GET", f"/v1/facilities/{facility_id}", missing_ok=True)
         if found is None:
             return _missing(request, page, "facility")
-        can = await up.matcher.call("GET", f"/v1/facilities/{facility_id}/designs",
-                                    params={"limit": 50}, missing_ok=True) or {"matches": []}
+        can = await up.matchers.designs_for(facility_id, 50) or {"matches": []}
         data = found["facility"]
         summary = views.markers([_place_of(data)])
         return page(request, "facility.html", facility=data, designs=can["matches"],

@@ -11,6 +11,7 @@ class WebSettings(CommonSettings):
     web_port: int = 8000
     # the public APIs the page reads and writes through (it holds no state of its own)
     registry_url: str = "http://127.0.0.1:8001"
+    # one matcher per partition, comma-separated: each holds its partition's designs only
     matcher_url: str = "http://127.0.0.1:8002"
     notifier_url: str = "http://127.0.0.1:8003"
     # the organization key the page creates makers' email alerts with (a secret: never
@@ -23,3 +24,10 @@ class WebSettings(CommonSettings):
     web_signups_per_hour: int = Field(5, ge=1)
     # every request to an API, bounded
     web_upstream_timeout_s: float = Field(5.0, gt=0)
+    # addresses of the proxies whose X-Forwarded-For is believed (the sign-up limit is per
+    # client address: behind an ingress, every person would otherwise share one)
+    web_forwarded_allow_ips: str = "127.0.0.1"
+
+    @property
+    def matcher_urls(self) -> list[str]:
+        return [u.strip() for u in self.matcher_url.split(",") if u.strip()]

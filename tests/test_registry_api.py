@@ -179,3 +179,14 @@ async def test_design_filters_by_material_owner_and_text(
     assert await names(owner=org[0]) == ["OHLOOM", "PlanktoScope"]
     assert await names(owner="org_nobody") == []
     assert await names(q="oceanography") == ["PlanktoScope"]
+
+
+async def test_a_list_can_name_its_ids(client: httpx.AsyncClient,
+                                       org: tuple[str, str]) -> None:
+    for name in ("ids-a", "ids-b", "ids-c"):
+        await client.post(f"/v1/facilities?id={name}", content=lab(name),
+                          headers=auth(org[1]) | JSON)
+    listed = await client.get("/v1/facilities", params={"id": ["ids-a", "ids-c", "nope"]})
+    assert [i["id"] for i in listed.json()["items"]] == ["ids-a", "ids-c"]
+    bad = await client.get("/v1/facilities", params={"id": ["ok", "no/slash"]})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "id"

@@ -117,7 +117,7 @@ async def test_a_design_page_says_what_it_needs_and_who_near_can_make_it(
 async def test_a_facility_page_and_the_map(site: httpx.AsyncClient) -> None:
     page = await site.get("/facilities/lyon-lab")
     assert page.status_code == 200 and "Lyon Lab" in page.text
-    assert 'href="/designs/plate"' in page.text
+    assert 'href="/designs/plate">Switch Plate - GoPro Compatible</a>' in page.text
     everything = (await site.get("/map/facilities.json")).json()
     assert {"paris-lab", "lyon-lab", "paris-closed"} <= {m[0] for m in everything}
     assert (await site.get("/map")).status_code == 200

@@ -135,6 +135,9 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
         process: str | None = None, material: str | None = None,
         q: Annotated[str | None, Query(max_length=200)] = None,
         owner: Annotated[str | None, Query(max_length=64)] = None,
+        id: Annotated[list[str] | None, Query(max_length=200, description=(
+            "only these ids (repeat the parameter): a page naming the designs a match"
+            " list holds asks once, not once per design"))] = None,
         near: Annotated[str | None, Query(description="lat,lon")] = None,
         radius_km: Annotated[float | None, Query(gt=0, le=20_100)] = None,
         cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -143,7 +146,7 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
         filters = Filters(
             processes=expand("process", process) if process else None,
             materials=expand("material", material) if material else None,
-            text=q or None, owner=owner, **_near(near, radius_km, kind))
+            text=q or None, owner=owner, ids=_ids(id), **_near(near, radius_km, kind))
         after = None
         if cursor:
             try:
@@ -230,6 +233,15 @@ def _near(near: str | None, radius_km: float | None, kind: EntityKind) -> dict[s
         raise ApiError(422, "invalid", "near= filters facilities only", "near")
     return {"near": origin[:2], "radius_km": origin[2]}
 
+
+
+def _ids(ids: list[str] | None) -> list[str] | None:
+    if not ids:
+        return None
+    for entity_id in ids:
+        if not _ID.match(entity_id):
+            raise ApiError(422, "invalid", "ids are 1 to 64 of A-Z, a-z, 0-9, _ and -", "id")
+    return ids
 
 
 def _check_id(entity_id: str) -> None:

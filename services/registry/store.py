@@ -37,6 +37,7 @@ class Filters:
     materials: list[str] | None = None
     text: str | None = None
     owner: str | None = None
+    ids: list[str] | None = None
     near: tuple[float, float] | None = None
     radius_km: float | None = None
 
@@ -144,6 +145,8 @@ class Store:
             where.append(f"search @@ websearch_to_tsquery('simple', {arg(filters.text)})")
         if filters.owner:
             where.append(f"owner = {arg(filters.owner)}")
+        if filters.ids:
+            where.append(f"id = ANY({arg(filters.ids)}::text[])")
         distance = "NULL::double precision"
         if filters.near is not None and filters.radius_km is not None:
             lat, lon = filters.near

@@ -101,9 +101,15 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
         if found is None:
             return _missing(request, page, "facility")
         can = await up.matchers.designs_for(facility_id, 50) or {"matches": []}
+        names: dict[str, str] = {}
+        if can["matches"]:  # one request names them all
+            named = await up.registry.call("GET", "/v1/designs", params={
+                "id": [m["design"] for m in can["matches"]], "limit": 200})
+            names = {i["id"]: i["design"]["name"] for i in named["items"]}
         data = found["facility"]
         summary = views.markers([_place_of(data)])
         return page(request, "facility.html", facility=data, designs=can["matches"],
+                    names=names,
                     links=views.safe_links(data.get("links", {})),
                     map_data=json.dumps(summary))
 

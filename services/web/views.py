@@ -82,7 +82,11 @@ def safe_links(links: dict[str, str]) -> list[tuple[str, str]]:
     out = []
     for key, url in links.items():
         if urlsplit(url.strip()).scheme.lower() in ("http", "https"):
-            out.append((LINK_NAMES.get(key, key.replace("-", " ").capitalize()), url.strip()))
+            # OKW links have no names of their own ("link0"): their host names them
+            name = LINK_NAMES.get(key) or (urlsplit(url.strip()).hostname or key
+                                           if key.startswith("link") else
+                                           key.replace("-", " ").capitalize())
+            out.append((name, url.strip()))
     return out
 
 

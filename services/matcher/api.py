@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -10,7 +11,7 @@ from contracts.geo import haversine_km
 from contracts.models import ID_PATTERN
 from services.common.http import ERROR_RESPONSES, ApiError, parse_near
 from services.matcher.index import CapabilityIndex
-from services.matcher.rules import Evaluation, can_design_match, evaluate
+from services.matcher.rules import Evaluation, Explainer, can_design_match, evaluate
 
 Id = Annotated[str, Query(pattern=ID_PATTERN)]
 
@@ -44,20 +45,20 @@ def router(index: CapabilityIndex) -> APIRouter:
         allowed = None
         if origin is not None:
             allowed = dict(index.near(origin[0], origin[1], origin[2]))
+        explainer = Explainer()  # one per request: candidates share capability sets
         matches, misses = [], []
         for facility in index.near_miss_candidates(design):
             if allowed is not None and facility.id not in allowed:
                 continue
-            evaluation = evaluate(design, facility)
+            evaluation = explainer.evaluate(design, facility)
             if not (evaluation.matches or evaluation.near_miss):
                 continue
-            distance = _distance(origin, facility)
-            row = _row("facility", facility.id, facility.version, evaluation, distance)
-            (matches if evaluation.matches else misses).append(row)
-        key = _ranking
+            found = (evaluation, facility, _distance(origin, facility))
+            (matches if evaluation.matches else misses).append(found)
+        # explained only for what is shown: building every row cost more than ranking
         return {"design": design_id, "status": "matchable",
-                "matches": sorted(matches, key=key)[:limit],
-                "near_misses": sorted(misses, key=key)[:limit]}
+                "matches": _top("facility", matches, limit),
+                "near_misses": _top("facility", misses, limit)}
 
     @api.get("/designs/needing-information",
              summary="Designs no facility can be matched to until their manifest says more")
@@ -75,9 +76,10 @@ def router(index: CapabilityIndex) -> APIRouter:
     async def designs_for(facility_id: str,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         facility = facility_of(facility_id)
-        rows = [_row("design", d.id, d.version, evaluate(d, facility), None)
-                for d in index.designs.profiles(index.designs_for(facility))]
-        return {"facility": facility_id, "matches": sorted(rows, key=_ranking)[:limit]}
+        explainer = Explainer()
+        found = [(explainer.evaluate(d, facility), d, None)
+                 for d in index.designs.profiles(index.designs_for(facility))]
+        return {"facility": facility_id, "matches": _top("design", found, limit)}
 
     @api.get("/match", summary="Explain one design and facility pair")
     async def explain(design: Id, facility: Id) -> dict:
@@ -117,6 +119,10 @@ def _row(kind: str, entity_id: str, version: int, evaluation: Evaluation,
                             for r in evaluation.requirements]}
 
 
-def _ranking(row: dict[str, Any]) -> tuple[float, float]:
-    distance = row["distance_km"]
-    return (-row["score"], distance if distance is not None else float("inf"))
+def _top(kind: str, found: list[tuple[Evaluation, Any, float | None]],
+         limit: int) -> list[dict[str, Any]]:
+    """The best `limit` by score, then distance (then id, so pages are stable), as rows."""
+    best = heapq.nsmallest(limit, found, key=lambda f: (
+        -f[0].score, f[2] if f[2] is not None else float("inf"), f[1].id))
+    return [_row(kind, entity.id, entity.version, evaluation, distance)
+            for evaluation, entity, distance in best]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -107,6 +108,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         return message(request, 500, "Something went wrong",
                        "This page could not be made. Try again, or go back.")
 
+    # pages and Leaflet are text: compressed they are a fifth (a phone on a slow link)
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_web")
     app.add_middleware(BodyLimit, limit=FORM_BODY_BYTES)
     return app

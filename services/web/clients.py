@@ -121,15 +121,29 @@ class Directory:
     facilities: dict[str, dict[str, Any]] = field(default_factory=dict)
     loaded_at: float = float("-inf")
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _refresh: asyncio.Task[None] | None = None  # held so the task is not collected
 
     async def all(self) -> dict[str, dict[str, Any]]:
-        if time.monotonic() - self.loaded_at < self.ttl_s:
-            return self.facilities
-        async with self._lock:  # one reload at a time; the others take its result
-            if time.monotonic() - self.loaded_at >= self.ttl_s:
-                self.facilities = await self._load()
-                self.loaded_at = time.monotonic()
+        """The list; once stale, the old one is served while one reload runs behind (a
+        reload reads every page of the registry: no person should wait for it)."""
+        if self.loaded_at == float("-inf"):
+            async with self._lock:  # the very first load: nothing to serve meanwhile
+                if self.loaded_at == float("-inf"):
+                    await self._reload()
+        elif time.monotonic() - self.loaded_at >= self.ttl_s and not self._lock.locked():
+            self._refresh = asyncio.create_task(self._reload_locked())
         return self.facilities
+
+    async def _reload_locked(self) -> None:
+        async with self._lock:
+            try:
+                await self._reload()
+            except Unavailable:
+                self.loaded_at = time.monotonic()  # keep serving the old list; try later
+
+    async def _reload(self) -> None:
+        self.facilities = await self._load()
+        self.loaded_at = time.monotonic()
 
     async def _load(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -47,16 +47,23 @@ def origin(term: dict[str, Any]) -> str:
     return f"inferred from {source}{said}{how}"
 
 
+MET_LISTED = 5  # past this many requirements met, they are counted, not listed
+
+
 def reasons(explanation: list[dict[str, Any]]) -> list[str]:
-    out = []
+    """Why, in words: every requirement not fully met, and those met (counted when there
+    are many: a design of 40 parts has 40 size lines, and a page lists 50 facilities)."""
+    out, met = [], []
     for item in explanation:
         text = f"{item['kind']} {item['need']}: {OUTCOMES.get(item['outcome'], item['outcome'])}"
         if item.get("by") and item["by"] != item["need"]:
             text += f" ({item['by']})"
         if item.get("note"):
             text += f"; {item['note']}"
-        out.append(text)
-    return out
+        (met if item["outcome"] == "met" else out).append(text)
+    if len(met) > MET_LISTED:
+        return [*out, f"{len(met)} requirements met"]
+    return out + met
 
 
 def ranked(rows: list[dict[str, Any]], directory: dict[str, dict[str, Any]],

@@ -145,6 +145,11 @@ def page(browser: Browser, stack: Stack) -> Iterator[Page]:
     tab.set_default_timeout(15_000)
     problems: list[str] = []
     tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    # the console's errors too: what the page's security policy blocked shows there
+    # (a page answering 404 or 422 on purpose is logged there as a failed load: the
+    # sub-resources that must not fail are checked by their responses below)
+    tab.on("console", lambda m: m.type == "error" and not m.text.startswith(
+        "Failed to load resource") and problems.append(f"console: {m.text}"))
     tab.on("response", lambda r: r.status >= 400 and r.request.resource_type != "document"
            and problems.append(f"{r.status} {r.url}"))
     yield tab

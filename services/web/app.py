@@ -22,6 +22,7 @@ from services.common.http import BodyLimit, HttpMetrics, install_operational_rou
 from services.common.ratelimit import TokenBuckets
 from services.web import places, routes
 from services.web.clients import Api, Directory, Matchers, Refused, Unavailable
+from services.web.guards import PageGuards
 from services.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         directory=Directory(registry_api, settings.web_directory_s),
         signups=TokenBuckets(rate=settings.web_signups_per_hour / 3600,
                              burst=settings.web_signups_per_hour),
+        recipients=TokenBuckets(rate=settings.web_signups_per_address_per_day / 86_400,
+                                burst=settings.web_signups_per_address_per_day),
         alerts_enabled=key is not None)
     templates = Jinja2Templates(directory=HERE / "templates")
 
@@ -110,6 +113,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     # pages and Leaflet are text: compressed they are a fifth (a phone on a slow link)
     app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.add_middleware(PageGuards)
     app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_web")
     app.add_middleware(BodyLimit, limit=FORM_BODY_BYTES)
     return app

@@ -5,11 +5,18 @@ state of its own but a short-lived copy of the facility list."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
+
+from services.web.answers import FacilityList, Matches, checked
+
+log = logging.getLogger(__name__)
 
 
 class Unavailable(Exception):
@@ -28,41 +35,61 @@ class Refused(Exception):
         self.status, self.message, self.field = status, message, field
 
 
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # past this, an answer is no page's to show
+
+
 class Api:
     def __init__(self, name: str, base_url: str, timeout_s: float,
                  headers: dict[str, str] | None = None) -> None:
         self.name = name
+        self.timeout_s = timeout_s
         self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s,
                                       headers=headers or {}, follow_redirects=False)
 
     async def call(self, method: str, path: str, *, missing_ok: bool = False,
-                   **options: Any) -> Any:
-        """The JSON answer; None for a 404 when `missing_ok`; Refused for another 4xx;
-        Unavailable for no answer, a 5xx or a body that is not JSON."""
-        try:
-            response = await self.http.request(method, path, **options)
-        except httpx.HTTPError as exc:
-            raise Unavailable(self.name, type(exc).__name__) from None
-        if response.status_code == 404 and missing_ok:
+                   model: type[BaseModel] | None = None, **options: Any) -> Any:
+        """The JSON answer (checked against `model`); None for a 404 when `missing_ok`;
+        Refused for another 4xx; Unavailable for no answer within the timeout (the whole
+        answer, not each read: a peer dripping bytes holds no page), a 5xx or 3xx, a body
+        over MAX_ANSWER_BYTES, not JSON, or not of the model's shape."""
+        status, body = await self.send(method, path, **options)
+        if status == 404 and missing_ok:
             return None
-        if 400 <= response.status_code < 500:
-            error = _error(response)
-            raise Refused(response.status_code, error.get("message") or "refused",
-                          error.get("field"))
-        if response.status_code >= 300:
-            raise Unavailable(self.name, f"HTTP {response.status_code}")
+        if 400 <= status < 500:
+            error = _error(body)
+            raise Refused(status, str(error.get("message") or "refused")[:500],
+                          str(error["field"])[:100] if error.get("field") else None)
+        if status >= 300:
+            raise Unavailable(self.name, f"HTTP {status}")
         try:
-            return response.json()
-        except ValueError:
-            raise Unavailable(self.name, "answer is not JSON") from None
+            value = json.loads(body)
+            return checked(model, value) if model is not None else value
+        except ValueError:  # (pydantic's ValidationError is one)
+            raise Unavailable(self.name, "answer not of the expected shape") from None
+
+    async def send(self, method: str, path: str, **options: Any) -> tuple[int, bytes]:
+        """(status, body), bounded in time and size; Unavailable if not."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.http.stream(method, path, **options) as response:
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_ANSWER_BYTES:
+                            raise Unavailable(self.name, "answer too large")
+                    return response.status_code, bytes(body)
+        except TimeoutError:
+            raise Unavailable(self.name, "no whole answer in time") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise Unavailable(self.name, type(exc).__name__) from None
 
     async def close(self) -> None:
         await self.http.aclose()
 
 
-def _error(response: httpx.Response) -> dict[str, Any]:
+def _error(body: bytes) -> dict[str, Any]:
     try:
-        error = response.json().get("error")
+        error = json.loads(body).get("error")
     except (ValueError, AttributeError):
         return {}
     return error if isinstance(error, dict) else {}
@@ -80,6 +107,11 @@ class Matchers:
         """The answer of the partition holding the design; one partition away does not
         matter when another holds it."""
         answers = await self._ask(f"/v1/designs/{design_id}/facilities", params)
+        limit = int(params.get("limit", 50))
+        for answer in answers:  # no more rows than asked, whatever a matcher sends
+            if answer is not None:
+                answer["matches"] = answer["matches"][:limit]
+                answer["near_misses"] = answer["near_misses"][:limit]
         return next((a for a in answers if a is not None), None)
 
     async def designs_for(self, facility_id: str, limit: int) -> dict[str, Any] | None:
@@ -95,7 +127,8 @@ class Matchers:
 
     async def _ask(self, path: str, params: dict[str, Any], *, every: bool = False,
                    ) -> list[Any]:
-        answers = await asyncio.gather(*(m.call("GET", path, params=params, missing_ok=True)
+        answers = await asyncio.gather(*(m.call("GET", path, params=params, missing_ok=True,
+                                                model=Matches)
                                          for m in self.partitions), return_exceptions=True)
         failed = [a for a in answers if isinstance(a, BaseException)]
         for failure in failed:
@@ -109,6 +142,9 @@ class Matchers:
     async def close(self) -> None:
         for matcher in self.partitions:
             await matcher.close()
+
+
+MAX_PAGES = 5_000  # of 200 facilities: a million, far past any directory
 
 
 @dataclass
@@ -138,8 +174,9 @@ class Directory:
         async with self._lock:
             try:
                 await self._reload()
-            except Unavailable:
-                self.loaded_at = time.monotonic()  # keep serving the old list; try later
+            except Exception as exc:  # a task's failure would be lost: keep the old list
+                log.warning("facility list not reloaded", extra={"error": str(exc)[:200]})
+                self.loaded_at = time.monotonic()  # and try again a ttl later, not now
 
     async def _reload(self) -> None:
         self.facilities = await self._load()
@@ -147,17 +184,23 @@ class Directory:
 
     async def _load(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        cursor = None
-        while True:
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
             params: dict[str, Any] = {"limit": 200}
             if cursor:
                 params["cursor"] = cursor
-            page = await self.registry.call("GET", "/v1/facilities", params=params)
+            page = await self.registry.call("GET", "/v1/facilities", params=params,
+                                            model=FacilityList)
             for item in page["items"]:
                 out[item["id"]] = summary(item["facility"])
             cursor = page.get("next_cursor")
             if not cursor:
                 return out
+            if cursor in seen:  # a registry repeating itself would hold us forever
+                raise Unavailable(self.registry.name, "the facility list does not end")
+            seen.add(cursor)
+        raise Unavailable(self.registry.name, f"more than {MAX_PAGES * 200} facilities")
 
 
 def summary(facility: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Server-rendered HTML that works without JavaScript; the map is the one script.""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from fastapi.templating import Jinja2Templates
 from contracts.models import ID_PATTERN
 from contracts.vocabulary import processes as process_vocabulary
 from services.common.ratelimit import TokenBuckets, retry_after
-from services.web import places, views
-from services.web.clients import Api, Directory, Matchers, Refused
+from services.web import answers, places, views
+from services.web.clients import Api, Directory, Matchers, Refused, Unavailable
 
+log = logging.getLogger(__name__)
 PAGE_SIZE = 20
 RADII_KM = (10, 25, 50, 100, 250, 1000)
 _ID = re.compile(ID_PATTERN)
@@ -34,7 +36,8 @@ class Upstream:
     matchers: Matchers
     notifier: Api
     directory: Directory
-    signups: TokenBuckets
+    signups: TokenBuckets  # per client address
+    recipients: TokenBuckets  # per address mailed
     alerts_enabled: bool
 
 
@@ -54,9 +57,10 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
         for key, value in (("q", q), ("process", process), ("material", material)):
             if value.strip():
                 params[key] = value.strip()
-        if cursor and _CURSOR.match(cursor):
+        if cursor and _CURSOR.fullmatch(cursor):
             params["cursor"] = cursor
-        found = await up.registry.call("GET", "/v1/designs", params=params)
+        found = await up.registry.call("GET", "/v1/designs", params=params,
+                                       model=answers.DesignList)
         results = [{"id": i["id"], "name": i["design"]["name"],
                     "description": (i["design"].get("description") or "")[:240],
                     "processes": [t["label"] for t in i["design"].get("processes", [])],
@@ -70,9 +74,10 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
     async def design(request: Request, design_id: str,
                      place: Annotated[str, Query(max_length=places.MAX_QUERY)] = "",
                      radius_km: Annotated[int, Query(ge=1, le=20_000)] = 100) -> HTMLResponse:
-        if not _ID.match(design_id):
+        if not _ID.fullmatch(design_id):
             return _missing(request, page, "design")
-        found = await up.registry.call("GET", f"/v1/designs/{design_id}", missing_ok=True)
+        found = await up.registry.call("GET", f"/v1/designs/{design_id}", missing_ok=True,
+                                       model=answers.DesignItem)
         if found is None:
             return _missing(request, page, "design")
         origin = places.find(place) if place else None
@@ -95,16 +100,18 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
 
     @pages.get("/facilities/{facility_id}", response_class=HTMLResponse)
     async def facility(request: Request, facility_id: str) -> HTMLResponse:
-        if not _ID.match(facility_id):
+        if not _ID.fullmatch(facility_id):
             return _missing(request, page, "facility")
-        found = await up.registry.call("GET", f"/v1/facilities/{facility_id}", missing_ok=True)
+        found = await up.registry.call("GET", f"/v1/facilities/{facility_id}",
+                                       missing_ok=True, model=answers.FacilityItem)
         if found is None:
             return _missing(request, page, "facility")
         can = await up.matchers.designs_for(facility_id, 50) or {"matches": []}
         names: dict[str, str] = {}
         if can["matches"]:  # one request names them all
             named = await up.registry.call("GET", "/v1/designs", params={
-                "id": [m["design"] for m in can["matches"]], "limit": 200})
+                "id": [m["design"] for m in can["matches"]], "limit": 200},
+                model=answers.DesignList)
             names = {i["id"]: i["design"]["name"] for i in named["items"]}
         data = found["facility"]
         summary = views.markers([_place_of(data)])
@@ -145,16 +152,27 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
         if not up.alerts_enabled:
             problem = ("", "email alerts are not set up on this server")
         if problem is None:
-            wait = up.signups.take(request.client.host if request.client else "?",
-                                   time.monotonic())
+            now = time.monotonic()
+            # per client address, and per address mailed: each sign-up sends a mail, and
+            # many clients (or other sites' visitors) must not flood one inbox
+            wait = max(up.signups.wait(request.client.host if request.client else "?", now),
+                       up.recipients.wait(email.strip().lower(), now))
             if wait:
                 return page(request, "alert.html", 429, form=form,
-                            error=("", "too many sign-ups from your address; try again in"
-                                   f" {retry_after(wait)} s"), **_alert_context(up))
+                            error=("", "too many sign-ups from here or for this address;"
+                                   f" try again in {retry_after(wait)} s"),
+                            **_alert_context(up))
+            up.signups.take(request.client.host if request.client else "?", now)
+            up.recipients.take(email.strip().lower(), now)
             try:
                 await up.notifier.call("POST", "/v1/subscriptions", json={
                     "channel": "email", "address": email.strip(), "filter": filter_})
             except Refused as exc:
+                if exc.status in (401, 403, 429):  # the page's own key or organization:
+                    # no fault of the person's, and not theirs to read
+                    log.error("the notifier refuses the page's alerts",
+                              extra={"status": exc.status})
+                    raise Unavailable("alert service", f"HTTP {exc.status}") from None
                 problem = (_form_field(exc.field), exc.message)
         if problem is not None:
             return page(request, "alert.html", 422, form=form, error=problem,
@@ -165,8 +183,9 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
     async def manage(request: Request, token: Annotated[str, Query(max_length=100)] = ""
                      ) -> HTMLResponse:
         found = await up.notifier.call("GET", "/v1/email/subscription",
-                                       params={"token": token}, missing_ok=True) if (
-            _TOKEN.match(token)) else None
+                                       params={"token": token}, missing_ok=True,
+                                       model=answers.Alert) if (
+            _TOKEN.fullmatch(token)) else None
         if found is None:
             return page(request, "message.html", 404, title="Link not valid",
                         text="This alert link is not valid.")
@@ -194,22 +213,24 @@ def _email_link(pages: APIRouter, page: Any, up: Upstream, path: str, what: str)
     async def ask(request: Request, token: Annotated[str, Query(max_length=100)] = ""
                   ) -> HTMLResponse:
         return page(request, "email_link.html", what=what, token=token,
-                    valid=bool(_TOKEN.match(token)))
+                    valid=bool(_TOKEN.fullmatch(token)))
 
     @pages.post(path, response_class=HTMLResponse, name=what)
     async def act(request: Request, token: Annotated[str, Query(max_length=100)] = ""
                   ) -> Response:
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             return page(request, "email_link.html", 404, what=what, token="", valid=False)
-        response = await up.notifier.http.post(path, params={"token": token})
-        done = response.status_code == 200
+        status, _ = await up.notifier.send("POST", path, params={"token": token})
+        if status not in (200, 404):  # the notifier's trouble: the link may be good
+            raise Unavailable(up.notifier.name, f"HTTP {status}")
+        done = status == 200
         return page(request, "email_link.html", 200 if done else 404, what=what,
                     token=token, valid=done, done=done)
 
 
 def _alert_filter(form: dict[str, Any]) -> tuple[tuple[str, str] | None, dict[str, Any]]:
     """The notifier's filter from the form, or (field, what is wrong)."""
-    if not _EMAIL.match(form["email"].strip()):
+    if not _EMAIL.fullmatch(form["email"].strip()):
         return ("email", "enter an email address like name@example.org"), {}
     filter_: dict[str, Any] = {}
     if form["place"].strip():
@@ -233,7 +254,7 @@ def _alert_filter(form: dict[str, Any]) -> tuple[tuple[str, str] | None, dict[st
     for key, field in (("design", "design_ids"), ("facility", "facility_ids")):
         value = form[key].strip()
         if value:
-            if not _ID.match(value):
+            if not _ID.fullmatch(value):
                 return (key, f"not a {key} id"), {}
             filter_[field] = [value]
     if not filter_:

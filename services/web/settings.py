@@ -22,6 +22,8 @@ class WebSettings(CommonSettings):
     # alert sign-ups per client address per hour: each sends a verification email, so the
     # form must not become a way to mail someone a thousand times
     web_signups_per_hour: int = Field(5, ge=1)
+    # and per address mailed, a day, whoever asks
+    web_signups_per_address_per_day: int = Field(3, ge=1)
     # every request to an API, bounded
     web_upstream_timeout_s: float = Field(5.0, gt=0)
     # addresses of the proxies whose X-Forwarded-For is believed (the sign-up limit is per

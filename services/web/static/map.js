@@ -11,11 +11,15 @@
   var bounds = [];
   var layer = L.layerGroup().addTo(map);
   markers.forEach(function (m) {
+    // names are text a facility's owner wrote: given to Leaflet as DOM nodes, never as
+    // strings (a string is set as innerHTML)
     var link = document.createElement("a");
     link.href = "/facilities/" + encodeURIComponent(m[0]);
     link.textContent = m[1];
+    var tip = document.createElement("span");
+    tip.textContent = m[1];
     L.circleMarker([m[2], m[3]], { radius: 6, weight: 1, color: "#6a1b00", fillColor: "#d9480f", fillOpacity: 0.85 })
-      .bindPopup(link).bindTooltip(m[1]).addTo(layer);
+      .bindPopup(link).bindTooltip(tip).addTo(layer);
     bounds.push([m[2], m[3]]);
   });
   if (bounds.length === 1) { map.setView(bounds[0], 8); }

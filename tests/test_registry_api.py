@@ -79,6 +79,9 @@ async def test_every_change_is_one_event_in_the_registry_stream(
     assert last["type"] == "facility.deleted" and last["data"] is None
     assert last["subject"] == "registry.facility.lab-1"
     assert last["_msg_id"] == last["event_id"]
+    # each write names its event (what `makelocal trace` follows); all three differ
+    ids = [r.json()["event_id"] for r in (created, updated, deleted)]
+    assert ids[2] == last["event_id"] and len(set(ids)) == 3
     assert (await client.get("/v1/facilities/lab-1")).status_code == 404
 
 
@@ -179,6 +182,16 @@ async def test_design_filters_by_material_owner_and_text(
     assert await names(owner=org[0]) == ["OHLOOM", "PlanktoScope"]
     assert await names(owner="org_nobody") == []
     assert await names(q="oceanography") == ["PlanktoScope"]
+
+
+async def test_a_write_that_changes_nothing_names_no_event(
+        client: httpx.AsyncClient, org: tuple[str, str]) -> None:
+    key = auth(org[1]) | JSON
+    made = await client.post("/v1/facilities?id=same-lab", content=lab(), headers=key)
+    again = await client.put("/v1/facilities/same-lab", content=lab(),
+                             headers=key | {"If-Match": made.headers["etag"]})
+    assert made.json()["event_id"] and again.json()["changed"] is False
+    assert again.json()["event_id"] is None
 
 
 async def test_a_list_can_name_its_ids(client: httpx.AsyncClient,

@@ -95,11 +95,14 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
             raise ApiError(409, "exists", "created concurrently by another request",
                            "id") from None
         if mode is WriteMode.delete:
-            return JSONResponse({"id": target, "version": decision.version, "deleted": True})
+            return JSONResponse({"id": target, "version": decision.version, "deleted": True,
+                                 "event_id": decision.event_id})
         headers = {"ETag": _etag(row["version"])}
         if decision.created:
             headers["Location"] = f"/v1/{plural}/{target}"
-        return RenderedJSON(represent(kind, row, {"changed": decision.changed}),
+        # the change's event id, to follow it with `makelocal trace` (none when unchanged)
+        return RenderedJSON(represent(kind, row, {"changed": decision.changed,
+                                                  "event_id": decision.event_id}),
                             status_code=201 if decision.created else 200, headers=headers)
 
     @api.post("", status_code=201, openapi_extra={"requestBody": MANIFEST_BODY},

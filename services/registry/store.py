@@ -4,6 +4,7 @@ transaction per change), listing with filters, and the outbox as the relay reads
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import secrets
@@ -126,7 +127,7 @@ class Store:
                 " INSERT INTO outbox (event_id, subject, entity_id, version, payload)"
                 f" VALUES (${len(values) + 1}, ${len(values) + 2}, $2, $3,"
                 f" ${len(values) + 3})) SELECT * FROM e", *values, *outbox)
-            return decision, written
+            return dataclasses.replace(decision, event_id=str(event.event_id)), written
 
     async def list(self, kind: EntityKind, filters: Filters, *, after: str | None,
                    limit: int) -> tuple[list[asyncpg.Record], str | None]:

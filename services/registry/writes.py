@@ -34,6 +34,7 @@ class Decision:
     version: int        # the version after the write
     changed: bool       # False: nothing to store, no event
     created: bool
+    event_id: str | None = None  # the change's event, once queued: what `makelocal trace` takes
 
 
 def decide(current: Current | None, *, mode: WriteMode, owner: str,

@@ -24,16 +24,16 @@ SERVICES = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="makelocal", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"makelocal {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_up = sub.add_parser("up", help="run NATS, PostgreSQL and every service on this machine")
-    p_up.add_argument("--data-dir", type=Path, default=None,
-                      help="where data lives across restarts (default: %(default)s)")
+    _data_dir(p_up)
     defaults = Ports()
-    for name in ("nats", "nats-monitor", "postgres", "registry", "matcher", "notifier", "web",
-                 "smtp", "prometheus", "nats-routes"):
+    for name, what in PORTS.items():
         attr = name.replace("-", "_")
-        p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr))
+        p_up.add_argument(f"--{name}-port", type=int, default=getattr(defaults, attr),
+                          help=f"{what} (default: %(default)s)")
     p_up.add_argument("--prometheus", action="store_true",
                       help="also run Prometheus (deploy/prometheus rules) when it is installed")
     p_up.add_argument("--cluster", action="store_true",
@@ -44,23 +44,39 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, what) in SERVICES.items():
         sub.add_parser(name, help=f"run {what} alone (settings from MAKELOCAL_*)")
     p_sink = sub.add_parser("mail-sink", help="a local SMTP server keeping mail as .eml files")
-    p_sink.add_argument("--dir", type=Path, required=True)
-    p_sink.add_argument("--host", default="127.0.0.1")
-    p_sink.add_argument("--port", type=int, default=8025)
+    p_sink.add_argument("--dir", type=Path, required=True, help="where each email is kept")
+    p_sink.add_argument("--host", default="127.0.0.1", help="address to listen on"
+                        " (default: %(default)s)")
+    p_sink.add_argument("--port", type=int, default=8025, help="(default: %(default)s)")
 
     p_org = sub.add_parser("org", help="organizations and their API keys")
     org_sub = p_org.add_subparsers(dest="org_command", required=True)
     p_create = org_sub.add_parser("create", help="create an organization; prints its API key once")
-    p_create.add_argument("name")
-    p_create.add_argument("--data-dir", type=Path, default=None)
+    p_create.add_argument("name", help="the organization's name")
+    _data_dir(p_create)
+    _data_dir(org_sub.add_parser("list", help="every organization, its id and live keys"))
+    p_key = sub.add_parser("key", help="an organization's API keys: make, list, revoke")
+    key_sub = p_key.add_subparsers(dest="key_command", required=True)
+    for action, what, arg, arg_help in (
+            ("create", "a new key for an organization; prints it once", "org_id",
+             "the organization's id (makelocal org list)"),
+            ("list", "an organization's keys by id, live or revoked", "org_id",
+             "the organization's id"),
+            ("revoke", "revoke a key: writes with it are refused at once", "key_id",
+             "the key's id (the part between mlk_ and the secret; makelocal key list)")):
+        p_action = key_sub.add_parser(action, help=what)
+        p_action.add_argument(arg, help=arg_help)
+        _data_dir(p_action)
 
     p_import = sub.add_parser("import", help="import OKH/OKW files and folders")
-    p_import.add_argument("paths", nargs="+", type=Path)
-    p_import.add_argument("--registry-url", default=None)
+    p_import.add_argument("paths", nargs="+", type=Path, help="files or folders")
+    p_import.add_argument("--registry-url", default=None, help="the registry (default: the"
+                          " stack `up` runs with --data-dir, else MAKELOCAL_REGISTRY_URL or"
+                          " http://127.0.0.1:8001)")
     p_import.add_argument("--api-key", default=os.environ.get("MAKELOCAL_API_KEY"),
                           help="the owning organization's key (or MAKELOCAL_API_KEY)")
-    p_import.add_argument("--data-dir", type=Path, default=None)
-    p_import.add_argument("--no-progress", action="store_true")
+    _data_dir(p_import)
+    p_import.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_import.add_argument("--map", action="append", default=[], metavar="COLUMN=FIELD",
                           help="read a CSV no known layout fits: which column holds which "
                           "field (repeat; e.g. --map 'Lab=name' --map Lat=lat). Fields: "
@@ -78,15 +94,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p_status = sub.add_parser("status", help="health, lag, backlog and deliveries of the "
                               "running stack, as a table")
-    p_status.add_argument("--data-dir", type=Path, default=None)
+    _data_dir(p_status)
 
     p_trace = sub.add_parser("trace", help="follow one registry change (its event id) to its "
                              "match events and deliveries")
-    p_trace.add_argument("event_id")
-    p_trace.add_argument("--data-dir", type=Path, default=None)
+    p_trace.add_argument("event_id", help="the event_id a registry write answered with")
+    _data_dir(p_trace)
 
     p_schema = sub.add_parser("schema", help="write the JSON Schemas of models and events")
-    p_schema.add_argument("--out", type=Path, default=None)
+    p_schema.add_argument("--out", type=Path, default=None, help="the folder to write them"
+                          " to (default: contracts/schemas)")
 
     args = parser.parse_args(argv)
     if args.command == "up":
@@ -109,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(args.dir, args.host, args.port)
         return 0
-    if args.command == "org":
-        return asyncio.run(_org_create(args.name, args.data_dir or default_data_dir()))
+    if args.command in ("org", "key"):
+        return asyncio.run(_admin(args))
     try:
         if args.command == "import":
             return _import(args)
@@ -169,6 +186,41 @@ async def _org_create(name: str, data_dir: Path) -> int:
     return 0
 
 
+PORTS = {"nats": "NATS clients' port", "nats-monitor": "NATS monitoring port",
+         "postgres": "PostgreSQL's port", "registry": "the registry API's port",
+         "matcher": "the matcher API's port", "notifier": "the notifier API's port",
+         "web": "the web page's port", "smtp": "the SMTP sink's port",
+         "prometheus": "Prometheus's port (with --prometheus)",
+         "nats-routes": "the first NATS node's cluster port (with --cluster)"}
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=None, help="where `up` keeps the data"
+                        f" and its state (default: $MAKELOCAL_DATA_DIR or {default_data_dir()})")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("makelocal")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    from makelocal import admin
+
+    data_dir = args.data_dir or default_data_dir()
+    if args.command == "org":
+        if args.org_command == "list":
+            return await admin.org_list(data_dir)
+        return await _org_create(args.name, data_dir)
+    action = {"create": admin.key_create, "list": admin.key_list,
+              "revoke": admin.key_revoke}[args.key_command]
+    return await action(getattr(args, "org_id", None) or args.key_id, data_dir)
+
+
 class _UsageError(Exception):
     """Told to the user already; the command exits 2."""
 
@@ -217,7 +269,7 @@ def _import(args: argparse.Namespace) -> int:
         print(f"{len(summary.warnings)} warnings (first 10):")
         for where, warning in summary.warnings[:10]:
             print(f"  {where}: {warning}")
-    return 0
+    return 1 if c["rejected"] else 0  # scripts must see that something was not imported
 
 
 if __name__ == "__main__":

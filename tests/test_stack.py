@@ -75,6 +75,7 @@ def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(
             assert served.json()["info"]["title"] == f"makelocal {service}"
         _email_reaches_the_mail_sink(tmp_path / "data", ports["notifier"])
         _the_readme_lines_work_as_written(tmp_path / "data", ports)
+        _keys_are_made_listed_and_revoked(tmp_path / "data", ports["registry"])
         _prometheus_scrapes_every_service_and_metric(ports["prometheus"])
         _status_shows_every_service_ready(tmp_path / "data")
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -107,6 +108,35 @@ def _email_reaches_the_mail_sink(data_dir: Path, notifier_port: int) -> None:
         time.sleep(0.2)
     mail = next((data_dir / "mail").glob("*.eml")).read_text()
     assert "To: maker@example.org" in mail and "/v1/email/verify?token=" in mail
+
+
+def _makelocal(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "makelocal.cli", *args, "--data-dir",
+                           str(data_dir)], capture_output=True, text=True, timeout=60)
+
+
+def _keys_are_made_listed_and_revoked(data_dir: Path, registry_port: int) -> None:
+    """`makelocal org list`, `key create/list/revoke`: an operator's whole key life."""
+    made = _makelocal(data_dir, "org", "create", "Keyed Lab")
+    org_id = made.stdout.split()[1]
+    listed = _makelocal(data_dir, "org", "list")
+    assert listed.returncode == 0 and f"{org_id}  1 live key(s)" in listed.stdout
+    second = _makelocal(data_dir, "key", "create", org_id).stdout.split("now): ")[1].strip()
+    key_id = second.split("_")[1]
+    keys = _makelocal(data_dir, "key", "list", org_id)
+    assert keys.returncode == 0 and f"{key_id}  created" in keys.stdout
+    assert second not in keys.stdout.replace(key_id, "")  # the secret is nowhere
+    url = f"http://127.0.0.1:{registry_port}/v1/facilities?id=keyed-lab"
+    body = {"name": "Keyed", "manufacturing_processes": ["3D printing"]}
+    assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {second}"},
+                      timeout=10).status_code == 201
+    assert _makelocal(data_dir, "key", "revoke", key_id).returncode == 0
+    refused = httpx.post(url.replace("keyed-lab", "keyed-2"), json=body, timeout=10,
+                         headers={"Authorization": f"Bearer {second}"})
+    assert refused.status_code == 401
+    assert "revoked" in _makelocal(data_dir, "key", "list", org_id).stdout
+    assert _makelocal(data_dir, "key", "revoke", key_id).returncode == 1  # not live now
+    assert _makelocal(data_dir, "key", "create", "org_nope").returncode == 1
 
 
 def readme_commands() -> list[str]:
@@ -145,7 +175,11 @@ def _the_readme_lines_work_as_written(data_dir: Path, ports: dict[str, int]) -> 
                     time.monotonic() > deadline):
                 break
             time.sleep(1)
-        assert done.returncode == 0, f"{command}\n{done.stdout[-800:]}\n{done.stderr[-800:]}"
+        # an import that refused some records says so by its exit status (1); the shared
+        # data holds rows no one can place (machine rows naming no makerspace)
+        expected = (0, 1) if " import " in command and "created" in done.stdout else (0,)
+        assert done.returncode in expected, (
+            f"{command}\n{done.stdout[-800:]}\n{done.stderr[-800:]}")
         if "org create" in command:
             env["MAKELOCAL_API_KEY"] = done.stdout.split("store it now): ")[1].strip()
 
@@ -172,7 +206,7 @@ def _prometheus_scrapes_every_service_and_metric(port: int) -> None:
     --prometheus` with deploy/prometheus's configuration: after a scrape, every service is
     up and every metric an alert rule or a dashboard panel names exists."""
     api = f"http://127.0.0.1:{port}/api/v1"
-    jobs = {"makelocal-registry", "makelocal-matcher", "makelocal-notifier"}
+    jobs = {"makelocal-registry", "makelocal-matcher", "makelocal-notifier", "makelocal-web"}
     deadline = time.monotonic() + 60
     while True:
         result = httpx.get(f"{api}/query", params={"query": "up"}, timeout=10).json()

@@ -64,6 +64,35 @@ class Store:
                 key.key_id, org_id, key.secret_hash)
         return org_id, key.token
 
+    async def organizations(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT o.id, o.name, o.created_at, count(k.key_id) FILTER (WHERE k.revoked_at IS"
+            " NULL) AS live_keys FROM organizations o LEFT JOIN api_keys k ON k.org_id = o.id"
+            " GROUP BY o.id ORDER BY o.created_at, o.id")
+
+    async def create_key(self, org_id: str) -> str | None:
+        """A new API key for an organization (returned here once), or None: no such one."""
+        key = keys.issue()
+        try:
+            await self.pool.execute(
+                "INSERT INTO api_keys (key_id, org_id, secret_hash) VALUES ($1, $2, $3)",
+                key.key_id, org_id, key.secret_hash)
+        except asyncpg.ForeignKeyViolationError:
+            return None
+        return key.token
+
+    async def keys_of(self, org_id: str) -> list[asyncpg.Record]:
+        """Its keys by id (the secret is nowhere: only its hash is kept)."""
+        return await self.pool.fetch(
+            "SELECT key_id, created_at, revoked_at FROM api_keys WHERE org_id = $1"
+            " ORDER BY created_at, key_id", org_id)
+
+    async def revoke_key_id(self, key_id: str) -> bool:
+        result = await self.pool.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+            key_id)
+        return result.endswith(" 1")
+
     async def revoke_key(self, token: str) -> bool:
         parsed = keys.parse(token)
         if parsed is None:

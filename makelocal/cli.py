@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                       "service port and the port 10 above it)")
 
     for name, (_, what) in SERVICES.items():
-        sub.add_parser(name, help=f"run {what} alone (settings from MAKELOCAL_*)")
+        p_service = sub.add_parser(name, help=f"run {what} alone (settings from MAKELOCAL_*)")
+        if name == "notifier":
+            _notifier_actions(p_service)
     p_sink = sub.add_parser("mail-sink", help="a local SMTP server keeping mail as .eml files")
     p_sink.add_argument("--dir", type=Path, required=True, help="where each email is kept")
     p_sink.add_argument("--host", default="127.0.0.1", help="address to listen on"
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         except PortInUse as exc:
             print(f"makelocal: {exc}", file=sys.stderr)
             return 2
+    if args.command == "notifier" and args.action:
+        return asyncio.run(_notifier_key(args.action, args.data_dir or default_data_dir()))
+    if args.command == "notifier" and args.data_dir:
+        parser.error("--data-dir goes with rotate-key or reseal")
     if args.command in SERVICES:
         module, _, function = SERVICES[args.command][0].partition(":")
         getattr(importlib.import_module(module), function)()
@@ -197,6 +203,111 @@ PORTS = {"nats": "NATS clients' port", "nats-monitor": "NATS monitoring port",
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="where `up` keeps the data"
                         f" and its state (default: $MAKELOCAL_DATA_DIR or {default_data_dir()})")
+
+
+NOTIFIER_KEY_HELP = """\
+actions on the key sealing webhook secrets at rest (without one: run the service):
+
+rotate-key  with the stack's data directory: make a new key, re-seal every stored webhook
+            secret under it in one transaction (each opened with whichever key sealed it),
+            then keep the new key in <data>/notifier.key and the old one in
+            <data>/notifier.old-keys, where `makelocal up` reads both. Restart the stack
+            right after: a notifier started before the rotation still seals with the old key
+            and does not know the new one, so until it is restarted its webhook attempts fail
+            (recorded and retried on the schedule, not lost). A restarted notifier seals with
+            the new key and still opens the old one's secrets (those its predecessor made
+            meanwhile); run `reseal` once after the restart to move them too, and then
+            <data>/notifier.old-keys may be deleted. A rotation cut short is finished by
+            running it again.
+reseal      re-seal every stored webhook secret under the current key (idempotent): the
+            environment's MAKELOCAL_NOTIFIER_SECRET_KEY and MAKELOCAL_NOTIFIER_OLD_SECRET_KEYS
+            if set, else the data directory's keys.
+
+Without a data directory (keys in the environment): set MAKELOCAL_NOTIFIER_OLD_SECRET_KEYS
+to the old key and MAKELOCAL_NOTIFIER_SECRET_KEY to a new one (base64 of 32 random bytes),
+restart every notifier, run `makelocal notifier reseal` with the same environment, then
+remove the old key from MAKELOCAL_NOTIFIER_OLD_SECRET_KEYS and restart again."""
+
+
+def _notifier_actions(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = NOTIFIER_KEY_HELP
+    parser.add_argument("action", nargs="?", choices=("rotate-key", "reseal"),
+                        help="rotate-key or reseal (see above); none: run the service")
+    _data_dir(parser)
+
+
+async def _notifier_key(action: str, data_dir: Path) -> int:
+    """`makelocal notifier rotate-key|reseal`: see NOTIFIER_KEY_HELP."""
+    from makelocal import stack
+    from services.common import db
+    from services.notifier.sealing import Keyring, key_id, new_key, parse_key, parse_keys
+    from services.notifier.settings import NotifierSettings
+    from services.notifier.store import Store
+
+    settings = NotifierSettings()
+    from_env = bool(os.environ.get("MAKELOCAL_NOTIFIER_SECRET_KEY"))
+    key_file = data_dir / stack.NOTIFIER_KEY_FILE
+    next_file = data_dir / stack.NOTIFIER_NEXT_KEY_FILE
+    if action == "rotate-key" and from_env:
+        print("makelocal: MAKELOCAL_NOTIFIER_SECRET_KEY is set, so the key is the "
+              "environment's, not the data directory's: rotate it as `makelocal notifier "
+              "--help` tells (old key in MAKELOCAL_NOTIFIER_OLD_SECRET_KEYS, restart, reseal)",
+              file=sys.stderr)
+        return 2
+    if not from_env and not key_file.exists():
+        print(f"makelocal: no key in {key_file} and no MAKELOCAL_NOTIFIER_SECRET_KEY: nothing"
+              " is sealed under a key yet (`makelocal up` makes one on its first start)",
+              file=sys.stderr)
+        return 2
+    current = upcoming = ""
+    olds: list[str] = []
+    try:
+        if from_env:
+            keyring = settings.keyring
+        else:
+            current = stack.notifier_key(data_dir)
+            olds = [k for k in stack.notifier_old_keys(data_dir) if k != current]
+            if action == "rotate-key":
+                # a rotation cut short left its next key: finish with that one
+                upcoming = next_file.read_text().strip() if next_file.exists() else ""
+                if not upcoming or upcoming == current:  # (or cut short once it was done)
+                    upcoming = new_key()
+                    stack.write_secret_file(next_file, upcoming)
+                olds = [k for k in olds if k != upcoming]
+                keyring = Keyring(parse_key(upcoming), (parse_key(current),
+                                                        *parse_keys(",".join(olds))))
+            else:
+                keyring = Keyring(parse_key(current), parse_keys(",".join(olds)))
+    except ValueError as exc:  # a bad key: the message names no key
+        print(f"makelocal: {exc}", file=sys.stderr)
+        return 2
+    dsn = stack.running_stack(data_dir).get("database_url", settings.database_url)
+    await db.migrate(dsn, settings.notifier_db_schema, "services.notifier")
+    pool = await db.create_pool(dsn, settings.notifier_db_schema, min_size=1, max_size=1)
+    try:
+        changed, total = await Store(pool, settings.notifier_keys_schema).reseal_secrets(
+            keyring.reseal)
+    except ValueError as exc:  # ResealFailed: a key id at most, never a secret
+        print(f"makelocal: nothing was re-sealed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await pool.close()
+    assert keyring.current is not None  # a key from the environment or the data directory
+    print(f"re-sealed the secrets of {changed} of {total} webhook subscription(s) under key"
+          f" {key_id(keyring.current)}")
+    if action == "rotate-key":
+        # every key stays in some file at every step: the old key joins the old ones before
+        # the new one replaces it
+        stack.write_secret_file(data_dir / stack.NOTIFIER_OLD_KEYS_FILE,
+                                "".join(f"{k}\n" for k in dict.fromkeys([current, *olds])))
+        stack.write_secret_file(key_file, upcoming)
+        next_file.unlink(missing_ok=True)
+        print(f"the new key is in {key_file}; the old one ({key_id(parse_key(current))}) is"
+              f" kept in {data_dir / stack.NOTIFIER_OLD_KEYS_FILE}. Restart the stack now"
+              " (running notifiers cannot open secrets sealed under the new key), then run"
+              " `makelocal notifier reseal` once.")
+    return 0
 
 
 def _version() -> str:

@@ -71,16 +71,59 @@ def service_env(database_url: str, ports: Ports) -> dict[str, str]:
     }
 
 
+NOTIFIER_KEY_FILE = "notifier.key"
+# keys that sealed before `makelocal notifier rotate-key`: they still open, never seal
+NOTIFIER_OLD_KEYS_FILE = "notifier.old-keys"
+# the next key while a rotation is under way: kept before any secret is sealed under it, so
+# a rotation cut short loses nothing (running it again finishes it)
+NOTIFIER_NEXT_KEY_FILE = "notifier.key.next"
+
+
 def notifier_key(data_dir: Path) -> str:
     """The key sealing webhook secrets at rest, made on the first start and kept (owner
     read-only) in the data directory: losing it makes existing webhook secrets unusable."""
     from services.notifier.sealing import new_key
 
-    path = data_dir / "notifier.key"
+    path = data_dir / NOTIFIER_KEY_FILE
     if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(new_key())
+        write_secret_file(path, new_key())
     return path.read_text().strip()
+
+
+def notifier_old_keys(data_dir: Path) -> list[str]:
+    """Keys that may still open secrets sealed before a rotation (each once): the ones
+    `rotate-key` kept, and the next key of a rotation cut short, if any."""
+    keys: list[str] = []
+    for name in (NOTIFIER_OLD_KEYS_FILE, NOTIFIER_NEXT_KEY_FILE):
+        path = data_dir / name
+        if path.exists():
+            keys += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return list(dict.fromkeys(keys))
+
+
+def notifier_key_env(data_dir: Path) -> dict[str, str]:
+    """The notifier's keys from the data directory, as `up` hands them to the service."""
+    env = {"MAKELOCAL_NOTIFIER_SECRET_KEY": notifier_key(data_dir)}
+    if old := notifier_old_keys(data_dir):
+        env["MAKELOCAL_NOTIFIER_OLD_SECRET_KEYS"] = ",".join(old)
+    return env
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Replace the file at once (a crash leaves the old or the new, whole), owner-only."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 WEB_KEY_FILE = "web.key"
@@ -145,7 +188,8 @@ def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,
         postgres.start()
         say(f"PostgreSQL      {postgres.url}")
         env = service_env(postgres.url, ports)
-        env.setdefault("MAKELOCAL_NOTIFIER_SECRET_KEY", notifier_key(data_dir))
+        if "MAKELOCAL_NOTIFIER_SECRET_KEY" not in env:  # else the environment's keys
+            env |= notifier_key_env(data_dir)
         # NATS admits only the services' users, each allowed what it needs alone
         passwords = nats_auth.generated(data_dir)
         sink = Service("mail-sink", "mail-sink", ports.smtp, env, logs / "mail-sink.log",

@@ -107,7 +107,7 @@ async def test_rotation_test_event_patch_delete(notifier: InProcess, org: tuple[
         sub, old = created["id"], created["secret"]
         stored = await notifier.app.state.store.pool.fetchval(
             "SELECT secret FROM subscriptions WHERE id = $1", sub)
-        assert stored.startswith("v1:") and old.removeprefix("whsec_") not in stored
+        assert stored.startswith("v2:") and old.removeprefix("whsec_") not in stored
         rotated = await http.post(f"/v1/subscriptions/{sub}/rotate-secret", headers=auth(org[1]))
         new = rotated.json()["secret"]
         assert new != old and rotated.json()["previous_secret_valid_until"]

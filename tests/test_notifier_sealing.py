@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from cryptography.exceptions import InvalidTag
 
-from services.notifier.sealing import new_key, parse_key, seal, unseal
+from services.notifier.sealing import UnknownKey, key_id, new_key, parse_key, seal, unseal
 
 
 def test_sealed_secrets_open_only_with_their_key() -> None:
     key, other = parse_key(new_key()), parse_key(new_key())
     sealed = seal("whsec_abc", key)
-    assert sealed.startswith("v1:") and "abc" not in sealed
+    assert sealed.startswith(f"v2:{key_id(key)}:") and "abc" not in sealed
     assert seal("whsec_abc", key) != sealed  # a fresh nonce each time
     assert unseal(sealed, key) == "whsec_abc"
-    with pytest.raises(InvalidTag):
+    with pytest.raises(UnknownKey):
         unseal(sealed, other)
     with pytest.raises(ValueError):
         unseal(sealed, None)

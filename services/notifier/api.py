@@ -20,7 +20,6 @@ from services.common.http import ERROR_RESPONSES, ApiError, WriteLimit
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
-from services.notifier.sealing import seal
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import LimitReached, Store
 from services.notifier.subscriptions import (
@@ -92,7 +91,7 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         if isinstance(new, WebhookSubscriptionIn):
             await checked_url(new.url)
             secret = signing.new_secret()
-            values |= {"url": new.url, "secret": seal(secret, settings.sealing_key),
+            values |= {"url": new.url, "secret": settings.keyring.seal(secret),
                        "contact_email": new.contact_email}
         else:
             token = secrets.token_urlsafe(24)
@@ -196,7 +195,7 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
             raise ApiError(409, "invalid", "only webhook subscriptions have a secret", "id")
         secret = signing.new_secret()
         updated = await store.rotate_secret(subscription_id, who,
-                                            seal(secret, settings.sealing_key),
+                                            settings.keyring.seal(secret),
                                             settings.notifier_rotation_overlap_s)
         if updated is None:
             raise ApiError(404, "not_found", "no such subscription", "id")

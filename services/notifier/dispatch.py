@@ -31,7 +31,6 @@ from services.notifier import messages, schedule, signing
 from services.notifier.guard import Guard
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.refusals import Fault
-from services.notifier.sealing import unseal
 from services.notifier.settings import NotifierSettings
 from services.notifier.shares import Room, Shares
 from services.notifier.store import Batching, Store
@@ -237,8 +236,8 @@ class Dispatcher:
 
     async def _webhook(self, d: asyncpg.Record) -> None:
         body = bytes(d["body"])
-        key = self.settings.sealing_key
-        secrets = [unseal(s, key) for s in (d["secret"], d["previous_secret"]) if s]
+        keyring = self.settings.keyring
+        secrets = [keyring.unseal(s) for s in (d["secret"], d["previous_secret"]) if s]
         headers = signing.headers(secrets, f"msg_{d['id'].hex}", int(time.time()), body)
         result = await post(self.http, d["url"], headers, body,
                             self.settings.notifier_timeout_s)

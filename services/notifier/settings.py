@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr
 from services.common.settings import CommonSettings
 from services.notifier.addresses import Network, parse_networks
 from services.notifier.schedule import DEFAULT_SCHEDULE, parse_schedule
-from services.notifier.sealing import parse_key
+from services.notifier.sealing import Keyring, parse_key, parse_keys
 from services.notifier.store import Retention
 
 
@@ -59,6 +59,9 @@ class NotifierSettings(CommonSettings):
     notifier_prune_every_s: float = Field(300.0, gt=0)
     # base64 of 32 random bytes: seals webhook secrets at rest (see sealing.py)
     notifier_secret_key: SecretStr | None = None
+    # keys that sealed before a rotation, comma-separated: they still open (never seal)
+    # until `makelocal notifier reseal` moved every secret to the current key
+    notifier_old_secret_keys: SecretStr | None = None
     # how long past an attempt's timeout a claimed delivery stays with its process
     notifier_lease_margin_s: float = 10.0
     # subscriptions one organization may hold (disabled ones too): each costs routing
@@ -90,6 +93,12 @@ class NotifierSettings(CommonSettings):
     def sealing_key(self) -> bytes | None:
         key = self.notifier_secret_key
         return parse_key(key.get_secret_value()) if key else None
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        """Seals with the current key; opens with it or an old one, by the value's key id."""
+        old = self.notifier_old_secret_keys
+        return Keyring(self.sealing_key, parse_keys(old.get_secret_value()) if old else ())
 
     @cached_property
     def allowed_networks(self) -> tuple[Network, ...]:

@@ -141,6 +141,37 @@ class Store:
             " WHERE id = $1 AND owner = $2 AND channel = 'webhook'"
             f" RETURNING {SUBSCRIPTION_FIELDS}", subscription_id, owner, secret, overlap_s)
 
+    async def reseal_secrets(self, reseal: Callable[[str], str | None]) -> tuple[int, int]:
+        """Every stored webhook secret (current and previous) passed through `reseal`
+        (sealing.Keyring.reseal: the value under the current key, or None when it is
+        already), in one transaction holding the rows: either all are re-sealed or none
+        (a value `reseal` cannot open raises ResealFailed naming its subscription).
+        Returns (subscriptions changed, subscriptions with a secret). `updated_at` is left
+        alone: nothing the owner set changed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, secret, previous_secret FROM subscriptions"
+                " WHERE secret IS NOT NULL OR previous_secret IS NOT NULL"
+                " ORDER BY id FOR UPDATE")
+            ids, secrets, previous = [], [], []
+            for row in rows:
+                try:
+                    new = [reseal(v) if v else None
+                           for v in (row["secret"], row["previous_secret"])]
+                except ValueError as exc:
+                    raise ResealFailed(row["id"], exc) from exc
+                if new != [None, None]:
+                    ids.append(row["id"])
+                    secrets.append(new[0])
+                    previous.append(new[1])
+            if ids:
+                await conn.execute(
+                    "UPDATE subscriptions s SET secret = coalesce(n.secret, s.secret),"
+                    " previous_secret = coalesce(n.previous, s.previous_secret)"
+                    " FROM unnest($1::text[], $2::text[], $3::text[]) AS n(id, secret, previous)"
+                    " WHERE s.id = n.id", ids, secrets, previous)
+        return len(ids), len(rows)
+
     async def verify_email(self, token: str) -> bool:
         return await self._change_one(
             "UPDATE subscriptions SET verified = true, verify_token = NULL,"
@@ -678,6 +709,15 @@ async def listen_routing(dsn: str, schema: str,
         raise
     conn.add_termination_listener(lambda _: changed())
     return conn
+
+
+class ResealFailed(ValueError):
+    """A stored secret of this subscription could not be opened to re-seal it; nothing was
+    changed. The message is the cause's (a key id at most, never a secret)."""
+
+    def __init__(self, subscription_id: str, cause: ValueError) -> None:
+        self.subscription_id = subscription_id
+        super().__init__(f"subscription {subscription_id}: {cause}")
 
 
 class LimitReached(Exception):

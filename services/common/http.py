@@ -50,10 +50,19 @@ class ErrorDetail(BaseModel):
                                                 " limit refused the request")
 
 
+class FieldError(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
 class ErrorBody(BaseModel):
     """The one shape of every error response of every service."""
 
     error: ErrorDetail
+    errors: list[FieldError] | None = Field(
+        None, description="when the request is invalid in more than one place: every"
+                          " place (the first is also `error`)")
 
 
 _ERROR_STATUSES = {
@@ -134,12 +143,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = list(first.get("loc", ()))
-        where = field_path(loc[1:], exc.body) if loc[:1] == ["body"] else [
-            str(p) for p in loc if p not in ("query", "path", "header")]
-        return error_response(422, "invalid", str(first.get("msg", "invalid request")),
-                              ".".join(where) or None)
+        found: list[dict[str, Any]] = []
+        for error in exc.errors() or [{}]:
+            loc = list(error.get("loc", ()))
+            where = field_path(loc[1:], exc.body) if loc[:1] == ["body"] else [
+                str(p) for p in loc if p not in ("query", "path", "header")]
+            item = {"code": "invalid", "message": str(error.get("msg", "invalid request")),
+                    "field": ".".join(where) or None}
+            if item not in found:  # (a union's members may say the same of one field)
+                found.append(item)
+        body: dict[str, Any] = {"error": found[0]}
+        if len(found) > 1:
+            body["errors"] = found
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

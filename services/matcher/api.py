@@ -12,6 +12,12 @@ from contracts.models import ID_PATTERN
 from services.common.http import ERROR_RESPONSES, ApiError, parse_near
 from services.matcher.index import CapabilityIndex
 from services.matcher.rules import Evaluation, Explainer, can_design_match, evaluate
+from services.matcher.schemas import (
+    DesignsForFacility,
+    Explained,
+    FacilitiesForDesign,
+    NeedingInformationPage,
+)
 
 Id = Annotated[str, Query(pattern=ID_PATTERN)]
 
@@ -33,7 +39,8 @@ def router(index: CapabilityIndex) -> APIRouter:
         return facility
 
     @api.get("/designs/{design_id}/facilities",
-             summary="Facilities that can make a design, best first, and near misses")
+             summary="Facilities that can make a design, best first, and near misses",
+             response_model=None, responses={200: {"model": FacilitiesForDesign}})
     async def facilities_for(design_id: str, near: str | None = None,
                              radius_km: Annotated[float | None, Query(gt=0, le=20_100)] = None,
                              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
@@ -61,7 +68,8 @@ def router(index: CapabilityIndex) -> APIRouter:
                 "near_misses": _top("facility", misses, limit)}
 
     @api.get("/designs/needing-information",
-             summary="Designs no facility can be matched to until their manifest says more")
+             summary="Designs no facility can be matched to until their manifest says more",
+             response_model=None, responses={200: {"model": NeedingInformationPage}})
     async def needing_information(
             after: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
             limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
@@ -72,7 +80,8 @@ def router(index: CapabilityIndex) -> APIRouter:
                              "needs": _needs(index.designs[i])} for i in page],
                 "next": page[-1] if len(waiting) > limit else None}
 
-    @api.get("/facilities/{facility_id}/designs", summary="Designs a facility can make")
+    @api.get("/facilities/{facility_id}/designs", summary="Designs a facility can make",
+             response_model=None, responses={200: {"model": DesignsForFacility}})
     async def designs_for(facility_id: str,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
         facility = facility_of(facility_id)
@@ -81,7 +90,8 @@ def router(index: CapabilityIndex) -> APIRouter:
                  for d in index.designs.profiles(index.designs_for(facility))]
         return {"facility": facility_id, "matches": _top("design", found, limit)}
 
-    @api.get("/match", summary="Explain one design and facility pair")
+    @api.get("/match", summary="Explain one design and facility pair",
+             response_model=None, responses={200: {"model": Explained}})
     async def explain(design: Id, facility: Id) -> dict:
         d, f = design_of(design), facility_of(facility)
         evaluation = evaluate(d, f)

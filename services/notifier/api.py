@@ -20,6 +20,15 @@ from services.common.http import ERROR_RESPONSES, ApiError, WriteLimit
 from services.notifier import messages, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
+from services.notifier.schemas import (
+    DeliveryList,
+    LinkedSubscription,
+    Requeued,
+    Retried,
+    Subscription,
+    SubscriptionPage,
+    TestQueued,
+)
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import LimitReached, Store
 from services.notifier.subscriptions import (
@@ -78,7 +87,7 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
             raise ApiError(404, "not_found", "no such subscription", "id")
         return who, row
 
-    @api.post("/v1/subscriptions", status_code=201)
+    @api.post("/v1/subscriptions", status_code=201, responses={201: {"model": Subscription}})
     async def create(request: Request, new: NewSubscription) -> JSONResponse:
         who = await owner(request)
         subscription_id = f"sub_{secrets.token_hex(8)}"
@@ -112,7 +121,7 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         return _json(represent(row, **extra), 201,
                      {"Location": f"/v1/subscriptions/{subscription_id}"})
 
-    @api.get("/v1/subscriptions")
+    @api.get("/v1/subscriptions", responses={200: {"model": SubscriptionPage}})
     async def list_(request: Request,
                     after: Annotated[str | None, Query(pattern=_SUB_ID.pattern)] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
@@ -120,11 +129,12 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         return _json({"items": [represent(r) for r in rows],
                       "next": rows[-1]["id"] if len(rows) == limit else None})
 
-    @api.get("/v1/subscriptions/{subscription_id}")
+    @api.get("/v1/subscriptions/{subscription_id}", responses={200: {"model": Subscription}})
     async def get(request: Request, subscription_id: str) -> JSONResponse:
         return _json(represent((await mine(request, subscription_id))[1]))
 
-    @api.patch("/v1/subscriptions/{subscription_id}")
+    @api.patch("/v1/subscriptions/{subscription_id}",
+               responses={200: {"model": Subscription}})
     async def patch(request: Request, subscription_id: str,
                     change: SubscriptionPatch) -> JSONResponse:
         who, row = await mine(request, subscription_id)
@@ -177,7 +187,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                            "id")
         return Response(status_code=204)
 
-    @api.post("/v1/subscriptions/{subscription_id}/test", status_code=202)
+    @api.post("/v1/subscriptions/{subscription_id}/test", status_code=202,
+              responses={202: {"model": TestQueued}})
     async def test(request: Request, subscription_id: str) -> JSONResponse:
         _, row = await mine(request, subscription_id)
         if not row["enabled"]:
@@ -188,7 +199,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                                             messages.test_body(subscription_id))
         return _json({"delivery_id": str(delivery)}, 202)
 
-    @api.post("/v1/subscriptions/{subscription_id}/rotate-secret")
+    @api.post("/v1/subscriptions/{subscription_id}/rotate-secret",
+              responses={200: {"model": Subscription}})
     async def rotate(request: Request, subscription_id: str) -> JSONResponse:
         who, row = await mine(request, subscription_id)
         if row["channel"] != "webhook":
@@ -201,7 +213,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
             raise ApiError(404, "not_found", "no such subscription", "id")
         return _json(represent(updated, secret=secret))
 
-    @api.get("/v1/subscriptions/{subscription_id}/deliveries")
+    @api.get("/v1/subscriptions/{subscription_id}/deliveries",
+             responses={200: {"model": DeliveryList}})
     async def deliveries(request: Request, subscription_id: str, status: Annotated[
             str | None, Query(pattern="^(pending|delivered|failed|cancelled)$")] = None,
             limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
@@ -209,7 +222,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         rows = await store.deliveries(subscription_id, who, status, limit)
         return _json({"items": [_delivery(r) for r in rows]})
 
-    @api.post("/v1/subscriptions/{subscription_id}/recover", status_code=202)
+    @api.post("/v1/subscriptions/{subscription_id}/recover", status_code=202,
+              responses={202: {"model": Requeued}})
     async def recover(request: Request, subscription_id: str, since: datetime) -> JSONResponse:
         who, _ = await mine(request, subscription_id)
         if since.tzinfo is None:
@@ -217,7 +231,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
         rows = await store.recover(subscription_id, who, since)
         return _json({"requeued": [str(r["id"]) for r in rows]}, 202)
 
-    @api.post("/v1/deliveries/{delivery_id}/retry", status_code=202)
+    @api.post("/v1/deliveries/{delivery_id}/retry", status_code=202,
+              responses={202: {"model": Retried}})
     async def retry(request: Request, delivery_id: str) -> JSONResponse:
         who = await owner(request)
         try:
@@ -269,7 +284,8 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                done=("Unsubscribed", "No more alerts will be sent to this address."))
 
     @api.get("/v1/email/subscription", tags=["email"],
-             summary="The alert an email's link names (the token is the authority)")
+             summary="The alert an email's link names (the token is the authority)",
+             responses={200: {"model": LinkedSubscription}})
     async def by_link(token: Token) -> JSONResponse:
         row = await store.subscription_by_link(token)
         if row is None:

@@ -29,6 +29,7 @@ from services.common.http import (
 from services.common.ratelimit import InFlight, InFlightFull
 from services.common.sandbox import Busy, Exceeded, ReaderLost, ReaderPool
 from services.registry.entities import Prepared, expand
+from services.registry.schemas import MODELS, Deleted, Report
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
 
@@ -48,6 +49,8 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
            readers: ReaderPool, in_flight: InFlight, body_timeout_s: float) -> APIRouter:
     plural = f"{kind.value}s" if kind is EntityKind.design else "facilities"
     api = APIRouter(prefix=f"/v1/{plural}", tags=[plural], responses=ERROR_RESPONSES)
+    # The bodies are rendered JSON text (RenderedJSON): the models document them only.
+    models = MODELS[kind]
 
     async def key_of(request: Request) -> tuple[str, str]:
         """A verified key within its write limit, or 401 / 429 before the body is read: a
@@ -106,24 +109,30 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
                             status_code=201 if decision.created else 200, headers=headers)
 
     @api.post("", status_code=201, openapi_extra={"requestBody": MANIFEST_BODY},
-              summary=f"Create a {kind.value} from a manifest")
+              summary=f"Create a {kind.value} from a manifest",
+              responses={201: {"model": models.written, "description": "created"},
+                         200: {"model": models.written, "description": "the same manifest"
+                               " was created already: nothing changed"}})
     async def create(request: Request, id: Annotated[str | None, Query(
             pattern=ID_PATTERN, description="the id to give; derived when absent")] = None,
     ) -> JSONResponse:
         return await write(request, id, WriteMode.create, None)
 
     @api.put("/{entity_id}", openapi_extra={"requestBody": MANIFEST_BODY},
-             summary=f"Replace a {kind.value} (If-Match required)")
+             summary=f"Replace a {kind.value} (If-Match required)",
+             responses={200: {"model": models.written}})
     async def replace(request: Request, entity_id: str,
                       if_match: Annotated[str | None, Header()] = None) -> JSONResponse:
         return await write(request, entity_id, WriteMode.replace, if_match)
 
-    @api.delete("/{entity_id}", summary=f"Delete a {kind.value}")
+    @api.delete("/{entity_id}", summary=f"Delete a {kind.value}",
+                responses={200: {"model": Deleted}})
     async def delete(request: Request, entity_id: str,
                      if_match: Annotated[str | None, Header()] = None) -> JSONResponse:
         return await write(request, entity_id, WriteMode.delete, if_match)
 
-    @api.get("/{entity_id}", summary=f"One {kind.value}, normalized, with its manifest")
+    @api.get("/{entity_id}", summary=f"One {kind.value}, normalized, with its manifest",
+             responses={200: {"model": models.read}})
     async def get_one(entity_id: str) -> JSONResponse:
         _check_id(entity_id)
         row = await store.get(kind, entity_id)
@@ -133,7 +142,8 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
         return RenderedJSON(represent(kind, row, {"manifest": manifest}),
                             headers={"ETag": _etag(row["version"])})
 
-    @api.get("", summary=f"List {plural} with filters and cursor pagination")
+    @api.get("", summary=f"List {plural} with filters and cursor pagination",
+             responses={200: {"model": models.page}})
     async def list_(
         process: str | None = None, material: str | None = None,
         q: Annotated[str | None, Query(max_length=200)] = None,
@@ -204,7 +214,8 @@ def validation_router(auth: Authenticator, readers: ReaderPool,
     api = APIRouter(prefix="/v1", tags=["validation"], responses=ERROR_RESPONSES)
 
     @api.post("/validate", openapi_extra={"requestBody": MANIFEST_BODY},
-              summary="Read a manifest as a write would, and report; nothing is stored")
+              summary="Read a manifest as a write would, and report; nothing is stored",
+              responses={200: {"model": Report}})
     async def validate(request: Request, kind: Annotated[EntityKind | None, Query(
             description="design or facility; by default the document says")] = None,
     ) -> JSONResponse:

@@ -73,10 +73,12 @@ def _until(check: Callable[[], object], timeout: float, what: str) -> object:
     return found
 
 
-def _cli(*args: str) -> str:
+def _cli(*args: str, refused_ok: bool = False) -> str:
+    """`makelocal ...`'s output; with `refused_ok`, an import that refused some records
+    (exit 1: the shared data holds rows no one can place) is no failure here."""
     done = subprocess.run([sys.executable, "-m", "makelocal.cli", *args], capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode in ((0, 1) if refused_ok else (0,)), done.stdout + done.stderr
     return done.stdout
 
 
@@ -99,7 +101,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         made = _cli("org", "create", "Browser tests", "--data-dir", str(data_dir))
         key = made.split("API key (shown once, store it now): ")[1].strip()
         imported = _cli("import", str(DATA), "--api-key", key, "--registry-url", registry,
-                        "--no-progress")
+                        "--no-progress", refused_ok=True)
         assert re.search(r"created (\d{4}),", imported), imported
         found = httpx.get(f"{registry}/v1/designs", params={"q": "GoPro"}, timeout=10).json()
         design = next(i["id"] for i in found["items"] if i["design"]["name"] == DESIGN_NAME)

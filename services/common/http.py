@@ -1,17 +1,21 @@
 """HTTP pieces every service's FastAPI app uses: one JSON error shape, a body size limit,
-request metrics and the /metrics, /healthz and /readyz routes."""
+request metrics, the /metrics, /healthz and /readyz routes and the /docs pages."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -30,6 +34,8 @@ from services.common.ratelimit import TokenBuckets, retry_after
 
 log = logging.getLogger(__name__)
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# Swagger UI 5 (it reads OpenAPI 3.1) and ReDoc, as the fastapi-offline package ships them
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
 class ApiError(Exception):
@@ -324,6 +330,33 @@ def install_operational_routes(app: FastAPI, registry: CollectorRegistry,
                 results[name] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in results.values())
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+
+def install_docs(app: FastAPI, assets: str = "/docs/assets") -> None:
+    """/docs (Swagger UI) and /redoc whose scripts, styles and icon the app serves itself
+    under `assets`: they work with no internet. The app is made with docs_url=None and
+    redoc_url=None (FastAPI's own pages load them from a CDN)."""
+    openapi_url = app.openapi_url or "/openapi.json"
+    app.mount(assets, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}", title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{assets}/favicon.png",
+            # no badge fetched from validator.swagger.io
+            swagger_ui_parameters=(app.swagger_ui_parameters or {}) | {"validatorUrl": None})
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{assets}/favicon.png", with_google_fonts=False)
 
 
 def parse_near(near: str | None, radius_km: float | None) -> tuple[float, float, float] | None:

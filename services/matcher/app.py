@@ -18,6 +18,7 @@ from services.common import nats as nats_util
 from services.common.http import (
     BodyLimit,
     HttpMetrics,
+    install_docs,
     install_error_handlers,
     install_operational_routes,
 )
@@ -99,7 +100,8 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    app = FastAPI(title="makelocal matcher", version="1", lifespan=lifespan,
+    app = FastAPI(title="makelocal matcher", version="1", docs_url=None, redoc_url=None,
+                  lifespan=lifespan,
                   description="Which facilities can make which designs, and why; answered "
                               "from the live index.")
 
@@ -123,6 +125,7 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
 
     app.include_router(api.router(index))
     install_error_handlers(app)
+    install_docs(app)
     install_operational_routes(app, registry, {"partitions": partitions_agree,
                                                "lease": lease_held, "index": index_loaded,
                                                "nats": nats_ready},

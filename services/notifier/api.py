@@ -8,13 +8,15 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import orjson
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
 
+from contracts.matches import MatchEvent
 from services.common.auth import Authenticator, verified
 from services.common.http import ERROR_RESPONSES, ApiError, WriteLimit
 from services.notifier import messages, signing
@@ -295,6 +297,75 @@ def router(store: Store, guard: Guard, settings: NotifierSettings,
                       "disabled_reason": row["disabled_reason"]})
 
     return api
+
+
+# The webhooks: what the notifier POSTs to a webhook subscription's URL (the bodies
+# services/notifier/messages.py renders), for the document's `webhooks` section.
+
+class MatchesData(BaseModel):
+    subscription_id: str
+    count: int = Field(description="how many match changes the batch holds")
+    events: list[MatchEvent]
+
+
+class MatchesWebhook(BaseModel):
+    """A batch of match changes for one subscription."""
+
+    type: Literal["matches"]
+    timestamp: datetime = Field(description="when the body was made (the same on every"
+                                            " attempt and replay)")
+    data: MatchesData
+
+
+class TestData(BaseModel):
+    subscription_id: str
+    message: str
+
+
+class TestWebhook(BaseModel):
+    """What POST /v1/subscriptions/{id}/test sends: no match is implied."""
+
+    type: Literal["test"]
+    timestamp: datetime
+    data: TestData
+
+
+WebhookId = Annotated[str, Header(
+    alias="webhook-id", pattern=r"^msg_[0-9a-f]{32}$",
+    description="the delivery's id: the same on every attempt and replay (deduplicate on it)")]
+WebhookTimestamp = Annotated[int, Header(
+    alias="webhook-timestamp", description="Unix seconds when this attempt was signed")]
+WebhookSignature = Annotated[str, Header(
+    alias="webhook-signature", pattern=r"^v1,[A-Za-z0-9+/=]+( v1,[A-Za-z0-9+/=]+)*$",
+    description="space-separated `v1,<base64 HMAC-SHA256 of id.timestamp.body>`, one per"
+                " secret in use (two for 24 h after a rotation); Standard Webhooks")]
+_WEBHOOK_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "any 2xx: delivered (of the answer, 4 KB are read and kept)"},
+    410: {"description": "Gone: the subscription is disabled"},
+    429: {"description": "retried, no sooner than Retry-After (within the schedule's delay"
+                         " and twice it); so is 503"},
+    "default": {"description": "any other answer (3xx included: never followed), or none:"
+                               " retried on the schedule, then failed and replayable"}}
+
+
+def webhooks(hooks: APIRouter) -> None:
+    """Describe the webhooks in `hooks` (FastAPI's app.webhooks)."""
+
+    @hooks.post("matches", summary="Match changes for a webhook subscription",
+                operation_id="webhook_matches", response_class=Response,
+                responses=_WEBHOOK_ANSWERS)
+    async def matches(body: MatchesWebhook, webhook_id: WebhookId,
+                      webhook_timestamp: WebhookTimestamp,
+                      webhook_signature: WebhookSignature) -> None:
+        """POSTed to the subscription's URL as JSON, signed with its secret."""
+
+    @hooks.post("test", summary="A test event for a webhook subscription",
+                operation_id="webhook_test", response_class=Response,
+                responses=_WEBHOOK_ANSWERS)
+    async def test(body: TestWebhook, webhook_id: WebhookId,
+                   webhook_timestamp: WebhookTimestamp,
+                   webhook_signature: WebhookSignature) -> None:
+        """POSTed to the subscription's URL as JSON, signed with its secret."""
 
 
 def _delivery(row: asyncpg.Record) -> dict[str, Any]:

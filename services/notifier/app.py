@@ -18,6 +18,7 @@ from services.common.http import (
     BodyLimit,
     HttpMetrics,
     WriteLimit,
+    install_docs,
     install_error_handlers,
     install_operational_routes,
 )
@@ -99,7 +100,8 @@ def create_app(settings: NotifierSettings | None = None,
             except TimeoutError:  # one still held: shutting down must not hang on it
                 store.pool.terminate()
 
-    app = FastAPI(title="makelocal notifier", version="1", lifespan=lifespan,
+    app = FastAPI(title="makelocal notifier", version="1", docs_url=None, redoc_url=None,
+                  lifespan=lifespan,
                   description="Match alerts by signed webhook (Standard Webhooks) and email.")
 
     async def database_ready() -> None:
@@ -118,7 +120,9 @@ def create_app(settings: NotifierSettings | None = None,
     app.include_router(api.router(store, guard, settings,
                                   WriteLimit(settings.write_rate_per_s, settings.write_burst),
                                   keyed))
+    api.webhooks(app.webhooks)
     install_error_handlers(app)
+    install_docs(app)
     install_operational_routes(app, registry, checks,
                                asyncapi.document("notifier", settings.nats_url))
     # the key before the body (FastAPI's parsing is inside it), refusals counted

@@ -21,6 +21,7 @@ from services.common.http import (
     BodyLimit,
     HttpMetrics,
     WriteLimit,
+    install_docs,
     install_error_handlers,
     install_operational_routes,
 )
@@ -108,7 +109,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             await readers.close()
             await pool.close()
 
-    app = FastAPI(title="makelocal registry", version="1",
+    app = FastAPI(title="makelocal registry", version="1", docs_url=None, redoc_url=None,
                   description="OKH designs and OKW facilities; every change is an event on "
                               "the REGISTRY stream.", lifespan=lifespan)
 
@@ -155,6 +156,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             raise PublisherStuck(f"an event has waited {age:.0f} s")
 
     install_error_handlers(app)
+    install_docs(app)
     install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready,
                                           "publishing": publishing},
                                asyncapi.document("registry", settings.nats_url))

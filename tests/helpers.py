@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -327,3 +328,23 @@ def assert_never_logged(issued: Sequence[str], logged: str) -> None:
         match = _ISSUED.match(secret)
         assert match, "not a key or secret that makelocal issues"
         assert match.group(1) not in logged  # the whole is checked with its part
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
+    """What a process printed until a line holding `marker` (non-blocking reads, bounded
+    in time); AssertionError with all it printed if the marker never comes."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.05)
+    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")

@@ -15,6 +15,7 @@ import psutil
 
 from makelocal.cluster import SERVICE_KINDS
 from makelocal.embedded import free_port, port_is_free
+from tests.helpers import read_until as _read_until
 from tests.monitoring import alert_expressions, every_named_metric
 
 ROOT = Path(__file__).parents[1]
@@ -26,24 +27,6 @@ def _up(data_dir: Path, ports: dict[str, int], *options: str) -> subprocess.Pope
         args += [f"--{name}-port", str(port)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-
-
-def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
-    seen = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
-        elif proc.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")
 
 
 def test_up_runs_the_stack_prometheus_watches_it_and_sigterm_leaves_no_process(

@@ -26,6 +26,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from makelocal.embedded import free_port
 from tests.browser import CHROMIUM, DESKTOP, Findings, examine, link_in, markers
 from tests.helpers import DATA, JSON, lab
+from tests.helpers import read_until as _read_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,24 +46,6 @@ class Stack:
     key: str
     mail: Path
     design: str  # the shared design's id, as the import made it
-
-
-def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
-        elif proc.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")
 
 
 def _until(check: Callable[[], object], timeout: float, what: str) -> object:

@@ -181,17 +181,6 @@ def _admin_credentials(data_dir: Path) -> None:
                           MAKELOCAL_NATS_PASSWORD=nats_auth.generated(data_dir)[nats_auth.ADMIN])
 
 
-async def _org_create(name: str, data_dir: Path) -> int:
-    from makelocal.stack import create_organization
-    from services.registry.settings import RegistrySettings
-
-    dsn = running_stack(data_dir).get("database_url", RegistrySettings().database_url)
-    org_id, key = await create_organization(dsn, name)
-    print(f"organization {org_id} ({name})")
-    print(f"API key (shown once, store it now): {key}")
-    return 0
-
-
 PORTS = {"nats": "NATS clients' port", "nats-monitor": "NATS monitoring port",
          "postgres": "PostgreSQL's port", "registry": "the registry API's port",
          "matcher": "the matcher API's port", "notifier": "the notifier API's port",
@@ -326,7 +315,7 @@ async def _admin(args: argparse.Namespace) -> int:
     if args.command == "org":
         if args.org_command == "list":
             return await admin.org_list(data_dir)
-        return await _org_create(args.name, data_dir)
+        return await admin.org_create(args.name, data_dir)
     action = {"create": admin.key_create, "list": admin.key_list,
               "revoke": admin.key_revoke}[args.key_command]
     return await action(getattr(args, "org_id", None) or args.key_id, data_dir)

@@ -142,17 +142,10 @@ def web_key(data_dir: Path, database_url: str) -> str:
 
 async def create_organization(database_url: str, name: str) -> tuple[str, str]:
     """A new organization and its API key (the registry's schema made first if need be)."""
-    from services.common import db
-    from services.registry.settings import RegistrySettings
-    from services.registry.store import Store
+    from makelocal.admin import registry_store
 
-    schema = RegistrySettings().registry_db_schema
-    await db.migrate(database_url, schema, "services.registry")
-    pool = await db.create_pool(database_url, schema, min_size=1, max_size=1)
-    try:
-        return await Store(pool).create_organization(name)
-    finally:
-        await pool.close()
+    async with registry_store(database_url) as store:
+        return await store.create_organization(name)
 
 
 def up(data_dir: Path, ports: Ports, say=print, with_prometheus: bool = False,

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from contracts.models import ID_PATTERN
 from contracts.vocabulary import processes as process_vocabulary
 from services.common.ratelimit import TokenBuckets, retry_after
-from services.web import answers, places, views
+from services.web import answers, clients, places, views
 from services.web.clients import Api, Directory, Matchers, Refused, Unavailable
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
                 model=answers.DesignList)
             names = {i["id"]: i["design"]["name"] for i in named["items"]}
         data = found["facility"]
-        summary = views.markers([_place_of(data)])
+        summary = views.markers([clients.summary(data)])
         return page(request, "facility.html", facility=data, designs=can["matches"],
                     names=names,
                     links=views.safe_links(data.get("links", {})),
@@ -155,15 +155,16 @@ def router(templates: Jinja2Templates, up: Upstream) -> APIRouter:
             now = time.monotonic()
             # per client address, and per address mailed: each sign-up sends a mail, and
             # many clients (or other sites' visitors) must not flood one inbox
-            wait = max(up.signups.wait(request.client.host if request.client else "?", now),
-                       up.recipients.wait(email.strip().lower(), now))
+            client, recipient = (request.client.host if request.client else "?",
+                                 email.strip().lower())
+            wait = max(up.signups.wait(client, now), up.recipients.wait(recipient, now))
             if wait:
                 return page(request, "alert.html", 429, form=form,
                             error=("", "too many sign-ups from here or for this address;"
                                    f" try again in {retry_after(wait)} s"),
                             **_alert_context(up))
-            up.signups.take(request.client.host if request.client else "?", now)
-            up.recipients.take(email.strip().lower(), now)
+            up.signups.take(client, now)
+            up.recipients.take(recipient, now)
             try:
                 await up.notifier.call("POST", "/v1/subscriptions", json={
                     "channel": "email", "address": email.strip(), "filter": filter_})
@@ -286,12 +287,6 @@ def _process_choices() -> list[tuple[str, str]]:
     vocab = process_vocabulary()
     return sorted(((e.id, e.label) for e in vocab.entries.values() if e.requirement),
                   key=lambda c: c[1].lower())
-
-
-def _place_of(facility: dict[str, Any]) -> dict[str, Any]:
-    location = facility.get("location") or {}
-    return {"id": facility["id"], "name": facility["name"], "lat": location.get("lat"),
-            "lon": location.get("lon")}
 
 
 def _missing(request: Request, page: Any, what: str) -> HTMLResponse:

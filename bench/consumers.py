@@ -49,7 +49,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts import matches
-from contracts.matches import MATCHES_STREAM, MATCHES_SUBJECTS, PairOut, encode_change
+from contracts.matches import (
+    MATCHES_STREAM,
+    MATCHES_SUBJECTS,
+    Cause,
+    ChangedDesign,
+    PairOut,
+    encode_change,
+)
 from makelocal.embedded import NatsServer, free_port
 from services.common import nats as nats_util
 from services.notifier.consumer import _occurred_at
@@ -74,9 +81,9 @@ def pieces(n: int, tag: str, max_payload: int) -> list[matches.Piece]:
     out = []
     for i in range(n):
         design = f"{tag}-d{i}"
-        cause = {"entity": "design", "entity_id": design, "version": 1, "event_id": None,
-                 "occurred_at": datetime.now(UTC).isoformat()}
-        changed = {"id": design, "version": 1, "processes": ["3d-printing"]}
+        cause = Cause(entity="design", entity_id=design, version=1,
+                      occurred_at=datetime.now(UTC))
+        changed = ChangedDesign(id=design, version=1, processes=["3d-printing"])
         pairs = [PairOut("found", f"lab{j}", 1, 0.9,
                          [("process", "3d-printing", "met", "FDM printer", None)],
                          lat=48.0 + j, lon=2.0 + j) for j in range(3)]

@@ -50,8 +50,8 @@ from contracts import vocabulary
 from contracts.events import EntityKind, new_event
 from contracts.geo import haversine_km
 from contracts.matches import MATCHES_STREAM
-from contracts.readers.okh import read_design
-from contracts.readers.okw import read_facility
+from ingest.okh import read_design
+from ingest.okw import read_facility
 from makelocal.importer import import_paths, read_all
 from makelocal.status import read_metrics
 from services.matcher.index import CapabilityIndex

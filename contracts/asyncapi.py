@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, TypeAdapter
 
 from contracts.events import REGISTRY_STREAM, DesignEvent, FacilityEvent
-from contracts.matches import ENCODING, ENCODING_HEADER, MATCHES_STREAM, MatchChange
+from contracts.matches import (
+    ENCODING,
+    ENCODING_HEADER,
+    MATCHES_STREAM,
+    MESSAGE_ID_PATTERN,
+    MatchChange,
+)
 
 VERSION = "3.0.0"
 Action = Literal["send", "receive"]
@@ -67,7 +73,7 @@ HEADERS: dict[type[BaseModel], dict[str, Any]] = {
 HEADERS[MatchChange] = {
     "type": "object", "required": [_MSG_ID, ENCODING_HEADER],
     "properties": {
-        _MSG_ID: {"type": "string", "pattern": "^[0-9a-f]{32}$",
+        _MSG_ID: {"type": "string", "pattern": MESSAGE_ID_PATTERN,
                   "description": "message_id: a replay of the same piece has the same, and "
                                  "JetStream drops it"},
         ENCODING_HEADER: {"type": "string", "const": ENCODING,

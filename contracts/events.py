@@ -22,15 +22,11 @@ REGISTRY_DUPLICATE_WINDOW_S = 20 * 60
 
 
 class EntityKind(StrEnum):
+    """What a registry entity is: the one definition every service, reader, event, subject
+    and document uses (its values are the subjects' and the JSON's)."""
+
     design = "design"
     facility = "facility"
-
-
-class EventType(StrEnum):
-    design_upserted = "design.upserted"
-    design_deleted = "design.deleted"
-    facility_upserted = "facility.upserted"
-    facility_deleted = "facility.deleted"
 
 
 def design_partition_transform(partitions: int) -> tuple[str, str] | None:

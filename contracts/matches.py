@@ -9,7 +9,12 @@ score and the indexes of its reasons. The piece is JSON compressed with zlib
 (`Content-Encoding: deflate`): about 25 bytes a pair where one event per pair took 882.
 
 `match_events` rebuilds every pair as the MatchEvent webhook bodies carry (with its
-explanation and the id a per-pair event always had), from the message alone."""
+explanation and the id a per-pair event always had), from the message alone.
+
+MatchChange and MatchEvent are the one definition of both shapes: the JSON Schemas
+(contracts/schemas/match-*.schema.json) and the AsyncAPI documents are generated from them;
+the encoder's rows and match_event's entries are written by hand for speed, and
+tests/test_match_changes.py holds them to the models on real data."""
 
 from __future__ import annotations
 
@@ -18,11 +23,12 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contracts.events import EntityKind
 from contracts.models import EntityId
 
 MATCHES_STREAM = "MATCHES"
@@ -33,8 +39,10 @@ MATCHES_MAX_AGE_S = 30 * 24 * 3600
 # 25 bytes a pair that is ~600 million pairs, more than a month of steady use.
 MATCHES_MAX_BYTES = 16 * 1024**3
 SCHEMA_VERSION = 2
+EVENT_SCHEMA_VERSION = 1  # a MatchEvent's (MATCHES carried one a pair before version 2)
 ENCODING_HEADER = "Content-Encoding"
 ENCODING = "deflate"  # zlib's format, as HTTP's "deflate" means
+MESSAGE_ID_PATTERN = r"^[0-9a-f]{32}$"  # a piece's id, also its Nats-Msg-Id
 
 # Bounds on what grows with the input, so that every pair fits a piece whatever it is made
 # of: a design of 5,000 sized parts explains its 63 most telling requirements and counts
@@ -53,8 +61,13 @@ def headroom(max_bytes: int) -> int:
     return 1024 + max_bytes // 500
 
 Outcome = Literal["met", "weak", "unknown", "unmet"]
+RequirementKind = Literal["status", "process", "material", "size", "more"]
 MatchKind = Literal["found", "withdrawn"]
-EntityKind = Literal["design", "facility"]
+MATCH_KINDS: tuple[MatchKind, ...] = get_args(MatchKind)
+# A MatchEvent's type, what subscriptions filter on: "matches." and its MatchKind (a test
+# holds the two together; a Literal cannot be derived from another).
+MatchEventType = Literal["matches.found", "matches.withdrawn"]
+MATCH_EVENT_TYPES: tuple[MatchEventType, ...] = get_args(MatchEventType)
 _SEVERITY = {"unmet": 0, "unknown": 1, "weak": 2, "met": 3}
 
 
@@ -63,7 +76,7 @@ class Requirement(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["status", "process", "material", "size", "more"] = Field(
+    kind: RequirementKind = Field(
         description="more: the requirements an explanation bounded for size leaves out")
     need: str = Field(description="what is needed: a process or material id, a part, 'active'")
     outcome: Outcome
@@ -72,6 +85,8 @@ class Requirement(BaseModel):
 
 
 class Cause(BaseModel):
+    """The registry change that moved the matches: the entity and its event."""
+
     model_config = ConfigDict(extra="forbid")
 
     entity: EntityKind
@@ -86,9 +101,9 @@ class MatchEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = EVENT_SCHEMA_VERSION
     event_id: str
-    type: Literal["matches.found", "matches.withdrawn"]
+    type: MatchEventType
     design_id: EntityId
     design_version: int
     facility_id: EntityId
@@ -141,7 +156,7 @@ class MatchChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[2] = 2
-    message_id: str = Field(pattern=r"^[0-9a-f]{32}$",
+    message_id: str = Field(pattern=MESSAGE_ID_PATTERN,
                             description="a hash of the piece's content: the same for a "
                             "replay of the same piece, another for any other content")
     partition: int = Field(0, ge=0, description="the matcher partition that made it: a "
@@ -160,7 +175,7 @@ class MatchChange(BaseModel):
     def _consistent(self) -> MatchChange:
         """What a reader indexes must be there: the changed entity of the cause's kind,
         every reason and process-set index in its table, each pair of its side's shape."""
-        design = self.cause.entity == "design"
+        design = self.cause.entity is EntityKind.design
         if (self.design is None) == design or (self.facility is None) != design:
             raise ValueError(f"a {self.cause.entity} change names that entity, only")
         reasons, sets = len(self.reasons), len(self.process_sets)
@@ -181,13 +196,25 @@ def match_event_id(kind: MatchKind, design_id: str, design_version: int, facilit
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def change_subject(entity: str, entity_id: str) -> str:
+def change_subject(entity: EntityKind, entity_id: str) -> str:
     return f"matches.{entity}.{entity_id}"
 
 
 # encoding (the matcher)
 
-Reason = tuple[str, str, str, str | None, str | None]  # Requirement's fields, in order
+class Reason(NamedTuple):
+    """One requirement and how it is answered: Requirement's fields (a test holds them
+    together), as a tuple, because a fan-out builds one per requirement of every
+    transition, and a piece's table of reasons is keyed by them."""
+
+    kind: RequirementKind
+    need: str
+    outcome: Outcome
+    by: str | None = None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return reason_dict(self)
 
 
 @dataclass(slots=True)
@@ -217,18 +244,22 @@ class Piece:
         return {"Nats-Msg-Id": self.message_id, ENCODING_HEADER: ENCODING}
 
 
-def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
+def encode_change(cause: Cause, changed: ChangedDesign | ChangedFacility,
                   pairs: Iterable[PairOut], max_bytes: int, partition: int = 0) -> list[Piece]:
     """The pieces of one change, each at most `max_bytes` (the server's max_payload)
     compressed, and at most `max_bytes - headroom(max_bytes)` before. Pairs go in order of
     kind and counterpart id, so that a replay cuts the same pieces; a piece's id is a hash
     of its content, so that one id never names two contents (a replay under another
     piece size makes other ids: pairs sent twice, which consumers drop by event_id,
-    rather than pairs lost)."""
+    rather than pairs lost). The shared part is written from its models, once a change;
+    the rows by hand, as Pair's fields: a fan-out has thousands, and a model each would be
+    on the matcher's hot path (tests validate the pieces of real changes instead)."""
+    if isinstance(changed, ChangedDesign) != (cause.entity is EntityKind.design):
+        raise ValueError(f"a {cause.entity} change names that entity, only")
     budget = max_bytes - headroom(max_bytes)
-    entity = cause["entity"]
-    head = {"schema_version": SCHEMA_VERSION, "cause": dict(cause),
-            entity: _bounded_changed(entity, changed, budget // 4)}
+    entity = cause.entity.value  # orjson takes no str subclass as a key
+    head = {"schema_version": SCHEMA_VERSION, "cause": cause.model_dump(mode="json"),
+            entity: _bounded_changed(changed, budget // 4)}
     room = budget - _head_size(head, partition)
     # A fan-out's pairs share a few reason tuples (the matcher's Explainer makes one per
     # kind of answer): each is bounded, and each reason measured, once. The pairs hold
@@ -253,7 +284,7 @@ def encode_change(cause: Mapping[str, Any], changed: Mapping[str, Any],
         payload = zlib.compress(orjson.dumps({**body, "message_id": message_id}), 6)
         if len(payload) > max_bytes - 512:  # never: the budget leaves zlib's worst case
             raise ValueError(f"piece of {len(payload)} bytes over {max_bytes}")
-        out.append(Piece(change_subject(entity, cause["entity_id"]), message_id, payload,
+        out.append(Piece(change_subject(cause.entity, cause.entity_id), message_id, payload,
                          len(builder.found), len(builder.withdrawn)))
     return out
 
@@ -327,8 +358,8 @@ class _Builder:
 
 
 def reason_dict(r: Reason) -> dict[str, str | None]:
-    """A reason as the JSON object an explanation lists (Requirement's fields)."""
-    return {"kind": r[0], "need": r[1], "outcome": r[2], "by": r[3], "note": r[4]}
+    """A reason as the JSON object an explanation lists."""
+    return dict(zip(Reason._fields, r, strict=True))
 
 
 def _text(value: str | None) -> str | None:
@@ -353,7 +384,7 @@ class ReasonMemo:
     def cut(self, r: Reason) -> Reason:
         found = self._cut.get(r)
         if found is None:
-            found = self._cut[r] = r if all(_text(x) is x for x in r[1:]) else (
+            found = self._cut[r] = r if all(_text(x) is x for x in r[1:]) else Reason(
                 r[0], _text(r[1]) or "", r[2], _text(r[3]), _text(r[4]))
         return found
 
@@ -381,9 +412,9 @@ def bound_reasons(reasons: Sequence[Reason], limit: int = MAX_EXPLANATION_BYTES,
         rest = order[keep:]
         worst = min((out[i][2] for i in rest), key=lambda o: _SEVERITY.get(o, 0),
                     default="met")
-        summary: Reason = ("more", f"{len(rest)} more requirements", worst, None,
-                           "not listed here; GET /v1/match on the matcher explains the "
-                           "pair in full")
+        summary = Reason("more", f"{len(rest)} more requirements", worst, None,
+                         "not listed here; GET /v1/match on the matcher explains the "
+                         "pair in full")
         bounded = (*(out[i] for i in sorted(order[:keep])), summary)
         if keep == 0 or sum(map(memo.size, bounded)) <= limit:
             return bounded
@@ -396,12 +427,12 @@ def _bounded_processes(processes: tuple[str, ...] | None) -> tuple[str, ...] | N
     return tuple(_text(p) or "" for p in processes[:MAX_PROCESSES])
 
 
-def _bounded_changed(entity: str, changed: Mapping[str, Any], limit: int) -> dict[str, Any]:
+def _bounded_changed(changed: ChangedDesign | ChangedFacility, limit: int) -> dict[str, Any]:
     """The changed entity as the pieces carry it: a design's process list bounded, and
     shortened further if it would take more than `limit` bytes."""
-    out = dict(changed)
-    if entity == "design":
-        processes = list(_bounded_processes(tuple(changed["processes"])) or ())
+    out = changed.model_dump()
+    if isinstance(changed, ChangedDesign):
+        processes = list(_bounded_processes(tuple(changed.processes)) or ())
         while processes and len(orjson.dumps(processes)) > limit // 2:
             processes = processes[:len(processes) // 2]
         out["processes"] = processes
@@ -445,8 +476,8 @@ class PairView:
     row: Mapping[str, Any]
 
     @property
-    def type(self) -> str:
-        return f"matches.{self.kind}"
+    def type(self) -> MatchEventType:
+        return f"matches.{self.kind}"  # type: ignore[return-value]
 
 
 def pairs(change: Mapping[str, Any]) -> list[PairView]:
@@ -466,13 +497,13 @@ def pair_at(change: Mapping[str, Any], n: int) -> PairView:
     return _view(change, "withdrawn", change["withdrawn"][n - len(found)])
 
 
-def _view(change: Mapping[str, Any], kind: str, row: Mapping[str, Any]) -> PairView:
+def _view(change: Mapping[str, Any], kind: MatchKind, row: Mapping[str, Any]) -> PairView:
     design = change.get("design")
     if design is not None:
-        return PairView(kind, design["id"], design["version"], row["id"],  # type: ignore[arg-type]
+        return PairView(kind, design["id"], design["version"], row["id"],
                         row["v"], row.get("lat"), row.get("lon"), design["processes"], row)
     facility = change["facility"]
-    return PairView(kind, row["id"], row["v"], facility["id"],  # type: ignore[arg-type]
+    return PairView(kind, row["id"], row["v"], facility["id"],
                     facility["version"], facility.get("lat"), facility.get("lon"),
                     change["process_sets"][row["p"]], row)
 
@@ -480,10 +511,12 @@ def _view(change: Mapping[str, Any], kind: str, row: Mapping[str, Any]) -> PairV
 def match_event(change: Mapping[str, Any], pair: PairView,
                 event_id: str | None = None) -> dict[str, Any]:
     """The pair as one MatchEvent (a webhook body's entry), explanation included;
-    `event_id`, when the caller knows it, spares working it out again."""
+    `event_id`, when the caller knows it, spares working it out again. By hand, as
+    MatchEvent's fields: routing makes one per pair a subscription wants, too many to
+    validate each (tests validate those of real changes)."""
     reasons = change["reasons"]
     return {
-        "schema_version": 1,
+        "schema_version": EVENT_SCHEMA_VERSION,
         "event_id": event_id or match_event_id(pair.kind, pair.design_id,
                                                pair.design_version, pair.facility_id,
                                                pair.facility_version),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -114,11 +112,3 @@ class Facility(Model):
     links: dict[str, ShortText] = {}
     warnings: list[str] = []
     extra: dict[str, Any] = {}
-
-
-def derive_id(name: str, *salt: str | None) -> str:
-    """A stable id from a name and what distinguishes it (repo URL, source row):
-    re-importing the same record yields the same id."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "entity"
-    digest = hashlib.sha256("\x1f".join([name, *(s or "" for s in salt)]).encode()).hexdigest()
-    return f"{slug}-{digest[:8]}"

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from contracts.events import DesignEvent, FacilityEvent, RegistryEvent
+from contracts.matches import MatchChange, MatchEvent
 from contracts.models import Design, Facility
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -20,6 +21,8 @@ def all_schemas() -> dict[str, dict]:
         "design-event.schema.json": DesignEvent.model_json_schema(),
         "facility-event.schema.json": FacilityEvent.model_json_schema(),
         "registry-event.schema.json": TypeAdapter(RegistryEvent).json_schema(),
+        "match-change.schema.json": MatchChange.model_json_schema(),
+        "match-event.schema.json": MatchEvent.model_json_schema(),
     }
 
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-Kind = Literal["process", "material"]
+TermKind = Literal["process", "material"]  # which vocabulary a term is of
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Entry:
 class Vocabulary:
     """One kind of term (processes or materials) with its lookup table and hierarchy."""
 
-    kind: Kind
+    kind: TermKind
     entries: dict[str, Entry]
     _lookup: dict[str, str] = field(default_factory=dict)
     _ancestors: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -130,7 +130,7 @@ def _candidates(name: str) -> list[str]:
     return [c for c in out if c]
 
 
-def _load(kind: Kind, rows: list[dict]) -> Vocabulary:
+def _load(kind: TermKind, rows: list[dict]) -> Vocabulary:
     entries = {
         row["id"]: Entry(
             id=row["id"],
@@ -163,5 +163,5 @@ def materials() -> Vocabulary:
     return _vocabularies()["material"]
 
 
-def vocabulary(kind: Kind) -> Vocabulary:
+def vocabulary(kind: TermKind) -> Vocabulary:
     return _vocabularies()[kind]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from makelocal.cluster import SERVICE_KINDS
-from makelocal.embedded import PortInUse
+from makelocal.embedded import LOCAL_INSTALL, PortInUse, missing_local_packages
 from makelocal.stack import Ports, default_data_dir, running_stack, up
 
 SERVICES = {
@@ -20,6 +20,9 @@ SERVICES = {
     "notifier": ("services.notifier.app:main", "the notifier service"),
     "web": ("services.web.app:main", "the web page for makers"),
 }
+
+# they run NATS, PostgreSQL or the SMTP sink from the `local` extra, which production lacks
+LOCAL_COMMANDS = ("up", "mail-sink")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p_validate.add_argument("--json", action="store_true", help="print the reports as JSON")
 
     p_status = sub.add_parser("status", help="health, lag, backlog and deliveries of the "
-                              "running stack, as a table")
+                              "running stack, as a table; exit 1 unless every service is ready")
+    p_status.add_argument("--json", action="store_true", help="print them as JSON, one object"
+                          " per service, for scripts")
     _data_dir(p_status)
 
     p_trace = sub.add_parser("trace", help="follow one registry change (its event id) to its "
@@ -108,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                           " to (default: contracts/schemas)")
 
     args = parser.parse_args(argv)
+    if args.command in LOCAL_COMMANDS and (missing := missing_local_packages()):
+        print(f"makelocal: {args.command} needs the `local` extra, which this install lacks"
+              f" (missing: {', '.join(missing)}): {LOCAL_INSTALL}", file=sys.stderr)
+        return 2
     if args.command == "up":
         ports = Ports(args.nats_port, args.nats_monitor_port, args.postgres_port,
                       args.registry_port, args.matcher_port, args.notifier_port,
@@ -142,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError:
         return 2
     if args.command == "status":
-        from makelocal.status import status
+        from makelocal.status import as_json, draw, status
 
         stack = running_stack(args.data_dir or default_data_dir())
         # every instance `up` started, else one of each where the environment says
         urls = stack.get("services") or {
             service: stack.get(f"{service}_url", f"http://127.0.0.1:{getattr(Ports(), service)}")
             for service in SERVICE_KINDS}
-        table, healthy = status(urls)
-        print(table)
-        return 0 if healthy else 1
+        found = status(urls)
+        if args.json:
+            print(as_json(found))
+        else:
+            draw(found)
+        return 0 if all(s.ready for s in found) else 1
     if args.command == "trace":
         from makelocal.trace import run
         from services.common.settings import CommonSettings
@@ -328,7 +340,7 @@ class _UsageError(Exception):
 def _mapping(args: argparse.Namespace) -> dict[str, str] | None:
     """--map pairs, or _UsageError after naming what is wrong with them."""
     from contracts.errors import InvalidInput
-    from contracts.readers.mapped import parse_mapping
+    from ingest.mapped import parse_mapping
 
     try:
         return parse_mapping(args.map) or None

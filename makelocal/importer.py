@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 
-from contracts.readers.documents import SUFFIXES
-from contracts.readers.okh import manifest_id
-from contracts.readers.okw import facility_key, snake
-from contracts.readers.sources import Record, records
+from ingest.documents import SUFFIXES
+from ingest.identity import document_id
+from ingest.layouts import records
+from ingest.record import Record
 
 MEDIA = {"toml": "application/toml", "yaml": "application/yaml", "json": "application/json"}
 PLURAL = {"design": "designs", "facility": "facilities"}
@@ -60,9 +60,7 @@ def read_all(paths: list[Path], mapping: dict[str, str] | None = None,
                 body = json.dumps(record.document, sort_keys=True, ensure_ascii=False).encode()
                 media = MEDIA["json"]
             if record.entity_id is None:
-                record.entity_id = (manifest_id(record.document) if record.kind == "design"
-                                    else facility_key({snake(str(k)): v for k, v in
-                                                       record.document.items()}))
+                record.entity_id = document_id(record.kind, record.document)
             out.append((record, body, media))
     return out
 

@@ -1,5 +1,7 @@
 """A local SMTP server (aiosmtpd) that keeps every message as an .eml file: the mail
-server `makelocal up` gives the notifier, so alerts can be read without a mail account."""
+server `makelocal up` gives the notifier, so alerts can be read without a mail account.
+aiosmtpd comes with the `local` extra, not the production install: the CLI says so before
+importing this module."""
 
 from __future__ import annotations
 

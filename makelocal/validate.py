@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import InvalidInput
-from contracts.readers.okh import read_design
-from contracts.readers.okw import read_facility
-from contracts.readers.sources import records
-from contracts.readers.validation import lines, report
+from ingest.layouts import records
+from ingest.okh import read_design
+from ingest.okw import read_facility
+from ingest.validation import lines, report
 from makelocal.importer import files_in
 
 

@@ -244,7 +244,7 @@ async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
     JetStream cannot drop a repeat: as a replay after its duplicate window."""
     from datetime import UTC, datetime
 
-    from contracts.matches import PairOut, encode_change, match_event_id
+    from contracts.matches import Cause, ChangedDesign, PairOut, encode_change, match_event_id
 
     by_design: dict[str, list[str]] = {}
     for design_id, facility_id in pairs:
@@ -254,9 +254,9 @@ async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
         js = nc.jetstream()
         futures = []
         for design_id, facilities in by_design.items():
-            cause = {"entity": "design", "entity_id": design_id, "version": 1,
-                     "event_id": None, "occurred_at": datetime.now(UTC).isoformat()}
-            changed = {"id": design_id, "version": 1, "processes": list(design_processes)}
+            cause = Cause(entity="design", entity_id=design_id, version=1,
+                          occurred_at=datetime.now(UTC))
+            changed = ChangedDesign(id=design_id, version=1, processes=list(design_processes))
             out = [PairOut(kind, f, 1, 0.9 if kind == "found" else 0.0,  # type: ignore[arg-type]
                            [("status", "active", "met", None, None)],
                            lat=facility_lat, lon=facility_lon) for f in facilities]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.common.http import install_error_handlers
+from services.common.errors import install_error_handlers
 
 FAULTS = {
     "refused": ConnectionRefusedError(111, "Connection refused"),

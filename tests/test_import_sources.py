@@ -12,10 +12,10 @@ import pytest
 
 from contracts.errors import InvalidInput
 from contracts.models import Facility
-from contracts.readers.layouts import LAYOUTS
-from contracts.readers.mapped import parse_mapping
-from contracts.readers.okw import read_facility
-from contracts.readers.sources import Record, records
+from ingest.layouts import LAYOUTS, records
+from ingest.mapped import parse_mapping
+from ingest.okw import read_facility
+from ingest.record import Record
 from makelocal.cli import main
 from makelocal.importer import import_paths
 from tests.helpers import InProcess

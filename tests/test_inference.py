@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from contracts.models import Design
-from contracts.readers.okh import read_design
-from contracts.readers.validation import matchable, report
+from ingest.okh import read_design
+from ingest.validation import matchable, report
 
 PCB = {"pcb-fabrication", "electronics-assembly"}
 
@@ -180,7 +180,7 @@ def test_a_stated_pcb_brings_its_assembly_marked_as_inferred() -> None:
 
 
 def test_manifests_as_people_write_them() -> None:
-    from contracts.readers.documents import parse_document
+    from ingest.documents import parse_document
 
     directive = parse_document(b"%Open know-how manifest 0.1\n---\ntitle: Bench\n", "yaml")
     assert read_design(directive).name == "Bench"

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.readers.fields import MAX_LIST, MAX_TEXT
-from contracts.readers.okh import MAX_PARTS
+from ingest.fields import MAX_LIST, MAX_TEXT
+from ingest.okh import MAX_PARTS
 from tests.conftest import auth
 from tests.helpers import JSON, InProcess, stream_messages, wait_ready
 

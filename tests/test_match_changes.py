@@ -12,10 +12,19 @@ import orjson
 import pytest
 
 from contracts import matches
-from contracts.matches import MatchChange, MatchEvent, PairOut, encode_change
+from contracts.matches import (
+    Cause,
+    ChangedFacility,
+    MatchChange,
+    MatchEvent,
+    Pair,
+    PairOut,
+    Requirement,
+    encode_change,
+)
 from contracts.models import Box, Design, Equipment, Facility, Location, Part, Term
-from contracts.readers.okh import read_design
-from contracts.readers.okw import read_facility
+from ingest.okh import read_design
+from ingest.okw import read_facility
 from makelocal.importer import read_all
 from services.matcher.checkpoint import Change
 from services.matcher.diff import apply_design, apply_facility
@@ -125,15 +134,14 @@ def pairs_of(pieces: list[matches.Piece]) -> list[tuple[str, str, str]]:
 
 
 def test_a_wide_change_is_split_under_max_payload_and_cut_the_same_way_on_replay() -> None:
-    cause = {"entity": "facility", "entity_id": "lab", "version": 2, "event_id": "e",
-             "occurred_at": None}
+    cause = Cause(entity="facility", entity_id="lab", version=2, event_id="e")
+    changed = ChangedFacility(id="lab", version=2, lat=1.0, lon=2.0)
     pairs = [PairOut("found" if i % 3 else "withdrawn", f"design-{i:05d}", 1, 0.75,
                      [("status", "active", "met", None, None),
                       ("process", "fdm", "met", "fdm", f"note {i % 50}")],
                      processes=("fdm", f"p{i % 20}")) for i in range(20_000)]
     limit = 64 * 1024
-    pieces = encode_change(cause, {"id": "lab", "version": 2, "lat": 1.0, "lon": 2.0}, pairs,
-                           limit)
+    pieces = encode_change(cause, changed, pairs, limit)
     assert len(pieces) > 3
     assert all(len(p.payload) <= limit for p in pieces)
     assert all(len(zlib.decompress(p.payload)) <= limit for p in pieces)
@@ -146,8 +154,7 @@ def test_a_wide_change_is_split_under_max_payload_and_cut_the_same_way_on_replay
     # a replay meets the pairs in another order (slots differ after a restart)
     shuffled = pairs[:]
     random.Random(3).shuffle(shuffled)
-    again = encode_change(cause, {"id": "lab", "version": 2, "lat": 1.0, "lon": 2.0},
-                          shuffled, limit)
+    again = encode_change(cause, changed, shuffled, limit)
     assert [(p.message_id, p.payload) for p in again] == [
         (p.message_id, p.payload) for p in pieces]
 
@@ -236,17 +243,46 @@ def test_bound_reasons_keeps_what_tells_most() -> None:
         matches.MAX_EXPLANATION_BYTES)
 
 
-def test_real_manifests_from_shared_data_round_trip() -> None:
+def written_as_the_models_say(change: dict) -> int:
+    """The change validates as MatchChange, each pair's event as MatchEvent, and the rows
+    and events the fast paths write by hand hold every field of their model (one they
+    forgot would still validate, as its default); returns the number of pairs."""
+    MatchChange.model_validate(change)
+    entity = change["cause"]["entity"]
+    assert set(change["cause"]) == set(Cause.model_fields)
+    assert set(change) == set(MatchChange.model_fields) - {
+        "facility" if entity == "design" else "design"}
+    assert all(set(r) == set(Requirement.model_fields) for r in change["reasons"])
+    counterpart = {"p"} if entity == "design" else {"lat", "lon"}  # what the row leaves out
+    rows = [*change["found"], *change["withdrawn"]]
+    assert all(set(row) == set(Pair.model_fields) - counterpart for row in rows)
+    events = list(matches.match_events(change))
+    for event in events:
+        MatchEvent.model_validate(event)
+        assert set(event) == set(MatchEvent.model_fields)
+    return len(events)
+
+
+def test_real_manifests_and_fab_labs_are_written_as_the_models_say() -> None:
     index = index_of(real_facilities())
+    designs = []
     for path in sorted((DATA / "okh").iterdir()):
         for record, body, _ in read_all([path]):
-            if body is None:
-                continue
-            design = read_design(record.document, design_id=record.entity_id or "x")
-            for change in decoded(design_change(index, design)):
-                MatchChange.model_validate(change)
-                for event in matches.match_events(change):
-                    MatchEvent.model_validate(event)
+            if body is not None:
+                designs.append(read_design(record.document, design_id=record.entity_id or "x"))
+    pairs = sum(written_as_the_models_say(change)
+                for design in designs for change in decoded(design_change(index, design)))
+    assert pairs > 1000
+    # the other way round: a lab's change lists the designs it can make, then withdraws them
+    for n, lab in enumerate(real_facilities()[:100]):
+        closed = facility_profile(Facility(id=lab.id, name="closed", status="closed"), 2)
+        for version, profile, old in ((2, closed, lab), (3, lab, closed)):
+            diff = apply_facility(index, lab.id, profile, version)
+            change = Change(n, "facility", lab.id, version, old, profile, f"e-{n}",
+                            "2026-11-30T12:00:00Z")
+            for piece in decoded(change_pieces(diff, change, index, MAX_PAYLOAD)):
+                pairs += written_as_the_models_say(piece)
+    assert pairs > 2000
 
 
 def test_settings_refuse_a_piece_size_under_4_kb() -> None:
@@ -261,9 +297,8 @@ def test_settings_refuse_a_piece_size_under_4_kb() -> None:
 
 
 def test_each_partition_publishes_its_own_pieces_of_a_facility_change() -> None:
-    cause = {"entity": "facility", "entity_id": "lab", "version": 2, "event_id": None,
-             "occurred_at": None}
-    changed = {"id": "lab", "version": 2, "lat": None, "lon": None}
+    cause = Cause(entity="facility", entity_id="lab", version=2)
+    changed = ChangedFacility(id="lab", version=2)
 
     def pieces(partition: int, design: str) -> list[matches.Piece]:
         pair = PairOut("found", design, 1, 1.0, [("status", "active", "met", None, None)],

@@ -21,7 +21,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from contracts import matches, vocabulary
-from contracts.matches import PairOut, PairView, encode_change, headroom
+from contracts.matches import (
+    Cause,
+    ChangedDesign,
+    ChangedFacility,
+    PairOut,
+    PairView,
+    encode_change,
+    headroom,
+)
 from contracts.models import Box, Design, Equipment, Facility, Part, Term
 from services.matcher.checkpoint import Change
 from services.matcher.diff import apply_design
@@ -33,12 +41,11 @@ from services.notifier.consumer import MatchConsumer
 from services.notifier.subscriptions import Route, RoutingIndex
 
 SMALLEST_PIECE = 4096  # services.matcher.settings: matcher_piece_bytes >= 4096
-DESIGN_CAUSE = {"entity": "design", "entity_id": "d", "version": 1, "event_id": "e",
-                "occurred_at": "2026-11-30T12:00:00+00:00"}
-DESIGN = {"id": "d", "version": 1, "processes": ["fdm"]}
-FACILITY_CAUSE = {"entity": "facility", "entity_id": "lab", "version": 2, "event_id": None,
-                  "occurred_at": None}
-FACILITY = {"id": "lab", "version": 2, "lat": 48.85, "lon": 2.35}
+DESIGN_CAUSE = Cause(entity="design", entity_id="d", version=1, event_id="e",
+                     occurred_at="2026-11-30T12:00:00+00:00")
+DESIGN = ChangedDesign(id="d", version=1, processes=["fdm"])
+FACILITY_CAUSE = Cause(entity="facility", entity_id="lab", version=2)
+FACILITY = ChangedFacility(id="lab", version=2, lat=48.85, lon=2.35)
 STATUS_MET: matches.Reason = ("status", "active", "met", None, None)
 
 
@@ -168,8 +175,8 @@ def test_a_design_needing_many_processes_at_the_smallest_piece_size() -> None:
     (known ids, nothing hostile) is refused, and the matcher's batch fails and is retried
     forever."""
     ids = sorted(vocabulary.processes().entries, key=len)[-25:]
-    design = {"id": "d" * 64, "version": 1, "processes": ids}
-    cause = {**DESIGN_CAUSE, "entity_id": "d" * 64, "event_id": "e" * 32}
+    design = ChangedDesign(id="d" * 64, version=1, processes=ids)
+    cause = DESIGN_CAUSE.model_copy(update={"entity_id": "d" * 64, "event_id": "e" * 32})
     pair = PairOut("found", "f", 1, 0.5, (STATUS_MET,), lat=1.0, lon=2.0)
     pieces = encode_change(cause, design, [pair], SMALLEST_PIECE)
     assert len(pieces) == 1
@@ -633,15 +640,17 @@ def routed_changes(draw: st.DrawFn) -> dict[str, Any]:
         pairs = [PairOut(draw(kinds), f, 1, 0.5, (STATUS_MET,),
                          *draw(st.one_of(st.tuples(LAT, LON), st.just((None, None)))))
                  for f in draw(st.sets(st.sampled_from(FACILITIES), min_size=1))]
-        changed = {"id": "d1", "version": 1, "processes": processes}
-        pieces = encode_change(DESIGN_CAUSE | {"entity_id": "d1"}, changed, pairs, 2**20)
+        changed = ChangedDesign(id="d1", version=1, processes=processes)
+        pieces = encode_change(DESIGN_CAUSE.model_copy(update={"entity_id": "d1"}), changed,
+                               pairs, 2**20)
     else:
         lat, lon = draw(st.one_of(st.tuples(LAT, LON), st.just((None, None))))
         pairs = [PairOut(draw(kinds), d, 1, 0.5, (STATUS_MET,), processes=tuple(
                      draw(st.lists(st.sampled_from(PROCESSES), max_size=3, unique=True))))
                  for d in draw(st.sets(st.sampled_from(DESIGNS), min_size=1))]
-        changed = {"id": "f1", "version": 1, "lat": lat, "lon": lon}
-        pieces = encode_change(FACILITY_CAUSE | {"entity_id": "f1"}, changed, pairs, 2**20)
+        changed = ChangedFacility(id="f1", version=1, lat=lat, lon=lon)
+        pieces = encode_change(FACILITY_CAUSE.model_copy(update={"entity_id": "f1"}), changed,
+                               pairs, 2**20)
     [change] = decoded(pieces)
     return change
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -43,6 +46,29 @@ def facility(processes: list[str], *, status: str = "active", materials: list[st
                                      materials=[term(m) for m in materials],
                                      equipment=list(equipment),
                                      location=Location(lat=lat, lon=lon)), version)
+
+
+_EXPLAIN = """
+from tests.test_matcher_rules import design, facility
+from services.matcher.rules import evaluate
+d = design(["3d-printing"], ["thermoplastic"])
+f = facility(["sla", "fdm", "sls", "polyjet"], materials=["pla", "petg", "abs", "nylon"])
+print([(r.need, r.outcome, r.by) for r in evaluate(d, f).requirements])
+"""
+
+
+def test_the_explanation_is_the_same_whatever_the_hash_seed() -> None:
+    """A facility answering one need several ways names the same one in every process: the
+    reasons go into a MATCHES piece's id, so a matcher restarted with another hash seed
+    must cut the same pieces again."""
+    seen = set()
+    for seed in ("1", "2", "3", "4"):
+        out = subprocess.run([sys.executable, "-c", _EXPLAIN], capture_output=True,
+                             text=True, timeout=60, check=True,
+                             env=os.environ | {"PYTHONHASHSEED": seed})
+        seen.add(out.stdout)
+    assert len(seen) == 1, seen
+    assert "('3d-printing', 'met', 'fdm')" in seen.pop()
 
 
 def outcomes(d, f) -> list[tuple[str, str, str]]:

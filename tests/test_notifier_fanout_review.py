@@ -49,7 +49,9 @@ class Stack:
     async def deliveries(self, sub: str) -> list[dict[str, Any]]:
         rows = await self.conn.fetch(
             "SELECT body FROM deliveries WHERE subscription_id = $1 AND kind = 'matches'"
-            " ORDER BY created_at", sub)
+            # one pass makes its deliveries in one transaction (one created_at): ctid
+            # is the order it inserted them in (a fresh schema's table, never updated)
+            " ORDER BY created_at, ctid", sub)
         return [orjson.loads(bytes(r["body"])) for r in rows]
 
     async def waiting(self, sub: str) -> int:
@@ -75,11 +77,12 @@ async def stack(notifier_settings: NotifierSettings) -> AsyncIterator[Stack]:
 
 def piece(design: str, labs: list[str], version: int = 1) -> tuple[str, bytes, dict]:
     """One MATCHES message (as the matcher cuts it): (message id, payload, decoded)."""
-    cause = {"entity": "design", "entity_id": design, "version": version, "event_id": None,
-             "occurred_at": datetime.now(UTC).isoformat()}
+    cause = matches.Cause(entity="design", entity_id=design, version=version,
+                          occurred_at=datetime.now(UTC))
     out = [matches.PairOut("found", lab, 1, 0.5, [("status", "active", "met", None, None)])
            for lab in labs]
-    [p] = matches.encode_change(cause, {"id": design, "version": version, "processes": []},
+    [p] = matches.encode_change(cause, matches.ChangedDesign(id=design, version=version,
+                                                             processes=[]),
                                 out, 1024 * 1024)
     change = matches.decode(p.payload, p.headers)
     return p.message_id, p.payload, change

@@ -55,23 +55,12 @@ def test_schedule_with_jitter_and_retry_after_bounds() -> None:
     assert schedule.next_delay(2, steps, retry_after=99999) == 600
 
 
-@pytest.mark.parametrize(("status", "delivered", "disable", "retries"), [
-    (200, True, False, False), (204, True, False, False), (302, False, False, True),
-    (400, False, False, True), (410, False, True, False), (500, False, False, True),
-    (0, False, False, True)])
-def test_classify(status: int, delivered: bool, disable: bool, retries: bool) -> None:
-    outcome = schedule.classify(status, 1, (5.0, 10.0))
-    assert (outcome.delivered, outcome.disable, outcome.delay is not None) == (
-        delivered, disable, retries)
-
-
 def test_retry_after_as_seconds_or_http_date() -> None:
-    assert schedule.classify(429, 1, (5.0,), "7").delay == 7
+    """(What an answer's Retry-After does to its outcome: test_notifier_outcomes.py.)"""
+    assert schedule.parse_retry_after("7") == 7
     now = datetime.now(UTC).replace(microsecond=0)  # HTTP dates have whole seconds
     assert schedule.parse_retry_after(format_datetime(now + timedelta(seconds=8)), now) == 8
     assert schedule.parse_retry_after("soon") is None
-    assert schedule.classify(503, 1, (5.0,), "1000").delay == 10  # at most twice the step
-    assert schedule.classify(429, 2, (5.0,), "1").delay is None  # schedule exhausted
 
 
 REFUSED = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI, Query
 from pydantic import BaseModel, Field
 
-from services.common.http import install_error_handlers
+from services.common.errors import install_error_handlers
 from tests.conftest import auth
 from tests.helpers import JSON, InProcess, InProcessMatcher, eventually, lab, wait_ready
 from tests.receivers import Receiver

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.errors import InvalidInput
-from contracts.readers.documents import parse_document
-from contracts.readers.okh import read_design
-from contracts.readers.okw import read_facility
-from contracts.readers.sources import records
+from ingest.documents import parse_document
+from ingest.layouts import records
+from ingest.okh import read_design
+from ingest.okw import read_facility
 
 
 def test_planktoscope_parts_have_sizes_from_openscad_strings(data_dir: Path) -> None:
@@ -241,7 +241,7 @@ def test_a_part_name_past_the_model_bound_is_a_clear_error_not_a_500() -> None:
     """A reader bound (20,000 characters) above the model's (1,000) let a long part name
     reach pydantic unconverted: a 500 at the API."""
     from contracts.errors import InvalidInput
-    from contracts.readers.okh import read_design
+    from ingest.okh import read_design
 
     manifest = {"okhv": "OKH-LOSHv1.0", "name": "Long parts",
                 "part": [{"name": "ok", "tsdc": "3DP"}, {"name": "p" * 1500, "tsdc": "3DP"}]}

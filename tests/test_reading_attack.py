@@ -13,11 +13,11 @@ import pytest
 
 from contracts.errors import InvalidInput
 from contracts.models import Design
-from contracts.readers.documents import parse_document, parse_value
-from contracts.readers.okh import read_design
-from contracts.readers.okw import read_facility
-from contracts.readers.sources import records
-from contracts.readers.validation import report
+from ingest.documents import parse_document, parse_value
+from ingest.layouts import records
+from ingest.okh import read_design
+from ingest.okw import read_facility
+from ingest.validation import report
 
 
 def v1(**fields: Any) -> Design:

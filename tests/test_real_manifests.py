@@ -14,9 +14,9 @@ import yaml
 
 from contracts.errors import InvalidInput
 from contracts.models import Design
-from contracts.readers.documents import SUFFIXES, parse_document
-from contracts.readers.okh import read_design
 from contracts.vocabulary import processes
+from ingest.documents import SUFFIXES, parse_document
+from ingest.okh import read_design
 
 HERE = Path(__file__).parent / "data" / "okh"
 SHARED = Path(__file__).parents[1].parent / "shared" / "data" / "okh"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import psutil
 
 from makelocal.cluster import SERVICE_KINDS
 from makelocal.embedded import free_port, port_is_free
+from makelocal.status import COLUMNS
 from tests.helpers import read_until as _read_until
 from tests.monitoring import alert_expressions, every_named_metric
 
@@ -138,6 +141,22 @@ def readme_commands() -> list[str]:
     return commands
 
 
+def test_the_readme_sets_up_with_the_local_extra_and_links_only_to_what_exists() -> None:
+    """The README is the front page: its first command installs what `makelocal up` needs,
+    and every page it (or a page under docs/) links to is there."""
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("```sh\n", 1)[1].splitlines()[0]
+    assert re.search(r"pip install -e '\.\[(local|dev)[],]", setup) and "makelocal up" in setup
+    assert "bash .ci/run" in readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name} links to {target}"
+    linked = set(re.findall(r"\]\(docs/([^)#]+)\)", readme))
+    assert linked == {p.name for p in pages[1:]}  # every page reachable from the front one
+
+
 def _the_readme_lines_work_as_written(data_dir: Path, ports: dict[str, int]) -> None:
     """Each line as a newcomer pastes it (only the ports, the venv's place and the key
     printed are the test's own); every curl is -f, so an HTTP error fails it."""
@@ -172,16 +191,21 @@ def _status_shows_every_service_ready(
     """`makelocal status`: a row per service instance, each ready; in the single stack,
     the registry's outbox drained and the matcher caught up (in a cluster only the
     registry holding the relay's lock reports the outbox)."""
-    done = subprocess.run([sys.executable, "-m", "makelocal.cli", "status", "--data-dir",
-                           str(data_dir)], capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-m", "makelocal.cli", "status", "--data-dir", str(data_dir)]
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    header, *rows = done.stdout.splitlines()
+    found = {s["service"]: s for s in json.loads(done.stdout)}
+    assert sorted(found) == sorted(names)
+    assert all(s["health"] == "ready" for s in found.values())
+    if len(found) == 3:
+        assert [found["registry"][c] for c in COLUMNS] == [None, 0, 0, 0, None, None]
+        assert found["matcher"]["consumer lag"] == 0
+    # the table people read: drawn by rich, piped here, so every cell whole on its line
+    drawn = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    header, _, *rows = drawn.stdout.splitlines()
     assert header.split()[:2] == ["service", "health"] and "consumer lag" in header
     assert sorted(r.split()[:2] for r in rows) == sorted([name, "ready"] for name in names)
-    if len(rows) == 3:
-        by_name = {r.split()[0]: r.split()[2:] for r in rows}
-        assert by_name["registry"] == ["-", "0", "0", "0", "-", "-"]
-        assert by_name["matcher"][0] == "0"
 
 
 def _prometheus_scrapes_every_service_and_metric(port: int) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from contracts.errors import InvalidInput
-from contracts.readers.csvtext import read_table
-from contracts.readers.documents import parse_document
+from ingest.csvtext import read_table
+from ingest.documents import parse_document
 
 SLIPS = [
     # (format, document, line, column, text shown, words the message must hold)

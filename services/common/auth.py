@@ -19,8 +19,10 @@ from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common import keys
-from services.common.http import CHALLENGE, ApiError, closing, error_response, required_key
+from services.common.errors import ApiError, closing, error_response
 from services.common.ratelimit import TokenBuckets, retry_after
+
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 KeyOwner = Callable[[tuple[str, str]], Awaitable[str | None]]
 """(key id, secret) -> the organization of that valid, unrevoked key, else None."""
@@ -34,6 +36,20 @@ async def key_owner(pool: asyncpg.Pool, table: str, key: tuple[str, str]) -> str
     if row is None or not keys.verify(secret, bytes(row["secret_hash"])):
         return None
     return str(row["org_id"])
+
+
+def required_key(request: Request) -> tuple[str, str]:
+    """A well-formed API key (key id, secret), or 401 before the body is read; not yet
+    verified: Authenticator.verify checks it against its hash."""
+    auth, other = request.headers.get("authorization"), request.headers.get("x-api-key")
+    if not auth and not other:
+        raise ApiError(401, "unauthorized", "an API key is required", "Authorization",
+                       CHALLENGE)
+    parsed = keys.from_headers(auth, other)
+    if parsed is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization",
+                       CHALLENGE)
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -140,3 +156,18 @@ _VERIFIED = "verified_key"
 def verified(request: Request) -> VerifiedKey | None:
     """The key KeyBeforeBody verified for this request, if it did."""
     return request.scope.get("state", {}).get(_VERIFIED)
+
+
+class WriteLimit:
+    """The per-key write limit of one service process (services.common.ratelimit); checked
+    for verified keys only, so that a made-up key id never gets a bucket."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.buckets = TokenBuckets(rate, burst)
+
+    def check(self, key_id: str) -> None:
+        wait = self.buckets.take(key_id, time.monotonic())
+        if wait > 0:
+            raise ApiError(429, "rate_limited", "too many writes with this API key; retry "
+                           "after the time in Retry-After", "Authorization",
+                           {"Retry-After": retry_after(wait)})

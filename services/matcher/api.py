@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 
 from contracts.geo import haversine_km
 from contracts.models import ID_PATTERN
-from services.common.http import ERROR_RESPONSES, ApiError, parse_near
+from services.common.errors import ERROR_RESPONSES, ApiError
+from services.common.near import parse_near
 from services.matcher.index import CapabilityIndex
 from services.matcher.rules import Evaluation, Explainer, can_design_match, evaluate
 from services.matcher.schemas import (

@@ -5,25 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from contracts import asyncapi
 from contracts.events import partition_filters
-from services.common import logs
+from services.common import logs, shell, tracing
 from services.common import nats as nats_util
-from services.common.http import (
-    BodyLimit,
-    HttpMetrics,
-    install_docs,
-    install_error_handlers,
-    install_operational_routes,
-)
 from services.common.nats import PartitionMismatch
-from services.common.tasks import restarting
+from services.common.partitions import refuse_other_partitions
 from services.matcher import api
 from services.matcher.consumer import MatcherWorker
 from services.matcher.index import CapabilityIndex
@@ -91,20 +83,6 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
     def forget_worker() -> None:
         state["worker"] = None
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(restarting(run_worker, "matcher", 1.0, forget_worker))
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    app = FastAPI(title="makelocal matcher", version="1", docs_url=None, redoc_url=None,
-                  lifespan=lifespan,
-                  description="Which facilities can make which designs, and why; answered "
-                              "from the live index.")
-
     async def partitions_agree() -> None:
         if status["refused"] is not None:
             raise status["refused"]
@@ -123,17 +101,16 @@ def create_app(settings: MatcherSettings | None = None) -> FastAPI:
         if worker is None or not worker.nc.is_connected:
             raise ConnectionError("NATS not connected")
 
-    app.include_router(api.router(index))
-    install_error_handlers(app)
-    install_docs(app)
-    install_operational_routes(app, registry, {"partitions": partitions_agree,
-                                               "lease": lease_held, "index": index_loaded,
-                                               "nats": nats_ready},
-                               asyncapi.document("matcher", settings.nats_url))
-    app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_matcher")
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.state.index = index
-    return app
+    return shell.build(shell.Service(
+        name="matcher", metrics=registry, max_body_bytes=settings.max_body_bytes,
+        description="Which facilities can make which designs, and why; answered from the "
+                    "live index.",
+        routers=[api.router(index)],
+        checks={"partitions": partitions_agree, "lease": lease_held, "index": index_loaded,
+                "nats": nats_ready},
+        asyncapi=asyncapi.document("matcher", settings.nats_url),
+        tasks=[shell.Restarting("matcher", run_worker, 1.0, forget_worker)],
+        state={"index": index}))
 
 
 async def worker_life(worker: MatcherWorker) -> None:
@@ -155,36 +132,12 @@ async def first_to_end(*steps: Awaitable[None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def preflight(settings: MatcherSettings) -> str | None:
-    """Why this matcher must not start (its partition count is not REGISTRY's), or None;
-    None too when NATS cannot be asked now (the worker asks again at every start)."""
-    try:
-        nc = await asyncio.wait_for(nats_util.connect(settings.nats_url, "matcher-preflight"),
-                                    10)
-    except Exception:
-        return None
-    try:
-        worker = MatcherWorker(nc, CapabilityIndex(), MatcherMetrics(CollectorRegistry()),
-                               bucket=settings.bucket, durable=settings.durable,
-                               filter_subjects=[], partitions=settings.partitions)
-        await worker.check_partitions()
-    except PartitionMismatch as exc:
-        return str(exc)
-    except Exception as exc:
-        log.warning("partition check deferred", extra={"error": repr(exc)})
-    finally:
-        await nc.close()
-    return None
-
-
 def main() -> None:
     import uvicorn
 
     settings = MatcherSettings()
     logs.configure("matcher", settings.log_level)
-    refused = asyncio.run(preflight(settings))
-    if refused:
-        log.error("matcher refuses to start", extra={"error": refused})
-        sys.exit(2)
+    tracing.configure("makelocal-matcher")
+    refuse_other_partitions(settings.nats_url, settings.partitions, "matcher")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.matcher_port,
                 log_config=None, access_log=False)

@@ -40,6 +40,7 @@ from nats.js.api import DeliverPolicy, KeyValueConfig, ObjectStoreConfig, Storag
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from contracts.events import EntityKind
 from services.matcher.profiles import (
     DesignProfile,
     dump_design,
@@ -62,7 +63,7 @@ class Change:
     """One registry change as applied: enough to apply it again without the stream."""
 
     seq: int
-    kind: str  # "design" | "facility"
+    kind: EntityKind
     entity_id: str
     version: int
     old: Profile | None
@@ -94,7 +95,7 @@ class Change:
                                   **({"lat": old[2], "lon": old[3]} if len(old) > 2 else {}))
         else:
             old_profile = old and load_profile(old)
-        return cls(seq, kind, entity_id, version, old_profile, new_profile, event_id,
+        return cls(seq, EntityKind(kind), entity_id, version, old_profile, new_profile, event_id,
                    occurred)
 
 

@@ -6,7 +6,9 @@ with a durable consumer and explicit acks. Each batch: apply every change to the
 write the write-ahead record, publish the match events (pipelined), commit the checkpoint,
 ack. A failure anywhere naks the batch for redelivery; nothing is acked that is not
 checkpointed. Every write only the partition's owner may make first passes `guard` (the
-lease, lease.py). A message that is not a registry event is parked (_park), not retried."""
+lease, lease.py). A message that is not a registry event is parked (_park), not retried.
+When traced, each change is applied in a span child of its REGISTRY message's
+traceparent, and its MATCHES pieces carry that span's."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
-from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, RegistryEvent
+from contracts.events import REGISTRY_STREAM, REGISTRY_SUBJECTS, EntityKind, RegistryEvent
 from contracts.matches import (
     MATCHES_DUPLICATE_WINDOW_S,
     MATCHES_MAX_BYTES,
@@ -34,7 +36,7 @@ from contracts.matches import (
     Piece,
     change_subject,
 )
-from services.common import collector
+from services.common import collector, tracing
 from services.common import nats as nats_util
 from services.common.faults import crash_point
 from services.matcher.checkpoint import Change, Checkpoint, Entity, Loaded
@@ -50,7 +52,7 @@ PAIRS_HELD = 200_000  # pairs read out before they are published (about 5 MB of 
 # The registry validated every event against these models before publishing it; reading
 # it again through them is what tells a stranger's message (or a corrupted one) apart.
 _EVENT: TypeAdapter[Any] = TypeAdapter(RegistryEvent)
-Read = tuple[str, str, int, Any, str | None, str | None]
+Read = tuple[EntityKind, str, int, Any, str | None, str | None]
 
 
 class Malformed(Exception):
@@ -280,7 +282,7 @@ class MatcherWorker:
                 changes.append(change)
         self.metrics.consumed.inc(len(msgs))
         if changes:
-            await self._apply_and_publish(changes)
+            await self._apply_and_publish(changes, contexts=_contexts(msgs))
         last = max(m.metadata.sequence.stream for m in msgs)
         if not changes and last > self.position:
             await self._commit(None, last)
@@ -313,10 +315,13 @@ class MatcherWorker:
 
     async def _apply_and_publish(self, changes: list[Change],
                                  published: set[str] | frozenset[str] = frozenset(),
-                                 matches_after: int | None = None) -> None:
+                                 matches_after: int | None = None,
+                                 contexts: dict[int, tracing.Context | None] | None = None,
+                                 ) -> None:
         """`published`: ids of pieces MATCHES already holds (a replay's), not sent again;
         `matches_after`: a MATCHES sequence before any piece of the batch, when it is
-        older than the latest we know of (a replay's first attempt)."""
+        older than the latest we know of (a replay's first attempt); `contexts`: each
+        change's trace context by stream sequence (_contexts), None when not traced."""
         # The record is written while the batch is applied; events go out once it is
         # durable, in slices, so that a batch of large fan-outs never holds them all.
         self.guard()
@@ -324,7 +329,14 @@ class MatcherWorker:
             changes, self.matches_seq if matches_after is None else matches_after)
         pieces: list[Piece] = []
         held = 0
+        traced: dict[str, dict[str, str]] = {}  # piece id -> its change span's traceparent
         for change in changes:
+            # (a change that raises leaves its span unended, so unexported: the batch is
+            # retried whole)
+            span = None if contexts is None else tracing.start(
+                "match", contexts.get(change.seq), tracing.CONSUMER,
+                {"makelocal.entity": f"{change.kind}:{change.entity_id}",
+                 "makelocal.version": change.version})
             started = time.perf_counter()
             apply = apply_design if change.kind == "design" else apply_facility
             diff = apply(self.index, change.entity_id, change.new,  # type: ignore[arg-type]
@@ -338,11 +350,15 @@ class MatcherWorker:
                 "kind": change.kind, "version": change.version, "seq": change.seq,
                 "transitions": pairs})
             pieces.extend(made)
+            if span is not None:
+                traced.update(dict.fromkeys([p.message_id for p in made],
+                                            tracing.headers_of(span)))
+                tracing.end(span)
             held += pairs
             if held >= PAIRS_HELD:
-                await self._publish_after(written, pieces, published)
+                await self._publish_after(written, pieces, published, traced)
                 pieces, held = [], 0
-        await self._publish_after(written, pieces, published)
+        await self._publish_after(written, pieces, published, traced)
         crash_point("matcher.after_publish")
         await self._commit(changes[0].seq, max(c.seq for c in changes))
         self.metrics.observe_index(self.index)
@@ -356,21 +372,24 @@ class MatcherWorker:
         self.position = max(self.position, last)
 
     async def _publish_after(self, written: asyncio.Future[Any], pieces: list[Piece],
-                             published: set[str] | frozenset[str]) -> None:
+                             published: set[str] | frozenset[str],
+                             traced: dict[str, dict[str, str]]) -> None:
         await asyncio.wait_for(written, 30)
         crash_point("matcher.after_begin")
         fresh = [p for p in pieces if p.message_id not in published]
         if len(fresh) < len(pieces):
             log.info("pieces already in MATCHES not published again",
                      extra={"count": len(pieces) - len(fresh)})
-        await self._publish(fresh)
+        await self._publish(fresh, traced)
 
-    async def _publish(self, pieces: list[Piece]) -> None:
-        """Pipelined: a window of publishes in flight, then their acks, then the next."""
+    async def _publish(self, pieces: list[Piece], traced: dict[str, dict[str, str]]) -> None:
+        """Pipelined: a window of publishes in flight, then their acks, then the next.
+        `traced`: the trace headers of the pieces whose change was traced, by piece id."""
         window = min(PUBLISH_WINDOW, max(1, (len(pieces) + 1) // 2))
         for start in range(0, len(pieces), window):
             self.guard()
-            futures = [await self.js.publish_async(p.subject, p.payload, headers=p.headers)
+            futures = [await self.js.publish_async(p.subject, p.payload,
+                                                   headers=_headers(p, traced))
                        for p in pieces[start:start + window]]
             acks = await asyncio.wait_for(asyncio.gather(*futures), 30)
             self.matches_seq = max(self.matches_seq, *(a.seq for a in acks))
@@ -386,6 +405,20 @@ class MatcherWorker:
             self.metrics.pending.set(info.num_pending + (info.num_ack_pending or 0))
         except Exception as exc:
             log.debug("consumer info failed", extra={"error": repr(exc)})
+
+
+def _contexts(msgs: list[Msg]) -> dict[int, tracing.Context | None] | None:
+    """Each REGISTRY message's trace context (the relay's publish span) by stream sequence;
+    None when tracing is off."""
+    if not tracing.enabled():
+        return None
+    return {m.metadata.sequence.stream: tracing.from_headers(m.headers) for m in msgs}
+
+
+def _headers(piece: Piece, traced: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A MATCHES piece's headers, with its change span's traceparent when traced."""
+    extra = traced.get(piece.message_id)
+    return piece.headers | extra if extra else piece.headers
 
 
 @contextlib.contextmanager
@@ -415,7 +448,7 @@ def _read(subject: str, data: bytes, is_new: Callable[[str, str, int], bool]) ->
                   f"{exc.errors()[0]['msg']}" if isinstance(exc, ValidationError)
                   else f"not JSON: {exc}")
         raise Malformed(reason) from None
-    kind = event["type"].split(".", 1)[0]
+    kind = EntityKind(event["type"].split(".", 1)[0])  # one of _EVENT's types
     entity_id, version = event["entity_id"], event["version"]
     # registry.<kind>.[<partition>.]<id>: a message under another entity's subject would
     # be compacted away with that entity's next change

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.matches import MatchKind
+from contracts.events import EntityKind
+from contracts.matches import MATCH_KINDS, MatchKind
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, FacilityProfile
 
@@ -39,7 +40,7 @@ class Diff:
     """found / withdrawn as bitsets over the other side's slots. Read it (transitions())
     before the next change to the index: a later change may give a slot to another entity."""
 
-    kind: str  # the changed entity's: "design" | "facility"
+    kind: EntityKind  # the changed entity's
     entity: DesignProfile | FacilityProfile | None  # its new state, or its last if deleted
     version: int
     found: int = 0
@@ -51,8 +52,8 @@ class Diff:
     def transitions(self, index: CapabilityIndex) -> Iterator[Transition]:
         if self.entity is None:
             return
-        for kind, bits in (("found", self.found), ("withdrawn", self.withdrawn)):
-            if self.kind == "design":
+        for kind, bits in zip(MATCH_KINDS, (self.found, self.withdrawn), strict=True):
+            if self.kind is EntityKind.design:
                 design = self.entity
                 for facility in index.facilities.profiles(bits):
                     yield Transition(kind, design, self.version,  # type: ignore[arg-type]
@@ -67,7 +68,7 @@ class Diff:
 def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | None,
                  version: int) -> Diff:
     """Apply a design upsert (new) or deletion (None at `version`) and say what changed."""
-    return _apply("design", index.designs.get(design_id), new, version,
+    return _apply(EntityKind.design, index.designs.get(design_id), new, version,
                   refresh=index.refresh_design, put=index.put_design,
                   remove=lambda: index.remove_design(design_id, version),
                   matches=index.facilities_for)
@@ -75,13 +76,13 @@ def apply_design(index: CapabilityIndex, design_id: str, new: DesignProfile | No
 
 def apply_facility(index: CapabilityIndex, facility_id: str, new: FacilityProfile | None,
                    version: int) -> Diff:
-    return _apply("facility", index.facilities.get(facility_id), new, version,
+    return _apply(EntityKind.facility, index.facilities.get(facility_id), new, version,
                   refresh=index.refresh_facility, put=index.put_facility,
                   remove=lambda: index.remove_facility(facility_id, version),
                   matches=index.designs_for)
 
 
-def _apply(kind: str, old: Any, new: Any, version: int, *,
+def _apply(kind: EntityKind, old: Any, new: Any, version: int, *,
            refresh: Callable[[Any], None], put: Callable[[Any], None], remove: Callable[[], None],
            matches: Callable[[Any], int]) -> Diff:
     if new is not None and new.same_for_matching(old):

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from contracts.matches import PairOut, Piece, encode_change
+from contracts.events import EntityKind
+from contracts.matches import (
+    Cause,
+    ChangedDesign,
+    ChangedFacility,
+    MatchKind,
+    PairOut,
+    Piece,
+    encode_change,
+)
 from services.matcher.checkpoint import Change
 from services.matcher.diff import Diff
 from services.matcher.index import CapabilityIndex
@@ -21,21 +30,22 @@ def change_pieces(diff: Diff, change: Change, index: CapabilityIndex,
     if (not diff.found and not diff.withdrawn) or diff.entity is None:
         return []
     explainer = Explainer()
-    cause = {"entity": change.kind, "entity_id": change.entity_id, "version": change.version,
-             "event_id": change.cause_event_id, "occurred_at": change.occurred_at}
+    cause = Cause(entity=change.kind, entity_id=change.entity_id, version=change.version,
+                  event_id=change.cause_event_id, occurred_at=change.occurred_at)
     entity: Any = diff.entity
     out = []
-    if diff.kind == "design":
-        changed = {"id": entity.id, "version": diff.version,
-                   "processes": list(entity.known_processes)}
+    changed: ChangedDesign | ChangedFacility
+    if diff.kind is EntityKind.design:
+        changed = ChangedDesign(id=entity.id, version=diff.version,
+                                processes=list(entity.known_processes))
         for t in diff.transitions(index):
             f = t.facility
             evaluation = explainer.evaluate(t.design, f)
             out.append(PairOut(t.kind, f.id, t.facility_version, _score(t.kind, evaluation.score),
                                evaluation.requirements, lat=f.lat, lon=f.lon))
     else:
-        changed = {"id": entity.id, "version": diff.version, "lat": entity.lat,
-                   "lon": entity.lon}
+        changed = ChangedFacility(id=entity.id, version=diff.version, lat=entity.lat,
+                                  lon=entity.lon)
         for t in diff.transitions(index):
             d = t.design
             evaluation = explainer.evaluate(d, t.facility)
@@ -44,5 +54,5 @@ def change_pieces(diff: Diff, change: Change, index: CapabilityIndex,
     return encode_change(cause, changed, out, max_bytes, partition)
 
 
-def _score(kind: str, score: float) -> float:
+def _score(kind: MatchKind, score: float) -> float:
     return score if kind == "found" else 0.0

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import NamedTuple
 
 from contracts import vocabulary
-from contracts.matches import Outcome, reason_dict
+from contracts.matches import Outcome, Reason
 from services.matcher.profiles import (
     ACTIVE,
     DesignProfile,
@@ -31,20 +30,6 @@ from services.matcher.profiles import (
 
 FACTOR: dict[Outcome, float] = {"met": 1.0, "weak": 0.8, "unknown": 0.75, "unmet": 0.0}
 INFERRED_FACTOR = 0.95  # a guessed requirement met is a little less certain
-
-
-class Reason(NamedTuple):
-    """One requirement and how it is answered: contracts.matches.Requirement's fields, as a
-    tuple, because a fan-out builds one per requirement of every transition."""
-
-    kind: str
-    need: str
-    outcome: Outcome
-    by: str | None = None
-    note: str | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return reason_dict(self)
 
 
 _req = Reason
@@ -243,14 +228,15 @@ def offered_for(process: str, offered: frozenset[str] | tuple[str, ...]) -> tupl
     vocab = vocabulary.processes()
     if process in offered:
         return "met", process
-    specific = vocab.descendants(process)
-    for q in offered:
-        if q in specific:
-            return "met", q
-    generic = vocab.ancestors(process)
-    for q in offered:
-        if q in generic:
-            return "weak", q
+    # The first of several answers by name, not by set order: set order changes with the
+    # hash seed, and the reason is part of a MATCHES piece's id (a restarted matcher must
+    # cut the same pieces again).
+    specific = vocab.descendants(process).intersection(offered)
+    if specific:
+        return "met", min(specific)
+    generic = vocab.ancestors(process).intersection(offered)
+    if generic:
+        return "weak", min(generic)
     return "unmet", ""
 
 
@@ -278,14 +264,15 @@ def _material(need: Need, facility: FacilityProfile) -> Reason:
         return _req(kind="material", need=need.id, outcome="unknown",
                            note="not in the vocabulary; compared by name only")
     vocab = vocabulary.materials()
-    specific, generic = vocab.descendants(need.id), vocab.ancestors(need.id)
-    for m in facility.materials:
-        if m in specific:
-            return _req(kind="material", need=need.id, outcome="met", by=m)
-    for m in facility.materials:
-        if m in generic:
-            return _req(kind="material", need=need.id, outcome="weak", by=m,
-                               note=f"facility states only the more generic {m!r}")
+    # by name, not set order, as in offered_for
+    specific = vocab.descendants(need.id).intersection(facility.materials)
+    if specific:
+        return _req(kind="material", need=need.id, outcome="met", by=min(specific))
+    generic = vocab.ancestors(need.id).intersection(facility.materials)
+    if generic:
+        m = min(generic)
+        return _req(kind="material", need=need.id, outcome="weak", by=m,
+                           note=f"facility states only the more generic {m!r}")
     return _req(kind="material", need=need.id, outcome="unmet")
 
 

@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.middleware import Middleware
 
 from contracts import asyncapi
-from services.common import collector, db, logs
+from services.common import collector, logs, shell, tracing
 from services.common import nats as nats_util
-from services.common.auth import Authenticator, KeyBeforeBody
-from services.common.http import (
-    BodyLimit,
-    HttpMetrics,
-    WriteLimit,
-    install_docs,
-    install_error_handlers,
-    install_operational_routes,
-)
-from services.common.tasks import every, restarting
-from services.notifier import api
+from services.common.auth import Authenticator, KeyBeforeBody, WriteLimit
+from services.notifier import api, webhooks
 from services.notifier.consumer import MatchConsumer
 from services.notifier.dispatch import Dispatcher
 from services.notifier.guard import Guard, Resolver, system_resolver
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store, listen_routing
-
-# at shutdown, how long the pool may wait for its connections to come back
-SHUTDOWN_WAIT_S = 5.0
 
 
 def create_app(settings: NotifierSettings | None = None,
@@ -53,7 +39,8 @@ def create_app(settings: NotifierSettings | None = None,
             consumer = MatchConsumer(nc, store, metrics, durable=settings.notifier_durable,
                                      replicas=settings.notifier_stream_replicas,
                                      matches_max_bytes=settings.matches_max_bytes,
-                                   matches_duplicate_window_s=settings.matches_duplicate_window_s,
+                                     matches_duplicate_window_s=(
+                                         settings.matches_duplicate_window_s),
                                      listen=functools.partial(
                                          listen_routing, settings.database_url,
                                          settings.notifier_db_schema),
@@ -78,60 +65,37 @@ def create_app(settings: NotifierSettings | None = None,
         metrics.dead.set(dead)
         metrics.disabled.set(disabled)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def fewer_collections() -> None:
         collector.collect_less_often()  # it keeps decoded changes of thousands of pairs
-        await db.migrate(settings.database_url, settings.notifier_db_schema, "services.notifier")
-        store.pool = await db.create_pool(settings.database_url, settings.notifier_db_schema,
-                                          max_size=20)
-        dispatcher = Dispatcher(store, settings, guard, metrics)
-        tasks = [asyncio.create_task(restarting(consume, "consumer", 1.0, forget_consumer)),
-                 asyncio.create_task(dispatcher.run()),
-                 asyncio.create_task(every(2.0, observe_backlog)),
-                 asyncio.create_task(every(settings.notifier_prune_every_s, prune))]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            try:  # graceful: waits for every connection to come back
-                await asyncio.wait_for(store.pool.close(), SHUTDOWN_WAIT_S)
-            except TimeoutError:  # one still held: shutting down must not hang on it
-                store.pool.terminate()
 
-    app = FastAPI(title="makelocal notifier", version="1", docs_url=None, redoc_url=None,
-                  lifespan=lifespan,
-                  description="Match alerts by signed webhook (Standard Webhooks) and email.")
-
-    async def database_ready() -> None:
-        await store.pool.fetchval("SELECT 1")
+    async def dispatch() -> None:
+        await Dispatcher(store, settings, guard, metrics).run()
 
     async def consuming() -> None:
         consumer = state["consumer"]
         if consumer is None or not consumer.ready.is_set() or not consumer.nc.is_connected:
             raise ConnectionError("not consuming MATCHES")
 
-    checks: dict[str, Callable[[], Awaitable[None]]] = {"database": database_ready,
-                                                        "nats": consuming}
     # no cache of verified keys: this is the only check, a revocation must hold at once
     keyed = Authenticator(store.owner_of, cache_s=0,
                           failures_per_min=settings.auth_failures_per_min)
-    app.include_router(api.router(store, guard, settings,
-                                  WriteLimit(settings.write_rate_per_s, settings.write_burst),
-                                  keyed))
-    api.webhooks(app.webhooks)
-    install_error_handlers(app)
-    install_docs(app)
-    install_operational_routes(app, registry, checks,
-                               asyncapi.document("notifier", settings.nats_url))
-    # the key before the body (FastAPI's parsing is inside it), refusals counted
-    app.add_middleware(KeyBeforeBody, auth=keyed, prefix="/v1/subscriptions")
-    app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_notifier")
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.state.store = store
-    return app
-
+    context = api.Context(store, guard, settings,
+                          WriteLimit(settings.write_rate_per_s, settings.write_burst), keyed)
+    return shell.build(shell.Service(
+        name="notifier", metrics=registry, max_body_bytes=settings.max_body_bytes,
+        description="Match alerts by signed webhook (Standard Webhooks) and email.",
+        routers=[api.router], webhooks=webhooks.router,
+        checks={"nats": consuming},
+        asyncapi=asyncapi.document("notifier", settings.nats_url),
+        starting=[fewer_collections],
+        database=shell.Database(settings.database_url, settings.notifier_db_schema,
+                                "services.notifier", 20, store),
+        tasks=[shell.Restarting("consumer", consume, 1.0, forget_consumer),
+               shell.Once(dispatch), shell.Every(2.0, observe_backlog),
+               shell.Every(settings.notifier_prune_every_s, prune)],
+        # the key before the body (FastAPI's parsing is inside it), refusals counted
+        middleware=[Middleware(KeyBeforeBody, auth=keyed, prefix="/v1/subscriptions")],
+        state={"store": store, "context": context}))
 
 
 def main() -> None:
@@ -139,5 +103,6 @@ def main() -> None:
 
     settings = NotifierSettings()
     logs.configure("notifier", settings.log_level)
+    tracing.configure("makelocal-notifier")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.notifier_port,
                 log_config=None, access_log=False)

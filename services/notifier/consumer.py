@@ -18,7 +18,10 @@ before it may reach it or not; none made after a disabling committed is routed t
 
 The NOTIFY the trigger sends is delivered at commit: the index is reloaded then, not on
 the next batch's path. A full reload every `reload_s` catches what no version counted
-(rows changed with triggers off, as a restore may)."""
+(rows changed with triggers off, as a restore may).
+
+When traced, each message is routed in a span child of its traceparent (the matcher's),
+and its match_messages row keeps that span's context for the deliveries made from it."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from nats.js.errors import NotFoundError
 from contracts import matches
 from contracts.matches import MATCHES_DUPLICATE_WINDOW_S, MATCHES_MAX_BYTES, MATCHES_STREAM
 from services.common import nats as nats_util
+from services.common import tracing
 from services.common.faults import crash_point
 from services.common.tasks import restarting
 from services.notifier.metrics import NotifierMetrics
@@ -141,18 +145,24 @@ class MatchConsumer:
         stored: list[tuple[str, bytes, str | None]] = []
         rows: list[tuple[str, str, str, int, datetime | None]] = []
         decoded = []
+        traces: dict[str, str] = {}  # message id -> its span's context, for its deliveries
         for msg in msgs:
-            try:
-                change, items = self._items(msg)
-            except Exception as exc:  # whatever a message holds, it cannot stop the rest
-                await self._park(msg, exc)
-                continue
+            with tracing.span("route", tracing.from_headers(msg.headers),
+                              tracing.CONSUMER) as span:
+                try:
+                    change, items = self._items(msg)
+                except Exception as exc:  # whatever a message holds, it cannot stop the rest
+                    await self._park(msg, exc)
+                    continue
+                trace_context = tracing.to_text(span)
             if items:
                 rows.extend(items)
                 stored.append((items[0][2], msg.data,
                                (msg.headers or {}).get(matches.ENCODING_HEADER)))
                 decoded.append((items[0][2], change))
-        added = await self.store.add_items(stored, rows)
+                if trace_context is not None:
+                    traces[items[0][2]] = trace_context
+        added = await self.store.add_items(stored, rows, traces)
         crash_point("notifier.after_items")
         for message_id, change in decoded:  # its pairs are gathered soon: spare a decoding
             self.store.decoded.put(message_id, change)

@@ -1,11 +1,13 @@
 """Deliveries out: gather waiting items into batches, claim due deliveries, attempt them,
-record each attempt and what follows from it.
+record each attempt and what follows from it (its outcome: outcomes.py).
 
 What a crash at each step leaves: items not yet gathered wait for the next process;
 a gathered delivery is recorded with its body before any attempt; a claimed delivery whose
 process dies mid-attempt becomes due again when its lease (its pushed next attempt time)
 passes, and goes out with the same webhook-id. So every delivery is sent at least once,
-and a receiver that deduplicates by webhook-id sees it once."""
+and a receiver that deduplicates by webhook-id sees it once. When traced, each attempt is a
+span in the trace of the change its delivery carries, and a webhook's `traceparent` names
+it."""
 
 from __future__ import annotations
 
@@ -21,16 +23,16 @@ from functools import partial
 from pathlib import Path
 from typing import Generic, TypeVar
 
-import asyncpg
 import orjson
 
-from services.common import db
+from services.common import db, tracing
 from services.common.faults import crash_point
 from services.common.tasks import restarting
-from services.notifier import messages, schedule, signing
+from services.notifier import messages, outcomes, signing
+from services.notifier.delivery import Channel, Delivery
 from services.notifier.guard import Guard
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.refusals import Fault
+from services.notifier.outcomes import CANCELLED, Outcome, OutcomeKind
 from services.notifier.settings import NotifierSettings
 from services.notifier.shares import Room, Shares
 from services.notifier.store import Batching, Store
@@ -107,13 +109,14 @@ class Dispatcher:
             with self.metrics.assemble_seconds.time():
                 async with self._free_slots() as (free, room):
                     made, claimed = await self.store.assemble_webhooks(
-                        self.batching, free, self.lease_s, room)
+                        self.batching, free, self.lease_s, room, traced=tracing.enabled())
                     self._start(claimed)
                 if made > len(claimed):
                     self._deliveries.set()
                 if time.monotonic() >= emails_due:
                     emails_due = time.monotonic() + self.settings.notifier_sweep_s
-                    if await self.store.assemble_emails(self.batching):
+                    if await self.store.assemble_emails(self.batching,
+                                                        traced=tracing.enabled()):
                         self._deliveries.set()
                 if time.monotonic() >= prune_due:
                     prune_due = time.monotonic() + PRUNE_EVERY_S
@@ -150,14 +153,14 @@ class Dispatcher:
             self._reserved -= free
             self.shares.claiming -= free
 
-    def _start(self, claimed: list[asyncpg.Record]) -> None:
+    def _start(self, claimed: list[Delivery]) -> None:
         for delivery in claimed:
             task = asyncio.create_task(self._attempt(delivery))
             self.in_flight.add(task)
-            if delivery["failing"]:
+            if delivery.failing:
                 self.failing_in_flight.add(task)
-            self.shares.started(delivery["owner"])
-            task.add_done_callback(lambda _, owner=delivery["owner"]: self.shares.ended(owner))
+            self.shares.started(delivery.owner)
+            task.add_done_callback(lambda _, owner=delivery.owner: self.shares.ended(owner))
             task.add_done_callback(self._done)
 
     def _notified(self, _conn: object, _pid: object, _channel: object, table: object) -> None:
@@ -173,32 +176,30 @@ class Dispatcher:
 
     # one attempt
 
-    async def _attempt(self, d: asyncpg.Record) -> None:
+    async def _attempt(self, d: Delivery) -> None:
         async with self.slots:
-            channel = "email" if d["channel"] == "email" or d["kind"] == "notice" else "webhook"
             started = time.perf_counter()
             try:
-                await self._send(d, channel)
+                await self._send(d)
             except Exception as exc:
                 if asyncio.current_task() in self._recording:
                     raise  # recording failed (the database): the lease brings it back
-                await self._failed_inside(d, channel, exc, started)
+                await self._failed_inside(d, exc, started)
             finally:
                 self._recording.discard(asyncio.current_task())
 
-    async def _send(self, d: asyncpg.Record, channel: str) -> None:
-        cancel = self._cancel_reason(d)
+    async def _send(self, d: Delivery) -> None:
+        cancel = d.cancel_reason
         if cancel is not None:
-            await self._finish(d, channel, Result(0, 0.0, cancel), "cancelled")
+            await self._finish(d, Result(0, 0.0, cancel), CANCELLED)
             return
         crash_point("notifier.before_attempt")
-        if channel == "webhook":
+        if d.sent_by == "webhook":
             await self._webhook(d)
         else:
             await self._email(d)
 
-    async def _failed_inside(self, d: asyncpg.Record, channel: str, exc: Exception,
-                             started: float) -> None:
+    async def _failed_inside(self, d: Delivery, exc: Exception, started: float) -> None:
         """An attempt that raised (a bug of ours, a stored value that cannot be read, an
         answer we did not foresee) ends like any failed attempt: recorded, retried on the
         schedule, at last failed and its subscription disabled. Unrecorded, it would come
@@ -209,111 +210,105 @@ class Dispatcher:
         frames = traceback.extract_tb(exc.__traceback__)
         place = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
         log.error("a delivery attempt failed inside the notifier",
-                  extra={"entity_id": d["subscription_id"],
+                  extra={"entity_id": d.subscription_id,
                          "error": f"{type(exc).__name__}{place}"})
-        await self._again(d, channel, Result(
+        await self._finish(d, Result(
             0, (time.perf_counter() - started) * 1000,
             f"the notifier could not make this attempt ({type(exc).__name__}); "
-            "the details are in its log"))
+            "the details are in its log"),
+            outcomes.again(d.attempts, self.settings.schedule, rng=self.rng))
 
-    async def _again(self, d: asyncpg.Record, channel: str, result: Result, *,
-                     ours: bool = False) -> None:
-        """A failed attempt: the next one on the schedule, or none once it is done (never
-        done when the fault is ours)."""
-        delay = (schedule.our_fault_delay if ours else schedule.next_delay)(
-            d["attempts"], self.settings.schedule, rng=self.rng)
-        await self._finish(d, channel, result, "retry" if delay is not None else "failed",
-                           delay=delay, ours=ours)
-
-    def _cancel_reason(self, d: asyncpg.Record) -> str | None:
-        if d["kind"] in ("verify", "notice"):
-            return None
-        if not d["enabled"]:
-            return "subscription disabled"
-        if d["channel"] == "email" and not d["verified"]:
-            return "address not verified"
-        return None
-
-    async def _webhook(self, d: asyncpg.Record) -> None:
-        body = bytes(d["body"])
+    async def _webhook(self, d: Delivery) -> None:
         keyring = self.settings.keyring
-        secrets = [keyring.unseal(s) for s in (d["secret"], d["previous_secret"]) if s]
-        headers = signing.headers(secrets, f"msg_{d['id'].hex}", int(time.time()), body)
-        result = await post(self.http, d["url"], headers, body,
-                            self.settings.notifier_timeout_s)
+        secrets = [keyring.unseal(s) for s in (d.secret, d.previous_secret) if s]
+        headers = signing.headers(secrets, d.webhook_id, int(time.time()), d.body)
+        with _attempt_span("webhook", d) as span:
+            # the receiver's work continues our trace (signatures cover the body alone)
+            headers |= tracing.headers_of(span)
+            # (never None: migration 001 gives every webhook subscription a url)
+            result = await post(self.http, d.url or "", headers, d.body,
+                                self.settings.notifier_timeout_s)
+            _outcome(span, result)
         crash_point("notifier.after_send")
-        outcome = schedule.classify(result.status, d["attempts"], self.settings.schedule,
-                                    result.retry_after, self.rng)
-        if outcome.delivered:
-            await self._finish(d, "webhook", result, "delivered")
-        elif outcome.disable:
-            await self._finish(d, "webhook", result, "failed",
-                               disable_reason="the endpoint answered 410 Gone")
-        elif outcome.delay is None:
-            await self._finish(d, "webhook", result, "failed")
-        else:
-            await self._finish(d, "webhook", result, "retry", delay=outcome.delay)
+        await self._finish(d, result, outcomes.of_webhook(
+            result.status, d.attempts, self.settings.schedule, result.retry_after, self.rng))
 
-    async def _email(self, d: asyncpg.Record) -> None:
-        to = d["contact_email"] if d["kind"] == "notice" else d["address"]
+    async def _email(self, d: Delivery) -> None:
+        to = d.recipient
         if not to:
-            await self._finish(d, "email", Result(0, 0.0, "no address to tell"), "cancelled")
+            await self._finish(d, Result(0, 0.0, "no address to tell"), CANCELLED)
             return
         # Only a confirmed address hears from us unasked: a contact address was typed by
         # the subscription's owner, and may be anyone's.
-        if d["kind"] == "notice" and not await self.store.contact_verified(
-                d["subscription_id"]):
-            await self._finish(d, "email", Result(0, 0.0, "contact address not verified"),
-                               "cancelled")
+        if d.kind == "notice" and not await self.store.contact_verified(d.subscription_id):
+            await self._finish(d, Result(0, 0.0, "contact address not verified"), CANCELLED)
             return
         if await self.store.suppressed(to):
-            await self._finish(d, "email", Result(0, 0.0, "address suppressed"), "cancelled")
+            await self._finish(d, Result(0, 0.0, "address suppressed"), CANCELLED)
             return
         unsubscribe = (f"{self.settings.notifier_public_url}/v1/email/unsubscribe"
-                       f"?token={d['unsubscribe_token']}" if d["channel"] == "email" else None)
-        message = messages.email(d["id"], d["kind"], orjson.loads(bytes(d["body"])),
+                       f"?token={d.unsubscribe_token}" if d.channel == "email" else None)
+        message = messages.email(d.id, d.kind, orjson.loads(d.body),
                                  sender=self.settings.smtp_from, to=to, unsubscribe=unsubscribe,
                                  pages=self.settings.notifier_pages_url)
-        result = await send_mail(self.smtp, message)
-        if result.status == 250:
-            await self._finish(d, "email", result, "delivered")
-        elif result.fault is Fault.MAILBOX:
-            await self.store.suppress(to, result.error or f"SMTP {result.status}",
-                                      self.settings.notifier_suppression_days)
-            await self._finish(d, "email", result, "failed")
-        else:
-            ours = result.fault is Fault.CONFIG
-            if ours:
-                self.metrics.smtp_config_errors.inc()
-                log.error("the mail server refused our configuration",
-                          extra={"entity_id": d["subscription_id"], "error": result.error})
-            await self._again(d, "email", result, ours=ours)
+        with _attempt_span("email", d) as span:
+            result = await send_mail(self.smtp, message)
+            _outcome(span, result)
+        await self._finish(d, result, outcomes.of_email(
+            result.status, result.fault, d.attempts, self.settings.schedule, self.rng))
 
-    async def _finish(self, d: asyncpg.Record, channel: str, result: Result, outcome: str, *,
-                      delay: float | None = None, disable_reason: str | None = None,
-                      ours: bool = False) -> None:
+    async def _finish(self, d: Delivery, result: Result, outcome: Outcome) -> None:
+        """Act on an attempt's outcome: record it, count it, and what follows from it
+        (an address suppressed, the operator alerted, the subscription disabled)."""
+        channel = d.sent_by
+        # Before the recording proper: a failure here is still the attempt's (retried on
+        # the schedule by _failed_inside).
+        if outcome.suppress and d.recipient:
+            await self.store.suppress(d.recipient, result.error or f"SMTP {result.status}",
+                                      self.settings.notifier_suppression_days)
+        if outcome.ours:  # only a mail server says we are at fault
+            self.metrics.smtp_config_errors.inc()
+            log.error("the mail server refused our configuration",
+                      extra={"entity_id": d.subscription_id, "error": result.error})
         self._recording.add(asyncio.current_task())
         disabled = False
-        if outcome == "delivered":
-            await self.successes.add((d["id"], d["subscription_id"], result.status,
+        if outcome.kind is OutcomeKind.DELIVERED:
+            await self.successes.add((d.id, d.subscription_id, result.status,
                                       result.duration_ms, result.response))
         else:
-            tell = d["contact_email"] and d["channel"] == "webhook"
+            tell = d.contact_email and d.channel == "webhook"
             disabled = await self.store.finish(
-                d["id"], d["subscription_id"], status=result.status,
+                d.id, d.subscription_id, status=result.status,
                 duration_ms=result.duration_ms, error=result.error, response=result.response,
-                outcome=outcome, delay=delay, disable_reason=disable_reason,
-                disable_after_s=self.settings.notifier_disable_after_s, ours=ours,
-                notice=partial(messages.notice_body, d["subscription_id"]) if tell else None)
-        self.metrics.deliveries.labels(channel, outcome).inc()
-        if outcome != "cancelled":
+                outcome=outcome, disable_after_s=self.settings.notifier_disable_after_s,
+                notice=partial(messages.notice_body, d.subscription_id) if tell else None)
+        self.metrics.deliveries.labels(channel, outcome.kind.value).inc()
+        if outcome.kind is not OutcomeKind.CANCELLED:
             self.metrics.attempt_seconds.labels(channel).observe(result.duration_ms / 1000)
-        if outcome == "delivered" and d["oldest_change_at"] is not None:
-            age = (datetime.now(UTC) - d["oldest_change_at"]).total_seconds()
+        if outcome.kind is OutcomeKind.DELIVERED and d.oldest_change_at is not None:
+            age = (datetime.now(UTC) - d.oldest_change_at).total_seconds()
             self.metrics.end_to_end.labels(channel).observe(max(age, 0.0))
         if disabled:
-            log.warning("subscription disabled", extra={"entity_id": d["subscription_id"],
-                                                        "error": disable_reason or "failing"})
+            log.warning("subscription disabled", extra={
+                "entity_id": d.subscription_id, "error": outcome.disable_reason or "failing"})
+
+
+def _attempt_span(channel: Channel, d: Delivery) -> contextlib.AbstractContextManager[
+        tracing.Span | None]:
+    """An attempt's span: a child of the first change its delivery carries, linked to the
+    others (a batch gathers several changes' matches)."""
+    if not tracing.enabled():
+        return contextlib.nullcontext()
+    parent, links = tracing.parent_and_links(d.trace_contexts)
+    return tracing.span(channel, parent, tracing.CLIENT,
+                        {"makelocal.delivery": str(d.id),
+                         "makelocal.subscription": d.subscription_id}, links)
+
+
+def _outcome(span: tracing.Span | None, result: Result) -> None:
+    """What the peer answered (a status or reply code, 0 for none), never its text."""
+    if span is not None:
+        span.set_attribute("makelocal.status", result.status)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 from uuid import UUID
 
@@ -22,9 +22,12 @@ import orjson
 from contracts import matches
 
 _POLICY = policy.SMTP.clone(max_line_length=998)
+# What a delivery carries, and its webhook body's type: match changes, a test, an email
+# address's verification, a notice that a subscription was disabled.
+DeliveryKind = Literal["matches", "test", "verify", "notice"]
 
 
-def body(kind: str, data: Mapping[str, Any]) -> bytes:
+def body(kind: DeliveryKind, data: Mapping[str, Any]) -> bytes:
     """The Standard Webhooks payload shape: type, timestamp, data."""
     return orjson.dumps({"type": kind, "timestamp": datetime.now(UTC).isoformat(),
                          "data": data})
@@ -107,8 +110,8 @@ def _describe(event: Mapping[str, Any], pages: str | None) -> str:
     return f"Facility {event.get('facility_id')} {verb} design {design}{tail}{link}"
 
 
-def email(delivery_id: UUID, kind: str, payload: Mapping[str, Any], *, sender: str, to: str,
-          unsubscribe: str | None, pages: str | None = None) -> EmailMessage:
+def email(delivery_id: UUID, kind: DeliveryKind, payload: Mapping[str, Any], *, sender: str,
+          to: str, unsubscribe: str | None, pages: str | None = None) -> EmailMessage:
     """The email for a stored delivery body: plain text and HTML, and for alerts the
     one-click unsubscribe headers (RFC 8058); `pages`: the web page to link designs to."""
     data = payload.get("data") or {}

@@ -9,7 +9,6 @@ or make us retry faster than the schedule."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -17,15 +16,6 @@ DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 JITTER = 0.2
 OUR_FAULT_MAX_DELAY_S = 300.0
 RETRY_AFTER_DIGITS = 10  # longest delta-seconds read (over 300 years)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt means: delivered, try again after `delay`, or give up."""
-
-    delivered: bool = False
-    delay: float | None = None  # seconds until the next attempt; None: no more attempts
-    disable: bool = False  # the receiver said the endpoint is gone (410)
 
 
 def next_delay(failed_attempts: int, schedule: tuple[float, ...],
@@ -50,19 +40,6 @@ def our_fault_delay(failed_attempts: int, schedule: tuple[float, ...],
     length, and mail flows again within minutes once the operator (alerted) fixes it."""
     step = next_delay(min(failed_attempts, len(schedule)), schedule, rng=rng)
     return min(step if step is not None else schedule[-1], OUR_FAULT_MAX_DELAY_S)
-
-
-def classify(status: int, failed_attempts: int, schedule: tuple[float, ...],
-             retry_after: str | None = None, rng: random.Random | None = None) -> Outcome:
-    """The outcome of an attempt answered with `status` (0: no answer: network error or
-    timeout). 2xx delivers; 410 disables the subscription; 3xx is not followed and counts
-    as a failure like any other."""
-    if 200 <= status < 300:
-        return Outcome(delivered=True)
-    if status == 410:
-        return Outcome(disable=True)
-    after = parse_retry_after(retry_after) if status in (429, 503) else None
-    return Outcome(delay=next_delay(failed_attempts, schedule, after, rng))
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

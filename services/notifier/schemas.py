@@ -7,7 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from services.notifier.messages import DeliveryKind
 from services.notifier.subscriptions import Digest, Filter
+
+DeliveryStatus = Literal["pending", "delivered", "failed", "cancelled"]
 
 
 class _Out(BaseModel):
@@ -69,8 +72,8 @@ class Attempt(_Out):
 class Delivery(_Out):
     id: str
     webhook_id: str
-    kind: Literal["matches", "test", "verify", "notice"]
-    status: Literal["pending", "delivered", "failed", "cancelled"]
+    kind: DeliveryKind
+    status: DeliveryStatus
     item_count: int
     attempts: int
     created_at: datetime
@@ -91,7 +94,7 @@ class Requeued(_Out):
 
 class Retried(_Out):
     delivery_id: str
-    status: Literal["pending", "delivered", "failed", "cancelled"]
+    status: DeliveryStatus
 
 
 class LinkedSubscription(_Out):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +19,8 @@ from services.common.auth import key_owner
 from services.common.db import checked_schema
 from services.common.text import storable
 from services.notifier import messages
+from services.notifier.delivery import Delivery
+from services.notifier.outcomes import Outcome, OutcomeKind
 from services.notifier.shares import NO_LIMIT, Room
 
 # Until when mail to the subscription's address (email) or contact address (webhook) is
@@ -32,9 +34,9 @@ SUBSCRIPTION_FIELDS = (
     "contact_email, failing_since, last_success_at, created_at, updated_at, "
     "previous_until, " + SUPPRESSED_UNTIL)
 # What an attempt needs of a delivery (d) and its subscription (s): claim() and
-# assemble_webhooks() hand out the same rows.
+# assemble_webhooks() hand out the same rows, as Delivery (_delivery_from_row).
 ATTEMPT_FIELDS = (
-    "d.id, d.kind, d.body, d.attempts, d.item_count, d.oldest_change_at,"
+    "d.id, d.kind, d.body, d.attempts, d.item_count, d.oldest_change_at, d.trace_contexts,"
     " s.id AS subscription_id, s.channel, s.url, s.address, s.contact_email,"
     " s.enabled, s.verified, s.unsubscribe_token, s.digest, s.secret,"
     " CASE WHEN s.previous_until > now() THEN s.previous_secret END AS previous_secret,"
@@ -221,16 +223,19 @@ class Store:
                                          if r["id"] is not None}
 
     async def add_items(self, stored: Iterable[tuple[str, bytes, str | None]],
-                        rows: Iterable[tuple[str, str, str, int, datetime | None]]) -> int:
+                        rows: Iterable[tuple[str, str, str, int, datetime | None]],
+                        traces: Mapping[str, str] | None = None) -> int:
         """The messages (id, body as received, its Content-Encoding) the rows point into,
         and the rows: (subscription, event id, message id, pair, time of the change). A
         pair already present (a redelivered or replayed message) is skipped. All are
-        stored or none (the consumer acks the batch once they are)."""
+        stored or none (the consumer acks the batch once they are). `traces`: the trace
+        context of the messages that have one, by message id."""
         rows = list(rows)
         if not rows:
             return 0
         # (a statement may touch a row once: one of each message)
         stored = list({m[0]: m for m in stored}.values())
+        traces = traces or {}
         chunks = [rows[i:i + ITEM_ROWS_PER_STATEMENT]
                   for i in range(0, len(rows), ITEM_ROWS_PER_STATEMENT)]
         # one statement is a transaction of its own; more need one around them
@@ -240,12 +245,12 @@ class Store:
             # statement then sees it young again (or, having deleted it first, lets this
             # one insert it anew), and never leaves the new items pointing at nothing.
             added = await conn.fetchval(
-                "WITH kept AS (INSERT INTO match_messages (message_id, body, encoding)"
-                " SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[])"
-                " ON CONFLICT (message_id) DO UPDATE SET created_at = now()),"
-                f" added AS ({_insert_items(4)}) SELECT count(*) FROM added",
+                "WITH kept AS (INSERT INTO match_messages (message_id, body, encoding,"
+                " trace_context) SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[],"
+                " $4::text[]) ON CONFLICT (message_id) DO UPDATE SET created_at = now()),"
+                f" added AS ({_insert_items(5)}) SELECT count(*) FROM added",
                 [m[0] for m in stored], [m[1] for m in stored], [m[2] for m in stored],
-                *_columns(chunks[0]))
+                [traces.get(m[0]) for m in stored], *_columns(chunks[0]))
             for chunk in chunks[1:]:
                 added += await conn.fetchval(
                     f"WITH added AS ({_insert_items(1)}) SELECT count(*) FROM added",
@@ -254,10 +259,11 @@ class Store:
 
     # deliveries
 
-    async def assemble_emails(self, batching: Batching) -> int:
+    async def assemble_emails(self, batching: Batching, *, traced: bool = False) -> int:
         """Gather the waiting items of every email subscription whose digest is due into
         one delivery each (few, large), rendered as messages.matches_body;
-        returns the number of deliveries made."""
+        returns the number of deliveries made. `traced`: each keeps the trace contexts
+        of its items' messages (_trace_contexts)."""
         b = batching
         ready = await self.pool.fetch(
             "SELECT i.subscription_id FROM items i JOIN subscriptions s"
@@ -270,11 +276,12 @@ class Store:
             " LIMIT 200", b.email_linger_s, b.email_max_wait_s, b.hourly_s, b.daily_s)
         made = 0
         for row in ready:
-            made += await self._assemble_email(row["subscription_id"])
+            made += await self._assemble_email(row["subscription_id"], traced)
         return made
 
     async def assemble_webhooks(self, b: Batching, claim: int, lease_s: float,
-                                room: Room = NO_LIMIT) -> tuple[int, list[asyncpg.Record]]:
+                                room: Room = NO_LIMIT, *, traced: bool = False,
+                                ) -> tuple[int, list[Delivery]]:
         """Every ready subscription's full batches of `max_items`, and its last partial
         batch when fewer than `in_flight` of its batches are under way (like Nagle's
         algorithm: little latency when quiet, batches under load) or its oldest item
@@ -287,7 +294,8 @@ class Store:
         caller attempts them now; should it die, they are due when the lease ends): a
         round trip and a wake-up fewer between a match and its webhook; an owner's within
         its room, as in claim(). Returns (the number of deliveries made, the claimed ones in
-        claim()'s shape)."""
+        claim()'s shape). `traced`: each keeps the trace contexts of its items' messages
+        (_trace_contexts)."""
         async with self.pool.acquire() as conn, conn.transaction():
             chunks = await conn.fetch(ASSEMBLE_WEBHOOKS, b.max_items, b.max_wait_s, claim,
                                       b.in_flight, *room)
@@ -295,7 +303,10 @@ class Store:
                 return 0, []
             changes = await _changes(conn, self.decoded,
                                      [m for c in chunks for m in c["message_ids"]])
+            traces = await _trace_contexts(
+                conn, [m for c in chunks for m in c["message_ids"]]) if traced else {}
             ids, subs, bodies, counts, oldest, claimed = [], [], [], [], [], []
+            contexts: list[str | None] = []
             item_ids, item_subs, item_events = [], [], []
             for c in chunks:
                 delivery_id = uuid.uuid4()
@@ -315,6 +326,7 @@ class Store:
                 counts.append(c["k"])
                 oldest.append(c["oldest"])
                 claimed.append(c["claimed"])
+                contexts.append(_joined(c["message_ids"], traces))
                 item_ids.extend([delivery_id] * len(c["event_ids"]))
                 item_subs.extend([c["subscription_id"]] * len(c["event_ids"]))
                 item_events.extend(c["event_ids"])
@@ -322,14 +334,16 @@ class Store:
                 """
                 WITH made AS (
                     INSERT INTO deliveries (id, subscription_id, kind, body, item_count,
-                                            oldest_change_at, next_attempt_at, attempts)
+                                            oldest_change_at, next_attempt_at, attempts,
+                                            trace_contexts)
                     SELECT u.id, u.sub, 'matches', u.body, u.k, u.oldest,
                            CASE WHEN u.claimed THEN now() + make_interval(secs => $7)
                                 ELSE now() END,
-                           CASE WHEN u.claimed THEN 1 ELSE 0 END
+                           CASE WHEN u.claimed THEN 1 ELSE 0 END,
+                           string_to_array(u.traces, E'\\n')
                     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int[],
-                                $5::timestamptz[], $6::bool[])
-                         AS u(id, sub, body, k, oldest, claimed)
+                                $5::timestamptz[], $6::bool[], $11::text[])
+                         AS u(id, sub, body, k, oldest, claimed, traces)
                     RETURNING *),
                 -- (a data-modifying CTE runs to completion though nothing reads it)
                 assigned AS (
@@ -340,10 +354,10 @@ class Store:
                 -- made with its first attempt counted)
                 SELECT {fields} FROM made d JOIN subscriptions s ON s.id = d.subscription_id
                 """.replace("{fields}", ATTEMPT_FIELDS), ids, subs, bodies, counts, oldest,
-                claimed, lease_s, item_ids, item_subs, item_events)
-        return len(rows), [r for r in rows if r["attempts"] == 1]
+                claimed, lease_s, item_ids, item_subs, item_events, contexts)
+        return len(rows), [_delivery_from_row(r) for r in rows if r["attempts"] == 1]
 
-    async def _assemble_email(self, subscription_id: str) -> int:
+    async def _assemble_email(self, subscription_id: str, traced: bool) -> int:
         """All of one subscription's waiting items as one digest."""
         async with self.pool.acquire() as conn, conn.transaction():
             # One process assembles a subscription at a time; the others skip it.
@@ -374,20 +388,24 @@ class Store:
                 return 0
             body = messages.matches_body(subscription_id, events, len(items))
             oldest = min((r["occurred_at"] for r in items if r["occurred_at"]), default=None)
+            sampled = [r["message_id"] for r in sample]
+            traces = await _trace_contexts(conn, sampled) if traced else {}
             await _insert_delivery(conn, subscription_id, "matches", body, delivery_id,
-                                   item_count=len(items), oldest=oldest)
+                                   item_count=len(items), oldest=oldest,
+                                   trace_contexts=_joined(sampled, traces))
             await conn.execute(
                 "UPDATE items SET delivery_id = $1 WHERE subscription_id = $2"
                 " AND event_id = ANY($3::text[])",
                 delivery_id, subscription_id, [r["event_id"] for r in items])
             return 1
 
-    async def add_delivery(self, subscription_id: str, kind: str, body: bytes) -> uuid.UUID:
+    async def add_delivery(self, subscription_id: str, kind: messages.DeliveryKind,
+                           body: bytes) -> uuid.UUID:
         async with self.pool.acquire() as conn:
             return await _insert_delivery(conn, subscription_id, kind, body)
 
     async def claim(self, limit: int, lease_s: float, failing_limit: int,
-                    room: Room = NO_LIMIT) -> list[asyncpg.Record]:
+                    room: Room = NO_LIMIT) -> list[Delivery]:
         """Due deliveries, each taken by one process: its next attempt time moves past the
         lease, so if this process dies mid-attempt the delivery is due again after it.
         At most `failing_limit` of them belong to failing subscriptions (whose peers may
@@ -400,7 +418,7 @@ class Store:
                " AND s.failing_since IS {} NULL"
                " AND s.owner <> ALL($6::text[])"
                " ORDER BY d.next_attempt_at LIMIT {} FOR UPDATE OF d SKIP LOCKED")
-        return await self.pool.fetch(
+        rows = await self.pool.fetch(
             f"WITH {RELAXED}, healthy AS ({due.format('', '$1')}),"
             f" failing AS ({due.format('NOT', '$3')}),"
             f" {ROOM},"
@@ -415,16 +433,17 @@ class Store:
             " WHERE d.id = chosen.id AND s.id = d.subscription_id"
             f" RETURNING {ATTEMPT_FIELDS}", limit, lease_s, failing_limit, owners, rooms,
             [o for o, r in zip(owners, rooms, strict=True) if r <= 0], per_owner)
+        return [_delivery_from_row(r) for r in rows]
 
     async def finish(self, delivery_id: uuid.UUID, subscription_id: str, *, status: int,
                      duration_ms: float, error: str | None, response: str | None,
-                     outcome: str, delay: float | None = None, disable_reason: str | None = None,
-                     disable_after_s: float | None = None, ours: bool = False,
+                     outcome: Outcome, disable_after_s: float | None = None,
                      notice: Callable[[str], bytes] | None = None) -> bool:
-        """Record a failed attempt and its consequence: outcome 'retry' (after `delay` s),
-        'failed' or 'cancelled'. Returns True when this attempt disabled the subscription
-        (the caller tells its owner). Successes go through `delivered`, many at once.
-        `ours`: the fault was our own configuration (the mail server refused us), which
+        """Record an attempt that did not deliver and its consequence: the next attempt
+        (RETRY, after its delay), or the end (FAILED, CANCELLED), and whether the
+        subscription is disabled (the outcome's reason, or failing for `disable_after_s`).
+        Returns True when this attempt disabled the subscription (the caller tells its
+        owner). Successes go through `delivered`, many at once. An outcome that is `ours`
         does not count against the subscription (failing, then disabled). `notice`: the
         body telling the owner, given the reason, recorded with the disabling (a crash
         between the two would lose it)."""
@@ -435,17 +454,19 @@ class Store:
                 "INSERT INTO attempts (delivery_id, status_code, duration_ms, error,"
                 " response_body) VALUES ($1, $2, $3, $4, $5)",
                 delivery_id, status, duration_ms, error, response)
-            if outcome == "retry":
+            if outcome.kind is OutcomeKind.RETRY:
                 await conn.execute(
                     "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2),"
                     " last_status = $3, last_error = $4 WHERE id = $1",
-                    delivery_id, delay, status, error)
+                    delivery_id, outcome.delay, status, error)
             else:
                 await conn.execute(
                     "UPDATE deliveries SET status = $2, finished_at = now(), last_status = $3,"
-                    " last_error = $4 WHERE id = $1", delivery_id, outcome, status, error)
-            if outcome == "cancelled" or ours:
+                    " last_error = $4 WHERE id = $1", delivery_id, outcome.kind.value, status,
+                    error)
+            if outcome.kind is OutcomeKind.CANCELLED or outcome.ours:
                 return False
+            disable_reason = outcome.disable_reason
             failing_since = await conn.fetchval(
                 "UPDATE subscriptions SET failing_since = coalesce(failing_since, now())"
                 " WHERE id = $1 RETURNING failing_since", subscription_id)
@@ -695,6 +716,20 @@ async def _changes(conn: asyncpg.Connection, decoded: messages.Decoded,
     return held
 
 
+def _delivery_from_row(row: asyncpg.Record) -> Delivery:
+    """A row of ATTEMPT_FIELDS as the dispatcher takes it."""
+    traces = row["trace_contexts"]
+    return Delivery(
+        id=row["id"], kind=row["kind"], body=row["body"], attempts=row["attempts"],
+        item_count=row["item_count"], oldest_change_at=row["oldest_change_at"],
+        trace_contexts=tuple(traces) if traces else None,
+        subscription_id=row["subscription_id"], channel=row["channel"], url=row["url"],
+        address=row["address"], contact_email=row["contact_email"], enabled=row["enabled"],
+        verified=row["verified"], unsubscribe_token=row["unsubscribe_token"],
+        digest=row["digest"], secret=row["secret"], previous_secret=row["previous_secret"],
+        failing=row["failing"], owner=row["owner"])
+
+
 async def listen_routing(dsn: str, schema: str,
                          changed: Callable[[], None]) -> asyncpg.Connection:
     """A connection of its own on which `changed` is called once each routing change has
@@ -769,13 +804,40 @@ async def _relaxed(conn: asyncpg.Connection) -> None:
     await conn.execute("SET LOCAL synchronous_commit TO off")
 
 
-async def _insert_delivery(conn: asyncpg.Connection, subscription_id: str, kind: str,
-                           body: bytes, delivery_id: uuid.UUID | None = None, *,
-                           item_count: int = 0, oldest: datetime | None = None) -> uuid.UUID:
+async def _insert_delivery(conn: asyncpg.Connection, subscription_id: str,
+                           kind: messages.DeliveryKind, body: bytes,
+                           delivery_id: uuid.UUID | None = None, *,
+                           item_count: int = 0, oldest: datetime | None = None,
+                           trace_contexts: str | None = None) -> uuid.UUID:
+    """`trace_contexts`: as _joined makes them."""
     delivery_id = delivery_id or uuid.uuid4()
     await conn.execute(
-        "INSERT INTO deliveries (id, subscription_id, kind, body, item_count, oldest_change_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        delivery_id, subscription_id, kind, body, item_count, oldest)
+        "INSERT INTO deliveries (id, subscription_id, kind, body, item_count, oldest_change_at,"
+        " trace_contexts) VALUES ($1, $2, $3, $4, $5, $6, string_to_array($7, E'\\n'))",
+        delivery_id, subscription_id, kind, body, item_count, oldest, trace_contexts)
     return delivery_id
+
+
+# Trace contexts a delivery keeps at most: its attempts' spans link to each (the first is
+# their parent); past a few dozen, links tell an operator nothing more.
+TRACES_KEPT = 32
+
+
+async def _trace_contexts(conn: asyncpg.Connection,
+                          message_ids: list[str | None]) -> dict[str, str]:
+    """The trace context kept with each of these match messages that has one."""
+    rows = await conn.fetch(
+        "SELECT message_id, trace_context FROM match_messages"
+        " WHERE message_id = ANY($1::text[]) AND trace_context IS NOT NULL",
+        list({m for m in message_ids if m is not None}))
+    return {r["message_id"]: r["trace_context"] for r in rows}
+
+
+def _joined(message_ids: list[str | None], traces: Mapping[str, str]) -> str | None:
+    """The distinct trace contexts of a delivery's items, first item's first, one a line
+    (none holds a line break); None when there are none."""
+    if not traces:
+        return None
+    kept = list(dict.fromkeys(traces[m] for m in message_ids if m in traces))[:TRACES_KEPT]
+    return "\n".join(kept) or None
 

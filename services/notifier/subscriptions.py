@@ -15,12 +15,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, fie
 
 from contracts import matches, vocabulary
 from contracts.geo import cell, haversine_km, reach
-from contracts.matches import PairView
+from contracts.matches import MATCH_EVENT_TYPES, MatchEventType, PairView
 from contracts.models import EntityId
 from services.notifier.addresses import Refused, normalised_url
 
-EventType = Literal["matches.found", "matches.withdrawn"]
-EVENT_TYPES: tuple[EventType, ...] = ("matches.found", "matches.withdrawn")
 Digest = Literal["immediate", "hourly", "daily"]
 MAX_REGION_CELLS = 400  # wider regions are checked on every event instead of by cell
 
@@ -43,8 +41,8 @@ class Filter(BaseModel):
     design_ids: list[EntityId] = Field(default_factory=list, max_length=1000)
     processes: list[str] = Field(default_factory=list, max_length=100)
     region: Region | None = None
-    event_types: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES),
-                                         min_length=1, max_length=2)
+    event_types: list[MatchEventType] = Field(
+        default_factory=lambda: list(MATCH_EVENT_TYPES), min_length=1, max_length=2)
 
     @field_validator("processes")
     @classmethod

@@ -15,17 +15,12 @@ from fastapi.responses import JSONResponse, Response
 from contracts.errors import InvalidInput
 from contracts.events import EntityKind
 from contracts.models import ID_PATTERN
-from contracts.readers.documents import format_of
-from contracts.readers.validation import report
-from services.common.auth import Authenticator
-from services.common.http import (
-    CHALLENGE,
-    ERROR_RESPONSES,
-    ApiError,
-    WriteLimit,
-    closing,
-    parse_near,
-)
+from ingest.documents import format_of
+from ingest.validation import report
+from services.common import tracing
+from services.common.auth import CHALLENGE, Authenticator, WriteLimit
+from services.common.errors import ERROR_RESPONSES, ApiError, closing
+from services.common.near import parse_near
 from services.common.ratelimit import InFlight, InFlightFull
 from services.common.sandbox import Busy, Exceeded, ReaderLost, ReaderPool
 from services.registry.entities import Prepared, expand
@@ -88,7 +83,8 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
         _check_id(target)
         try:
             decision, row = await store.write(kind, target, prepared, mode=mode, key=key,
-                                              expected_version=_version(if_match))
+                                              expected_version=_version(if_match),
+                                              trace_context=tracing.current_text())
         except WriteRefused as exc:
             if exc.status == 401:
                 auth.forget(key[0])

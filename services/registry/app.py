@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from nats.aio.client import Client
@@ -14,27 +12,17 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from contracts import asyncapi
 from contracts.events import EntityKind
-from services.common import db, logs
+from services.common import logs, shell, tracing
 from services.common import nats as nats_util
-from services.common.auth import Authenticator, key_owner
-from services.common.http import (
-    BodyLimit,
-    HttpMetrics,
-    WriteLimit,
-    install_docs,
-    install_error_handlers,
-    install_operational_routes,
-)
+from services.common.auth import Authenticator, WriteLimit, key_owner
+from services.common.partitions import refuse_other_partitions
 from services.common.ratelimit import InFlight
 from services.common.sandbox import ReaderPool
-from services.common.tasks import every
 from services.registry import api, entities
 from services.registry.relay import OutboxRelay, RelayMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
 from services.registry.writes import event_limit
-
-log = logging.getLogger(__name__)
 
 
 class PublisherStuck(Exception):
@@ -79,39 +67,16 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             await nc.close()
             return
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await db.migrate(settings.database_url, settings.registry_db_schema,
-                         "services.registry")
-        pool = await db.create_pool(settings.database_url, settings.registry_db_schema,
-                                    max_size=settings.registry_db_pool_size)
-        store.pool = pool
-        async def observe_backlog() -> None:
-            count, age, parked_rows = await store.outbox_backlog()
-            backlog.set(count)
-            oldest.set(age)
-            parked.set(parked_rows)
+    async def observe_backlog() -> None:
+        count, age, parked_rows = await store.outbox_backlog()
+        backlog.set(count)
+        oldest.set(age)
+        parked.set(parked_rows)
 
-        tasks = [asyncio.create_task(every(2.0, observe_backlog)),
-                 asyncio.create_task(learn_max_payload())]
-        # A moment for NATS to tell the limit before the first write is taken
-        await asyncio.wait({tasks[-1]}, timeout=3)
-        if settings.registry_relay:
-            relay = relay_of(settings, relay_metrics, on_nats)
-            state["relay"] = relay
-            tasks.append(asyncio.create_task(relay.run()))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await readers.close()
-            await pool.close()
-
-    app = FastAPI(title="makelocal registry", version="1", docs_url=None, redoc_url=None,
-                  description="OKH designs and OKW facilities; every change is an event on "
-                              "the REGISTRY stream.", lifespan=lifespan)
+    async def publish_outbox() -> None:
+        relay = relay_of(settings, relay_metrics, on_nats)
+        state["relay"] = relay
+        await relay.run()
 
     limit = WriteLimit(settings.write_rate_per_s, settings.write_burst)
     in_flight = InFlight(settings.registry_writes_in_flight_per_key)
@@ -126,14 +91,6 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                          size=settings.registry_readers, cpu_s=settings.registry_reader_cpu_s,
                          wall_s=settings.registry_reader_timeout_s,
                          memory_mb=settings.registry_reader_memory_mb)
-    for kind in EntityKind:
-        app.include_router(api.router(kind, store, limit, auth, readers, in_flight,
-                                      settings.registry_body_timeout_s))
-    app.include_router(api.validation_router(auth, readers, settings.registry_body_timeout_s))
-    app.state.store = store
-
-    async def database_ready() -> None:
-        await store.pool.fetchval("SELECT 1")
 
     async def nats_ready() -> None:
         # Writes need only the database (the outbox keeps them); NATS matters to the one
@@ -155,15 +112,21 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         if age > settings.registry_outbox_stale_s:
             raise PublisherStuck(f"an event has waited {age:.0f} s")
 
-    install_error_handlers(app)
-    install_docs(app)
-    install_operational_routes(app, metrics, {"database": database_ready, "nats": nats_ready,
-                                          "publishing": publishing},
-                               asyncapi.document("registry", settings.nats_url))
-    app.add_middleware(HttpMetrics, registry=metrics, prefix="makelocal_registry")
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    return app
-
+    return shell.build(shell.Service(
+        name="registry", metrics=metrics, max_body_bytes=settings.max_body_bytes,
+        description="OKH designs and OKW facilities; every change is an event on the "
+                    "REGISTRY stream.",
+        routers=[*(api.router(kind, store, limit, auth, readers, in_flight,
+                              settings.registry_body_timeout_s) for kind in EntityKind),
+                 api.validation_router(auth, readers, settings.registry_body_timeout_s)],
+        checks={"nats": nats_ready, "publishing": publishing},
+        asyncapi=asyncapi.document("registry", settings.nats_url),
+        database=shell.Database(settings.database_url, settings.registry_db_schema,
+                                "services.registry", settings.registry_db_pool_size, store),
+        # A moment for NATS to tell the limit before the first write is taken
+        tasks=[shell.Every(2.0, observe_backlog), shell.Once(learn_max_payload, wait_s=3),
+               *([shell.Once(publish_outbox)] if settings.registry_relay else [])],
+        stopping=[readers.close], state={"store": store}))
 
 
 def main() -> None:
@@ -171,7 +134,8 @@ def main() -> None:
 
     settings = RegistrySettings()
     logs.configure("registry", settings.log_level)
-    refuse_other_partitions(settings, "registry")
+    tracing.configure("makelocal-registry")
+    refuse_other_partitions(settings.nats_url, settings.partitions, "registry")
     # Several worker processes share the port; each runs a relay, and the advisory lock
     # keeps exactly one of them publishing.
     uvicorn.run("services.registry.app:create_app", factory=True, host=settings.host,
@@ -183,44 +147,11 @@ def main_relay() -> None:
     """The outbox relay alone, for deployments that run it apart from the API."""
     settings = RegistrySettings()
     logs.configure("registry-relay", settings.log_level)
-    refuse_other_partitions(settings, "registry-relay")
+    tracing.configure("makelocal-registry")
+    refuse_other_partitions(settings.nats_url, settings.partitions, "registry-relay")
     relay = relay_of(settings, RelayMetrics(CollectorRegistry()))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(relay.run())
-
-
-def refuse_other_partitions(settings: RegistrySettings, who: str) -> None:
-    """Exit 2, saying why, when REGISTRY already routes designs by another partition
-    count; NATS or JetStream not answering now: the relay checks again before it
-    publishes (a registry must start while a NATS node is down)."""
-    async def check() -> str | None:
-        try:
-            nc = await nats_util.connect(settings.nats_url, f"{who}-check")
-        except Exception as exc:
-            log.warning("partition check deferred", extra={"error": repr(exc)})
-            return None
-        try:
-            await nats_util.check_partitions(nc.jetstream(), settings.partitions, who)
-        except nats_util.PartitionMismatch as exc:
-            return str(exc)
-        except Exception as exc:  # JetStream not answering (a node down): later, then
-            log.warning("partition check deferred", extra={"error": repr(exc)})
-        finally:
-            await nc.close()
-        return None
-
-    async def bounded() -> str | None:
-        try:
-            async with asyncio.timeout(10):  # never hold a start up for long
-                return await check()
-        except TimeoutError:
-            log.warning("partition check deferred", extra={"error": "timed out"})
-            return None
-
-    reason = asyncio.run(bounded())
-    if reason is not None:
-        log.error(f"{who} refuses to start", extra={"error": reason})
-        sys.exit(2)
 
 
 def relay_of(settings: RegistrySettings, metrics: RelayMetrics,

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from contracts import vocabulary
 from contracts.events import EntityKind
 from contracts.models import Design, Facility
-from contracts.readers.documents import format_of, parse_document
-from contracts.readers.okh import manifest_id, read_design
-from contracts.readers.okw import facility_key, read_facility, snake
-from contracts.readers.sources import kind_of_document
+from ingest.documents import format_of, parse_document
+from ingest.identity import document_id
+from ingest.okh import read_design
+from ingest.okw import read_facility
+from ingest.record import kind_of_document
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,8 @@ def prepare(kind: EntityKind | None, raw: bytes, media_type: str | None,
     fmt = format_of(media_type)
     doc = parse_document(raw, fmt)
     if kind is None:
-        kind = EntityKind(kind_of_document(doc, ""))
-    chosen = entity_id or (manifest_id(doc) if kind is EntityKind.design
-                           else facility_key({snake(str(k)): v for k, v in doc.items()}))
+        kind = kind_of_document(doc, "")
+    chosen = entity_id or document_id(kind, doc)
     entity: Design | Facility = (
         read_design(doc, design_id=chosen) if kind is EntityKind.design
         else read_facility(doc, facility_id=chosen)
@@ -65,7 +65,7 @@ def prepare(kind: EntityKind | None, raw: bytes, media_type: str | None,
     return Prepared(entity, data_json, manifest, fmt, digest)
 
 
-def expand(kind: vocabulary.Kind, name: str) -> list[str]:
+def expand(kind: vocabulary.TermKind, name: str) -> list[str]:
     """A filter value and every more specific term: process=3d-printing finds FDM too."""
     entry = vocabulary.vocabulary(kind).resolve(name)
     if entry is None:

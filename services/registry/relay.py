@@ -18,7 +18,9 @@ leader) and probes the peer with TCP keepalives; the relay itself gives up a que
 answered within half the lease, talks to the database at least every third of it, and
 publishes nothing once a lease may have lapsed unnoticed. So a leader lost to a half-open
 connection is replaced within about `lease_s` seconds, not the hours TCP would take.
-The leader also prunes published rows older than `retention_s`."""
+The leader also prunes published rows older than `retention_s`. Each publish is a span in
+the trace of the write that queued it (its context kept in the outbox row), and the event
+carries that span's `traceparent` to the matcher."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from contracts.events import (
     REGISTRY_SUBJECTS,
     design_partition_transform,
 )
-from services.common import db
+from services.common import db, tracing
 from services.common import nats as nats_util
 from services.common.faults import crash_point
 from services.common.tasks import restarting
@@ -114,6 +116,18 @@ def batch_of_distinct_subjects(rows: list[asyncpg.Record]) -> list[asyncpg.Recor
         seen.add(row["subject"])
         out.append(row)
     return out
+
+
+def publish_spans(rows: list[asyncpg.Record]) -> list[tracing.Span | None]:
+    """A "publish" span per row, in the trace of the write that queued it (kept in the
+    outbox: the write may have been another process's, long ago); None each when off."""
+    if not tracing.enabled():
+        return [None] * len(rows)
+    return [tracing.start("publish", tracing.from_text(row["trace_context"]), tracing.PRODUCER,
+                          {"messaging.system": "nats",
+                           "messaging.destination.name": row["subject"],
+                           "messaging.message.id": str(row["event_id"])})
+            for row in rows]
 
 
 class OutboxRelay:
@@ -247,19 +261,26 @@ class OutboxRelay:
                  for row in rows if len(row["payload"]) + EVENT_HEADROOM_BYTES > nc.max_payload}
         sendable = [row for row in rows if row["position"] not in unfit]
         js = nc.jetstream()
+        spans: list[tracing.Span | None] = []
         try:
             self._check_lease()
+            spans = publish_spans(sendable)
             futures = [
                 await js.publish_async(row["subject"], bytes(row["payload"]),
-                                       headers={"Nats-Msg-Id": str(row["event_id"])})
-                for row in sendable
+                                       headers={"Nats-Msg-Id": str(row["event_id"]),
+                                                **tracing.headers_of(span)})
+                for row, span in zip(sendable, spans, strict=True)
             ]
             outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
                                               self.publish_timeout_s)
         except LeaseLapsed:
             raise
         except Exception as exc:
+            for span in spans:
+                tracing.end(span, exc)
             return await self._failed(exc, len(rows))
+        for span, outcome in zip(spans, outcomes, strict=True):
+            tracing.end(span, outcome if isinstance(outcome, BaseException) else None)
         acked, retry = [], []
         for row, outcome in zip(sendable, outcomes, strict=True):
             if not isinstance(outcome, BaseException):

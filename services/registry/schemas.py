@@ -8,6 +8,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts import vocabulary
 from contracts.events import EntityKind
 from contracts.models import Design, Facility
 
@@ -100,7 +101,7 @@ MODELS = {
 
 
 class Inferred(_Out):
-    kind: Literal["process", "material"]
+    kind: vocabulary.TermKind
     id: str
     label: str
     field: str | None
@@ -116,9 +117,9 @@ class Size(_Out):
 
 
 class Report(_Out):
-    """What POST /v1/validate says of a manifest (contracts.readers.validation.report)."""
+    """What POST /v1/validate says of a manifest (ingest.validation.report)."""
 
-    kind: Literal["design", "facility"]
+    kind: EntityKind
     id: str
     name: str
     warnings: list[str]

@@ -110,10 +110,11 @@ class Store:
             " WHERE kind = $1 AND id = $2 AND NOT deleted", kind.value, entity_id)
 
     async def write(self, kind: EntityKind, entity_id: str, prepared: Prepared | None, *,
-                    mode: WriteMode, key: tuple[str, str],
-                    expected_version: int | None) -> tuple[Decision, asyncpg.Record]:
+                    mode: WriteMode, key: tuple[str, str], expected_version: int | None,
+                    trace_context: str | None = None) -> tuple[Decision, asyncpg.Record]:
         """Check the API key, then create, replace or delete one entity and queue its event,
-        all in one transaction: a key revoked before the commit cannot write."""
+        all in one transaction: a key revoked before the commit cannot write.
+        `trace_context`: the write's, kept with the event for the relay (tracing.to_text)."""
         key_id, secret = key
         async with self.pool.acquire() as conn, conn.transaction():
             # The key and the entity's row lock in one round trip.
@@ -140,7 +141,7 @@ class Store:
                               data=prepared.entity if prepared else None)
             payload = event.model_dump_json().encode()
             check_event_size(len(payload), self.max_event_bytes)
-            outbox = (event.event_id, event.subject, payload)
+            outbox = (event.event_id, event.subject, payload, trace_context)
             if prepared is None:
                 sql, values = _DELETE, (kind.value, entity_id, decision.version)
             else:
@@ -153,9 +154,10 @@ class Store:
             # The entity row and its outbox row in one statement: one round trip fewer.
             written = await conn.fetchrow(
                 f"WITH e AS ({sql} RETURNING {COLUMNS}), o AS ("
-                " INSERT INTO outbox (event_id, subject, entity_id, version, payload)"
-                f" VALUES (${len(values) + 1}, ${len(values) + 2}, $2, $3,"
-                f" ${len(values) + 3})) SELECT * FROM e", *values, *outbox)
+                " INSERT INTO outbox (event_id, subject, entity_id, version, payload,"
+                f" trace_context) VALUES (${len(values) + 1}, ${len(values) + 2}, $2, $3,"
+                f" ${len(values) + 3}, ${len(values) + 4})) SELECT * FROM e",
+                *values, *outbox)
             return dataclasses.replace(decision, event_id=str(event.event_id)), written
 
     async def list(self, kind: EntityKind, filters: Filters, *, after: str | None,
@@ -220,8 +222,8 @@ class Store:
 
 async def fetch_unpublished(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT position, event_id, subject, payload FROM outbox WHERE published_at IS NULL"
-        " ORDER BY position LIMIT $1", limit)
+        "SELECT position, event_id, subject, payload, trace_context FROM outbox"
+        " WHERE published_at IS NULL ORDER BY position LIMIT $1", limit)
 
 
 async def mark_published(conn: asyncpg.Connection, positions: list[int]) -> None:

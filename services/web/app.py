@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -16,9 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Mount
 
-from services.common import logs
-from services.common.http import BodyLimit, HttpMetrics, install_operational_routes
+from services.common import logs, shell, tracing
 from services.common.ratelimit import TokenBuckets
 from services.web import places, routes
 from services.web.clients import Api, Directory, Matchers, Refused, Unavailable
@@ -48,20 +48,14 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         alerts_enabled=key is not None)
     templates = Jinja2Templates(directory=HERE / "templates")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def gazetteer() -> None:
         # the gazetteer takes a second to load: before the first person types a place
         await asyncio.to_thread(places.find, "Paris")
-        yield
+
+    async def close_clients() -> None:
         for api in (up.registry, up.notifier):
             await api.close()
         await up.matchers.close()
-
-    app = FastAPI(title="makelocal web", version="1", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(routes.router(templates, up))
-    registry = CollectorRegistry()
 
     async def answers(api: Api) -> None:
         response = await api.http.get("/healthz")
@@ -70,9 +64,20 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def every_matcher() -> None:
         await asyncio.gather(*(answers(m) for m in up.matchers.partitions))
 
-    install_operational_routes(app, registry, {
-        "registry": lambda: answers(up.registry), "matcher": every_matcher,
-        "notifier": lambda: answers(up.notifier)})
+    return shell.build(shell.Service(
+        name="web", metrics=CollectorRegistry(), max_body_bytes=FORM_BODY_BYTES,
+        openapi=False, errors=functools.partial(install_page_errors, templates=templates),
+        mounts=[Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
+        routers=[routes.router(templates, up)],
+        checks={"registry": lambda: answers(up.registry), "matcher": every_matcher,
+                "notifier": lambda: answers(up.notifier)},
+        starting=[gazetteer], stopping=[close_clients],
+        # pages and Leaflet are text: compressed they are a fifth (a phone on a slow link)
+        middleware=[Middleware(PageGuards), Middleware(GZipMiddleware, minimum_size=1024)]))
+
+
+def install_page_errors(app: FastAPI, templates: Jinja2Templates) -> None:
+    """Every failure answers a page (never JSON, never a traceback)."""
 
     def message(request: Request, status: int, title: str, text: str) -> HTMLResponse:
         return templates.TemplateResponse(request, "message.html",
@@ -111,19 +116,13 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         return message(request, 500, "Something went wrong",
                        "This page could not be made. Try again, or go back.")
 
-    # pages and Leaflet are text: compressed they are a fifth (a phone on a slow link)
-    app.add_middleware(GZipMiddleware, minimum_size=1024)
-    app.add_middleware(PageGuards)
-    app.add_middleware(HttpMetrics, registry=registry, prefix="makelocal_web")
-    app.add_middleware(BodyLimit, limit=FORM_BODY_BYTES)
-    return app
-
 
 def main() -> None:
     import uvicorn
 
     settings = WebSettings()
     logs.configure("web", settings.log_level)
+    tracing.configure("makelocal-web")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.web_port,
                 log_config=None, access_log=False, proxy_headers=True,
                 forwarded_allow_ips=settings.web_forwarded_allow_ips)

@@ -18,6 +18,12 @@ MAX_LIST = 1000
 MAX_TEXT = 20_000
 
 
+def snake(key: str) -> str:
+    """'Facility status', 'facilityStatus', 'facility-status' -> 'facility_status'."""
+    key = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key.strip())
+    return re.sub(r"[\s\-]+", "_", key).lower()
+
+
 def text(value: Any, field: str, *, required: bool = False) -> str | None:
     """A string field; numbers are accepted as their text, structures are not."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -53,7 +59,7 @@ def text_list(value: Any, field: str) -> list[str]:
 
 
 def terms(
-    kind: vocabulary.Kind,
+    kind: vocabulary.TermKind,
     names: Iterable[str],
     *,
     source: str,
@@ -81,7 +87,7 @@ def terms(
     return out
 
 
-def most_specific(kind: vocabulary.Kind, found: Iterable[Term]) -> list[Term]:
+def most_specific(kind: vocabulary.TermKind, found: Iterable[Term]) -> list[Term]:
     """Deduplicate, dropping a term when a more specific one of it is also present
     (a part needing FDM needs 3D printing; saying both adds nothing)."""
     vocab = vocabulary.vocabulary(kind)

@@ -7,15 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from contracts import vocabulary
+from contracts.events import EntityKind
 from contracts.models import Design, Facility, Term
 
 
 def report(entity: Design | Facility) -> dict[str, Any]:
-    kind = "design" if isinstance(entity, Design) else "facility"
+    kind = EntityKind.design if isinstance(entity, Design) else EntityKind.facility
     out: dict[str, Any] = {"kind": kind, "id": entity.id, "name": entity.name,
                            "warnings": list(entity.warnings)}
     if isinstance(entity, Design):
-        terms = [("process", t) for t in entity.processes] + [
+        terms: list[tuple[vocabulary.TermKind, Term]] = [
+            ("process", t) for t in entity.processes] + [
             ("material", t) for t in entity.materials]
         out["matchable"] = matchable(entity)
         out["inferred"] = [_inferred(kind_, t) for kind_, t in terms if t.inferred]
@@ -35,7 +37,7 @@ def matchable(design: Design) -> bool:
                for t in design.processes)
 
 
-def _inferred(kind: str, term: Term) -> dict[str, Any]:
+def _inferred(kind: vocabulary.TermKind, term: Term) -> dict[str, Any]:
     return {"kind": kind, "id": term.id, "label": term.label, "field": term.source,
             "evidence": term.evidence, "confidence": term.confidence}
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from contracts.errors import InvalidInput
-from contracts.readers.documents import located
+from ingest.documents import located
 
 DELIMITERS = (",", ";", "\t")
 

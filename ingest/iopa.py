@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.readers.places import cell, compact, gps, source_id, urls
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
+from ingest.identity import source_id
+from ingest.places import cell, compact, gps, urls
+from ingest.record import Record
 
 
 def looks_like(item: dict[str, Any]) -> bool:
@@ -28,12 +30,12 @@ def _part(item: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _record(where: str, item: Any) -> Record:
     if not isinstance(item, dict):
-        return Record("facility", where, error="entry is not an object")
+        return Record(EntityKind.facility, where, error="entry is not an object")
     facility, region = _part(item, "facility"), _part(item, "region")
     address, geocoding = _part(item, "address"), _part(item, "geocoding")
     label = cell(facility.get("name"))
     if label is None:
-        return Record("facility", where, error="facility has no name")
+        return Record(EntityKind.facility, where, error="facility has no name")
     warnings: list[str] = []
     facility_id = cell(facility.get("facility_id"))
     doc = compact({
@@ -53,5 +55,5 @@ def _record(where: str, item: Any) -> Record:
         "description": (cell(facility.get("description")) or "")[:2000],
         "source": {"dataset": "iopa-okw", "id": facility_id},
     })
-    return Record("facility", where, entity_id=source_id("iopa", facility_id),
+    return Record(EntityKind.facility, where, entity_id=source_id("iopa", facility_id),
                   document=doc, warnings=warnings)

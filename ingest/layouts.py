@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import InvalidInput
-from contracts.readers import fablabs, fablabs_api, field_ready, inventory, iopa, makerspaces
-from contracts.readers import mapped as mapped_csv
-from contracts.readers.csvtext import Table, decode, read_table
-from contracts.readers.documents import parse_document, parse_value
-from contracts.readers.okw import KNOWN as OKW_KEYS
-from contracts.readers.okw import snake
-from contracts.readers.sources import Kind, Record, kind_of_document
+from contracts.events import EntityKind
+from ingest import fablabs, fablabs_api, field_ready, inventory, iopa, makerspaces
+from ingest import mapped as mapped_csv
+from ingest.csvtext import Table, decode, read_table
+from ingest.documents import parse_document, parse_value
+from ingest.fields import snake
+from ingest.okw import KNOWN as OKW_KEYS
+from ingest.record import Record, kind_of_document
 
 Mapping = dict[str, str]
 
@@ -62,18 +63,20 @@ def shown(names: list[str], most: int = 20) -> str:
     return repr(cut)[:-1] + (", …]" if len(names) > most else "]")
 
 
-def unknown(name: str, what: str, kind: Kind = "facility") -> Record:
+def unknown(name: str, what: str, kind: EntityKind = EntityKind.facility) -> Record:
     return Record(kind, name, error=f"unknown layout ({what}); known layouts: "
                   + known_layouts())
 
 
-def read(name: str, raw: bytes, mapping: Mapping | None = None) -> Iterator[Record]:
-    """Every record in one file. Never raises: what cannot be read is a Record with an
-    error (one for the whole file when it is the file that is wrong)."""
+def records(name: str, raw: bytes, mapping: Mapping | None = None) -> Iterator[Record]:
+    """Every record in one file, whatever of the supported layouts its content is in;
+    `mapping` ({column: field}) reads any other CSV. Never raises: what cannot be read is
+    a Record with an error (one for the whole file when it is the file that is wrong)."""
     if mapping:
         bad = sorted({f for f in mapping.values() if f not in mapped_csv.FIELDS})
         if bad:
-            yield Record("facility", name, error=f"--map names unknown fields {bad}; fields: "
+            yield Record(EntityKind.facility, name,
+                         error=f"--map names unknown fields {bad}; fields: "
                          + ", ".join(mapped_csv.FIELDS))
             return
     family = syntax_of(name, raw)
@@ -96,7 +99,7 @@ def read(name: str, raw: bytes, mapping: Mapping | None = None) -> Iterator[Reco
     yield from _data(name, raw, family, value)
 
 
-def rejection(kind: Kind, name: str, exc: InvalidInput) -> Record:
+def rejection(kind: EntityKind, name: str, exc: InvalidInput) -> Record:
     """One record for a file that cannot be read, with where in it the fault is."""
     where = exc.position
     message = exc.message
@@ -205,7 +208,7 @@ def _documents(name: str, items: list[Any]) -> Iterator[Record]:
     for index, item in enumerate(items):
         where = f"{name}[{index}]"
         if not isinstance(item, dict):
-            yield Record("facility", where, error="entry is not a mapping")
+            yield Record(EntityKind.facility, where, error="entry is not a mapping")
         else:
             yield Record(kind_of_document(item, ""), where, document=item)
 
@@ -220,7 +223,7 @@ def _csv(name: str, table: Table, mapping: Mapping | None) -> Iterator[Record]:
     found = _known_csv(name, table)
     if found is None:
         if mapping:
-            yield Record("facility", name, error=f"--map names columns not in the header: "
+            yield Record(EntityKind.facility, name, error=f"--map names columns not in the header: "
                          f"{shown(missing)}; the header has {shown(table.header, 40)}")
         else:
             yield unknown(name, f"CSV columns {shown(table.header)}")

@@ -3,7 +3,6 @@ they are stored, link lists. Pure."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 
@@ -55,11 +54,3 @@ def compact(value: Any) -> Any:
         return [compact(v) for v in value if v not in (None, "", [], {})]
     return value
 
-
-def source_id(prefix: str, raw: str | None) -> str | None:
-    """A registry id (letters, digits, - and _; at most 64) from a source's own id, so a
-    re-import of the same record updates it instead of adding a copy."""
-    if not raw:
-        return None
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-")
-    return f"{prefix}-{safe}"[:64] if safe else None

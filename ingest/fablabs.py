@@ -6,9 +6,10 @@ import ast
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.models import derive_id
-from contracts.readers.csvtext import Table
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
+from ingest.csvtext import Table
+from ingest.identity import derive_id
+from ingest.record import Record
 
 CAPABILITIES = {
     "three_d_printing": "3d-printing",
@@ -21,6 +22,12 @@ CAPABILITIES = {
 STATUSES = {"active": "Active", "planned": "Planned", "closed": "Closed"}
 
 
+def lab_id(source_id: str | None) -> str | None:
+    """fablabs.io's own number as our id, so its CSV export and its API's lab list update
+    one entity; None where the lab has no number."""
+    return f"fablabs-{source_id}" if source_id and source_id.isdigit() else None
+
+
 def records(name: str, table: Table) -> Iterator[Record]:
     for line, row in table.rows:
         yield _record(f"{name}:{line}", row)
@@ -29,19 +36,20 @@ def records(name: str, table: Table) -> Iterator[Record]:
 def _record(where: str, row: dict[str, Any]) -> Record:
     label = (row.get("name") or "").strip()
     if not label:
-        return Record("facility", where, error="no name")
+        return Record(EntityKind.facility, where, error="no name")
     warnings = []
     if any("\ufffd" in (v or "") for v in row.values() if isinstance(v, str)):
         warnings.append("broken character encoding in the source row; text kept as read")
     status = STATUSES.get((row.get("activity_status") or "").strip().lower())
     if status is None:
         return Record(
-            "facility", where, error=f"unknown activity_status {row.get('activity_status')!r}"
+            EntityKind.facility, where,
+            error=f"unknown activity_status {row.get('activity_status')!r}",
         )
     try:
         capabilities = ast.literal_eval(row.get("capabilities") or "[]")
     except (ValueError, SyntaxError):
-        return Record("facility", where, error="capabilities column is not a list")
+        return Record(EntityKind.facility, where, error="capabilities column is not a list")
     unknown = [c for c in capabilities if c not in CAPABILITIES]
     if unknown:
         warnings.append(f"unknown capabilities kept as given: {unknown}")
@@ -70,9 +78,9 @@ def _record(where: str, row: dict[str, Any]) -> Record:
         "source": {"dataset": "fablabs.io", "id": source_id},
     }
     return Record(
-        "facility",
+        EntityKind.facility,
         where,
-        entity_id=f"fablabs-{source_id}" if source_id.isdigit() else derive_id(label, source_id),
+        entity_id=lab_id(source_id) or derive_id(label, source_id),
         document=doc,
         warnings=warnings,
     )

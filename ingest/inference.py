@@ -3,8 +3,9 @@ materials and sizes read from its files, paths and words. Pure.
 
 Every guess is a Term marked inferred, with the field it came from, the file or words that
 gave it and a confidence, so matching weighs it lower and people can see and correct it.
-The rules are data (the `inference` section of contracts/vocabulary.yaml); this module
-only applies them. Precision matters as much as recall, so three readings are refused:
+The rules are data (ingest/inference.yaml, over the process ids of
+contracts/vocabulary.yaml); this module only applies them. Precision matters as much as
+recall, so three readings are refused:
 - a machine named in prose without a word of use ("an open CNC mill") is what the design
   *is*, not what making it takes; in a tool list it is a need;
 - a process named in the design's own name ("laser cutter", "3D printer") says what the
@@ -169,7 +170,7 @@ def _keep(found: dict[str, Term], term: Term) -> None:
     found[term.id] = best.model_copy(update={"confidence": round(surer, 2)})
 
 
-def _term(kind: vocabulary.Kind, entry_id: str, where: str, evidence: str,
+def _term(kind: vocabulary.TermKind, entry_id: str, where: str, evidence: str,
           confidence: float) -> Term:
     entry = vocabulary.vocabulary(kind).entries[entry_id]
     return Term(id=entry.id, label=entry.label, inferred=True, source=where,
@@ -374,7 +375,7 @@ def _alternatives(phrases: Iterable[str]) -> re.Pattern[str]:
 
 @cache
 def _rules() -> _Rules:
-    text = resources.files("contracts").joinpath("vocabulary.yaml").read_text("utf-8")
+    text = resources.files("ingest").joinpath("inference.yaml").read_text("utf-8")
     data = yaml.safe_load(text)
     known = vocabulary.processes().entries
     phrases: list[_Rule] = []

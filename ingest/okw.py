@@ -7,19 +7,21 @@ import re
 from typing import Any
 
 from contracts.errors import InvalidInput
+from contracts.events import EntityKind
 from contracts.models import Address, Box, Equipment, Facility, FacilityStatus, Location, Term
-from contracts.models import derive_id as _derive_id
-from contracts.readers import inference
-from contracts.readers.fields import (
+from ingest import inference
+from ingest.fields import (
     MAX_LIST,
     box_from_text,
     build,
     length,
     most_specific,
+    snake,
     terms,
     text,
     text_list,
 )
+from ingest.identity import document_id
 
 STATUSES = {
     "active": FacilityStatus.active,
@@ -50,12 +52,6 @@ KNOWN = {
 }
 
 
-def snake(key: str) -> str:
-    """'Facility status', 'facilityStatus', 'facility-status' -> 'facility_status'."""
-    key = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key.strip())
-    return re.sub(r"[\s\-]+", "_", key).lower()
-
-
 def read_facility(doc: dict[str, Any], *, facility_id: str | None = None) -> Facility:
     doc = {snake(str(k)): v for k, v in doc.items()}
     warnings: list[str] = []
@@ -84,7 +80,7 @@ def read_facility(doc: dict[str, Any], *, facility_id: str | None = None) -> Fac
     )
     return build(
         Facility,
-        id=facility_id or facility_key(doc),
+        id=facility_id or document_id(EntityKind.facility, doc),
         name=name or "",
         status=status,
         access_type=text(doc.get("access_type"), "access_type"),
@@ -98,15 +94,6 @@ def read_facility(doc: dict[str, Any], *, facility_id: str | None = None) -> Fac
         warnings=warnings[:200],
         extra={k: v for k, v in doc.items() if k not in KNOWN},
     )
-
-
-def facility_key(doc: dict[str, Any]) -> str:
-    given = doc.get("id")
-    if isinstance(given, str) and given:
-        return given
-    loc = doc.get("location")
-    where = str(loc)[:200] if loc is not None else str(doc.get("gps_coordinates", ""))
-    return _derive_id(str(doc.get("name", "")), where)
 
 
 def _dedupe(found: list[Term]) -> list[Term]:

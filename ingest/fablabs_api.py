@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.readers.fablabs import CAPABILITIES
-from contracts.readers.places import cell, compact, gps, urls
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
+from ingest.fablabs import CAPABILITIES, lab_id
+from ingest.places import cell, compact, gps, urls
+from ingest.record import Record
 
 # fablabs.io's activity_status values; "corona" marked labs shut by the pandemic.
 STATUSES = {"active": "Active", "planned": "Planned", "closed": "Closed",
@@ -29,12 +30,12 @@ def records(name: str, items: list[Any]) -> Iterator[Record]:
 
 def _record(where: str, item: Any) -> Record:
     if not isinstance(item, dict):
-        return Record("facility", where, error="entry is not an object")
+        return Record(EntityKind.facility, where, error="entry is not an object")
     if isinstance(item.get("attributes"), dict):  # the v2 JSON:API shape nests the lab
         item = {"id": item.get("id"), **item["attributes"]}
     label = cell(item.get("name"))
     if label is None:
-        return Record("facility", where, error="lab has no name")
+        return Record(EntityKind.facility, where, error="lab has no name")
     warnings: list[str] = []
     raw_status = cell(item.get("activity_status"))
     status = STATUSES.get((raw_status or "").lower())
@@ -70,6 +71,5 @@ def _record(where: str, item: Any) -> Record:
         "source": {"dataset": "fablabs.io", "id": source_id, "slug": slug,
                    "kind": cell(item.get("kind_name"))},
     })
-    # The same id as the fablabs.io CSV reader gives, so both exports update one entity.
-    entity_id = f"fablabs-{source_id}" if source_id and source_id.isdigit() else None
-    return Record("facility", where, entity_id=entity_id, document=doc, warnings=warnings)
+    return Record(EntityKind.facility, where, entity_id=lab_id(source_id), document=doc,
+                  warnings=warnings)

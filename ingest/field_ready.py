@@ -6,8 +6,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.models import derive_id
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
+from ingest.identity import derive_id
+from ingest.record import Record
 
 
 def records(name: str, items: list[Any]) -> Iterator[Record]:
@@ -17,10 +18,10 @@ def records(name: str, items: list[Any]) -> Iterator[Record]:
 
 def _record(where: str, item: Any) -> Record:
     if not isinstance(item, dict):
-        return Record("design", where, error="entry is not an object")
+        return Record(EntityKind.design, where, error="entry is not an object")
     title = str(item.get("Name") or "").strip()
     if not title:
-        return Record("design", where, error="no Name")
+        return Record(EntityKind.design, where, error="no Name")
     part_no = str(item.get("Part No.") or "").strip()
     tool = str(item.get("Critical Tool") or "").strip()
     materials = [
@@ -43,7 +44,7 @@ def _record(where: str, item: Any) -> Record:
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", part_no)[:60]
     entity_id = f"fr-{safe}" if safe else derive_id(title, "field-ready")
     return Record(
-        "design",
+        EntityKind.design,
         where,
         entity_id=entity_id,
         document={k: v for k, v in doc.items() if v not in (None, [], {})},

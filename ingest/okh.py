@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.errors import InvalidInput
-from contracts.models import Box, Design, Part, Term, derive_id
-from contracts.readers import inference
-from contracts.readers.fields import (
+from contracts.events import EntityKind
+from contracts.models import Box, Design, Part, Term
+from ingest import inference
+from ingest.fields import (
     box_from_text,
     build,
     most_specific,
@@ -16,6 +17,7 @@ from contracts.readers.fields import (
     text,
     text_list,
 )
+from ingest.identity import document_id
 
 MAX_PARTS = 2000
 
@@ -138,16 +140,6 @@ def _unprefixed(doc: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def manifest_id(doc: dict[str, Any]) -> str:
-    """The id a manifest gets when none is given: stable across re-imports."""
-    given = doc.get("id")
-    if isinstance(given, str) and given:
-        return given
-    name = doc.get("name") or doc.get("title") or ""
-    where = doc.get("repo") or doc.get("project-link") or doc.get("documentation-home")
-    return derive_id(str(name), str(where) if where else None)
 
 
 def _read_losh(doc: dict[str, Any], design_id: str | None) -> Design:
@@ -291,7 +283,7 @@ def _design(
     links = {k: v for k in LINK_KEYS if isinstance(v := doc.get(k), str) and v.strip()}
     return build(
         Design,
-        id=design_id or manifest_id(doc),
+        id=design_id or document_id(EntityKind.design, doc),
         name=name or "",
         description=description,
         version=text(doc.get("version"), "version"),

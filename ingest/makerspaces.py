@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.models import derive_id
-from contracts.readers.csvtext import Table
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
+from ingest.csvtext import Table
+from ingest.identity import derive_id
+from ingest.record import Record
 
 TYPES = {
     ("3d_printer", "fdm"): "fdm",
@@ -29,7 +30,8 @@ def records(name: str, table: Table) -> Iterator[Record]:
     for row_no, row in table.rows:
         facility = (row.get("facility") or "").strip()
         if not facility:
-            yield Record("facility", f"{name}:{row_no}", error="machine row names no facility")
+            yield Record(EntityKind.facility, f"{name}:{row_no}",
+                         error="machine row names no facility")
             continue
         entry = by_facility.setdefault(facility, {"rows": [], "lat": None, "lon": None})
         entry["rows"].append(row)
@@ -74,7 +76,7 @@ def _facility(name: str, facility: str, entry: dict[str, Any]) -> Record:
         "equipment": equipment,
     }
     return Record(
-        "facility",
+        EntityKind.facility,
         f"{name}:{facility}",
         entity_id=derive_id(facility, "ima-survey"),
         document=doc,

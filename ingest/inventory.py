@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from contracts.models import derive_id
-from contracts.readers.csvtext import Table, fold
-from contracts.readers.places import cell, compact, gps
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
 from contracts.vocabulary import processes
+from ingest.csvtext import Table, fold
+from ingest.identity import derive_id
+from ingest.places import cell, compact, gps
+from ingest.record import Record
 
 # Column names each role goes by in the inventories we know, most specific first.
 CLASS = ("class_1", "machine_class", "class", "machine_type", "equipment_type", "type",
@@ -58,7 +59,7 @@ def records(name: str, table: Table) -> Iterator[Record]:
     for line, row in table.rows:
         lab = get(row, "key") or get(row, "lab")
         if lab is None:
-            yield Record("facility", f"{name}:{line}", error="machine row names no lab")
+            yield Record(EntityKind.facility, f"{name}:{line}", error="machine row names no lab")
             continue
         labs.setdefault(lab.lower(), []).append(row)
     for rows in labs.values():
@@ -84,8 +85,8 @@ def _facility(name: str, rows: list[dict[str, str]], get: Any) -> Record:
         "equipment": equipment,
         "source": {"dataset": "machine-inventory", "lab": key},
     })
-    return Record("facility", f"{name}:{label}", entity_id=derive_id(label, key or "inventory"),
-                  document=doc, warnings=warnings)
+    return Record(EntityKind.facility, f"{name}:{label}",
+                  entity_id=derive_id(label, key or "inventory"), document=doc, warnings=warnings)
 
 
 def _coordinates(rows: list[dict[str, str]], get: Any, warnings: list[str]) -> str | None:

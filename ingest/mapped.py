@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from contracts.errors import InvalidInput
-from contracts.models import derive_id
-from contracts.readers.csvtext import Table, fold
-from contracts.readers.inventory import process_of
-from contracts.readers.places import cell, compact, gps, source_id, urls
-from contracts.readers.sources import Record
+from contracts.events import EntityKind
+from ingest.csvtext import Table, fold
+from ingest.identity import derive_id, source_id
+from ingest.inventory import process_of
+from ingest.places import cell, compact, gps, urls
+from ingest.record import Record
 
 # The fields a column may be mapped to: the OKW facility document's, flattened.
 FIELDS = {
@@ -79,7 +80,7 @@ def missing_columns(mapping: dict[str, str], table: Table) -> list[str]:
 def records(name: str, table: Table, mapping: dict[str, str]) -> Iterator[Record]:
     twice = [c for c in mapping if sum(fold(h) == fold(c) for h in table.header) > 1]
     if twice:  # which of the two is meant cannot be guessed, and a guess loses data
-        yield Record("facility", name, error=f"--map names column {twice[0][:60]!r}, which"
+        yield Record(EntityKind.facility, name, error=f"--map names column {twice[0][:60]!r}, which"
                      " the header has more than once; rename one of them")
         return
     by_fold = {fold(h): h for h in reversed(table.header)}
@@ -92,7 +93,7 @@ def records(name: str, table: Table, mapping: dict[str, str]) -> Iterator[Record
             if value is not None:
                 values.setdefault(field, value)
         if "name" not in values:
-            yield Record("facility", f"{name}:{line}", error="row has no facility name "
+            yield Record(EntityKind.facility, f"{name}:{line}", error="row has no facility name "
                          f"(column {next(c for c, f in columns.items() if f == 'name')!r})")
             continue
         key = values.get("id") or "\x1f".join(
@@ -136,7 +137,7 @@ def _facility(name: str, rows: list[tuple[int, dict[str, str]]]) -> Record:
     own_id = first("id")
     entity_id = source_id("csv", own_id) if own_id else derive_id(
         label, where or first("city") or "")
-    return Record("facility", f"{name}:{rows[0][0]}", entity_id=entity_id, document=doc,
+    return Record(EntityKind.facility, f"{name}:{rows[0][0]}", entity_id=entity_id, document=doc,
                   warnings=warnings)
 
 

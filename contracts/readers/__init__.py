@@ -1,1 +1,0 @@
-"""Readers turn what people publish (OKH, OKW, catalogues) into our models. Pure."""

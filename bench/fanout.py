@@ -56,7 +56,7 @@ from makelocal.importer import import_paths, read_all
 from makelocal.status import read_metrics
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, design_profile, facility_profile
-from tests.helpers import DATA, lab
+from tests.support.helpers import DATA, lab
 
 OLD_EVENT_BYTES = 882  # one match event per pair, as MATCHES held them before
 COUNT = re.compile(rb'"count":(\d+)')  # a webhook body's entries, near its start

@@ -30,7 +30,7 @@ from bench.registry import RawHttpClient
 from bench.sink import Sink
 from bench.stack import Stack
 from makelocal.status import read_metrics
-from tests.helpers import lab, publish_matches
+from tests.support.helpers import lab, publish_matches
 
 
 class Receiver(Sink):

@@ -53,7 +53,7 @@ from bench.fanout import post_designs
 from bench.stack import Stack
 from makelocal.embedded import free_port
 from makelocal.importer import import_paths, read_all
-from tests.helpers import DATA
+from tests.support.helpers import DATA
 
 TARGET_P99_MS = 50.0
 TARGET_BYTES = 300_000

@@ -1,5 +1,5 @@
 """AsyncAPI 3.0 documents of the events each service sends and receives, from the same
-pydantic models the events are made with (so they cannot drift). tests/test_asyncapi.py
+pydantic models the events are made with (so they cannot drift). tests/service/test_asyncapi.py
 checks every document with the AsyncAPI project's own parser (@asyncapi/parser).
 
 AsyncAPI 3 names each operation from the service's side: `send` what it publishes to NATS,

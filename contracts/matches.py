@@ -14,7 +14,7 @@ explanation and the id a per-pair event always had), from the message alone.
 MatchChange and MatchEvent are the one definition of both shapes: the JSON Schemas
 (contracts/schemas/match-*.schema.json) and the AsyncAPI documents are generated from them;
 the encoder's rows and match_event's entries are written by hand for speed, and
-tests/test_match_changes.py holds them to the models on real data."""
+tests/unit/test_match_changes.py holds them to the models on real data."""
 
 from __future__ import annotations
 

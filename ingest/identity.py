@@ -1,7 +1,7 @@
 """The id an entity gets when the person sending it gives none: the same record gives the
 same id on every import, so a re-import updates the entity instead of adding a copy.
 Pure. Ids already stored were made by these functions: changing what they return orphans
-every stored entity whose id was derived, so tests pin real ones (tests/test_identity.py)."""
+every stored entity whose id was derived, so tests pin real ones (tests/unit/test_identity.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Who may do what on NATS: one user per service, each allowed only the subjects it needs.
 The one source of the rules: `makelocal up` (one node or `--cluster`) renders the server
-configuration from it, and tests/test_deploy.py checks deploy/ (compose's nats/auth.conf,
+configuration from it, and tests/unit/test_deploy.py checks deploy/ (compose's nats/auth.conf,
 the Helm values) against it.
 
 Who creates streams: each service declares (creates or updates) the streams it writes or

@@ -21,8 +21,8 @@ from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-from tests.helpers import InProcess, InProcessRegistry, ServiceProcess, eventually
-from tests.receivers import MailServer, Receiver
+from tests.support.helpers import InProcess, InProcessRegistry, ServiceProcess, eventually
+from tests.support.receivers import MailServer, Receiver
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +119,7 @@ def auth(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def data_dir() -> Path:
-    from tests.helpers import DATA
+    from tests.support.helpers import DATA
 
     return DATA
 

@@ -23,19 +23,12 @@ from services.common.errors import ERROR_RESPONSES, ApiError, closing
 from services.common.near import parse_near
 from services.common.ratelimit import InFlight, InFlightFull
 from services.common.sandbox import Busy, Exceeded, ReaderLost, ReaderPool
+from services.registry.bodies import request_body
 from services.registry.entities import Prepared, expand
 from services.registry.schemas import MODELS, Deleted, Report
 from services.registry.store import Filters, Store, decode_cursor
 from services.registry.writes import WriteMode, WriteRefused
 
-MANIFEST_BODY = {
-    "required": True,
-    "content": {
-        "application/toml": {"schema": {"type": "string"}},
-        "application/yaml": {"schema": {"type": "string"}},
-        "application/json": {"schema": {"type": "object"}},
-    },
-}
 _ID = re.compile(ID_PATTERN)
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 
@@ -104,7 +97,7 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
                                                   "event_id": decision.event_id}),
                             status_code=201 if decision.created else 200, headers=headers)
 
-    @api.post("", status_code=201, openapi_extra={"requestBody": MANIFEST_BODY},
+    @api.post("", status_code=201, openapi_extra={"requestBody": request_body(kind)},
               summary=f"Create a {kind.value} from a manifest",
               responses={201: {"model": models.written, "description": "created"},
                          200: {"model": models.written, "description": "the same manifest"
@@ -114,7 +107,7 @@ def router(kind: EntityKind, store: Store, limit: WriteLimit, auth: Authenticato
     ) -> JSONResponse:
         return await write(request, id, WriteMode.create, None)
 
-    @api.put("/{entity_id}", openapi_extra={"requestBody": MANIFEST_BODY},
+    @api.put("/{entity_id}", openapi_extra={"requestBody": request_body(kind)},
              summary=f"Replace a {kind.value} (If-Match required)",
              responses={200: {"model": models.written}})
     async def replace(request: Request, entity_id: str,
@@ -209,7 +202,7 @@ def validation_router(auth: Authenticator, readers: ReaderPool,
     reader's time is spent on it) but any organization's will do."""
     api = APIRouter(prefix="/v1", tags=["validation"], responses=ERROR_RESPONSES)
 
-    @api.post("/validate", openapi_extra={"requestBody": MANIFEST_BODY},
+    @api.post("/validate", openapi_extra={"requestBody": request_body(None)},
               summary="Read a manifest as a write would, and report; nothing is stored",
               responses={200: {"model": Report}})
     async def validate(request: Request, kind: Annotated[EntityKind | None, Query(

@@ -79,6 +79,19 @@ HEADERS[MatchChange] = {
         ENCODING_HEADER: {"type": "string", "const": ENCODING,
                           "description": "the payload is the JSON compressed with zlib"}}}
 
+# W3C trace context, on every message when tracing is on (services.common.tracing): the
+# span of the work that sent it, so the receiver's work joins the same trace
+_TRACE = {
+    "traceparent": {"type": "string",
+                    "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                    "description": "W3C Trace Context: the sender's span; only when the "
+                                   "sender traces (an OTLP endpoint is configured)"},
+    "tracestate": {"type": "string", "description": "W3C Trace Context vendor state, "
+                                                    "with traceparent, when there is one"},
+}
+for _headers in HEADERS.values():
+    _headers["properties"].update(_TRACE)
+
 SERVICES: dict[str, dict[str, Action]] = {
     "registry": {"registryDesign": "send", "registryFacility": "send"},
     "matcher": {"registryDesign": "receive", "registryFacility": "receive",

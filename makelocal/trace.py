@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -62,14 +64,28 @@ async def match_events(nats_url: str, event_id: str, since: Any, limit: int,
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """A match event as one subscription took it, and the delivery carrying it: none
+    while it waits to be gathered into one."""
+
+    event_id: str
+    channel: str
+    delivery_id: uuid.UUID | None
+    status: str | None
+    attempts: int | None
+
+
 async def deliveries(conn: asyncpg.Connection, schema: str,
-                     match_ids: list[str]) -> list[asyncpg.Record]:
+                     match_ids: list[str]) -> list[Carried]:
     s = _quoted(schema)
-    return await conn.fetch(
+    rows = await conn.fetch(
         "SELECT i.event_id, d.id, s.channel, d.status, d.attempts, d.finished_at "
         f"FROM {s}.items i JOIN {s}.subscriptions s ON s.id = i.subscription_id "
         f"LEFT JOIN {s}.deliveries d ON d.id = i.delivery_id "
         "WHERE i.event_id = ANY($1::text[]) ORDER BY i.event_id, d.created_at", match_ids)
+    return [Carried(event_id=r["event_id"], channel=r["channel"], delivery_id=r["id"],
+                    status=r["status"], attempts=r["attempts"]) for r in rows]
 
 
 def _quoted(schema: str) -> str:
@@ -95,16 +111,17 @@ async def trace(database_url: str, nats_url: str, event_id: str, *, registry_sch
         events = await match_events(nats_url, event_id, change and change["created_at"], limit,
                                     subject)
         lines.append(f"match events: {len(events)}")
-        sent = {}
-        for row in await deliveries(conn, notifier_schema, [e["event_id"] for e in events]):
-            sent.setdefault(row["event_id"], []).append(row)
+        sent: dict[str, list[Carried]] = {}
+        for carried in await deliveries(conn, notifier_schema,
+                                        [e["event_id"] for e in events]):
+            sent.setdefault(carried.event_id, []).append(carried)
         for e in events:
             lines.append(f"  {e['type']} {e['event_id']} design {e['design_id']} "
                          f"v{e['design_version']} facility {e['facility_id']} "
                          f"v{e['facility_version']} score {e['score']:.2f}")
             for d in sent.get(e["event_id"], []):
-                lines.append(f"    {d['channel']} delivery {d['id'] or '(gathering)'}: "
-                             f"{d['status'] or 'waiting'}, {d['attempts'] or 0} attempts")
+                lines.append(f"    {d.channel} delivery {d.delivery_id or '(gathering)'}: "
+                             f"{d.status or 'waiting'}, {d.attempts or 0} attempts")
         return "\n".join(lines)
     finally:
         await conn.close()

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.common.auth import Authenticator, WriteLimit, verified
 from services.common.errors import ERROR_RESPONSES, ApiError
-from services.notifier import messages, signing
+from services.notifier import messages, rows, signing
 from services.notifier.addresses import Refused
 from services.notifier.guard import Guard
 from services.notifier.schemas import (
@@ -49,16 +48,19 @@ NewSubscription = Annotated[WebhookSubscriptionIn | EmailSubscriptionIn,
                             Body(discriminator="channel")]
 
 
-def represent(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
-    out = {k: row[k] for k in ("id", "channel", "filter", "enabled", "disabled_reason",
-                               "created_at", "updated_at", "last_success_at", "failing_since",
-                               "suppressed_until")}
-    if row["channel"] == "webhook":
-        out |= {"url": row["url"], "contact_email": row["contact_email"],
-                "previous_secret_valid_until": row["previous_until"]}
+def represent(s: rows.Subscription, **extra: Any) -> dict[str, Any]:
+    """The answer (schemas.Subscription) about a subscription as stored (rows.Subscription:
+    the two modules share names, one for each side of the route); `extra`: the secret,
+    when it was just made."""
+    out = {"id": s.id, "channel": s.channel, "filter": s.filter, "enabled": s.enabled,
+           "disabled_reason": s.disabled_reason, "created_at": s.created_at,
+           "updated_at": s.updated_at, "last_success_at": s.last_success_at,
+           "failing_since": s.failing_since, "suppressed_until": s.suppressed_until}
+    if s.channel == "webhook":
+        out |= {"url": s.url, "contact_email": s.contact_email,
+                "previous_secret_valid_until": s.previous_until}
     else:
-        out |= {"address": row["address"], "digest": row["digest"],
-                "verified": row["verified"]}
+        out |= {"address": s.address, "digest": s.digest, "verified": s.verified}
     return out | extra
 
 
@@ -86,14 +88,15 @@ class Context:
         except Refused as exc:
             raise ApiError(422, "url_refused", str(exc), "url") from None
 
-    async def mine(self, request: Request, subscription_id: str) -> tuple[str, asyncpg.Record]:
+    async def mine(self, request: Request,
+                   subscription_id: str) -> tuple[str, rows.Subscription]:
         """The owner and the subscription, if it is theirs; else 404."""
         who = await self.owner(request)
-        row = await self.store.subscription(subscription_id, who) if _SUB_ID.match(
+        found = await self.store.subscription(subscription_id, who) if _SUB_ID.match(
             subscription_id) else None
-        if row is None:
+        if found is None:
             raise ApiError(404, "not_found", "no such subscription", "id")
-        return who, row
+        return who, found
 
 
 def _context(request: Request) -> Context:
@@ -132,7 +135,7 @@ async def create_subscription(request: Request, new: NewSubscription,
         first = messages.verify_body(
             f"{ctx.settings.notifier_public_url}/v1/email/verify?token={token}")
     try:
-        row = await ctx.store.create_subscription(
+        made = await ctx.store.create_subscription(
             values, first, limit=ctx.settings.notifier_max_subscriptions_per_org)
     except LimitReached as exc:
         # no Retry-After: waiting frees no place, deleting a subscription does
@@ -141,7 +144,7 @@ async def create_subscription(request: Request, new: NewSubscription,
                        " may: delete one to make another", "Authorization",
                        limit=exc.limit) from None
     extra = {"secret": secret} if secret else {}
-    return _json(represent(row, **extra), 201,
+    return _json(represent(made, **extra), 201,
                  {"Location": f"/v1/subscriptions/{subscription_id}"})
 
 
@@ -149,9 +152,9 @@ async def create_subscription(request: Request, new: NewSubscription,
 async def list_subscriptions(request: Request, ctx: Ctx,
                              after: Annotated[str | None, Query(pattern=_SUB_ID.pattern)] = None,
                              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
-    rows = await ctx.store.subscriptions(await ctx.owner(request), after, limit)
-    return _json({"items": [represent(r) for r in rows],
-                  "next": rows[-1]["id"] if len(rows) == limit else None})
+    page = await ctx.store.subscriptions(await ctx.owner(request), after, limit)
+    return _json({"items": [represent(s) for s in page],
+                  "next": page[-1].id if len(page) == limit else None})
 
 
 @router.get("/v1/subscriptions/{subscription_id}", name="get",
@@ -164,24 +167,24 @@ async def get_subscription(request: Request, subscription_id: str, ctx: Ctx) -> 
               responses={200: {"model": Subscription}})
 async def change_subscription(request: Request, subscription_id: str,
                               change: SubscriptionPatch, ctx: Ctx) -> JSONResponse:
-    who, row = await ctx.mine(request, subscription_id)
+    who, sub = await ctx.mine(request, subscription_id)
     values: dict[str, Any] = {}
     fields = change.model_dump(exclude_unset=True)
     if "filter" in fields and change.filter is not None:
         values["filter"] = change.filter.model_dump_json()
     if change.url is not None:
-        if row["channel"] != "webhook":
+        if sub.channel != "webhook":
             raise ApiError(422, "invalid", "an email subscription has no URL", "url")
         await ctx.checked_url(change.url)
         values["url"] = change.url
     if change.digest is not None:
-        if row["channel"] != "email":
+        if sub.channel != "email":
             raise ApiError(422, "invalid", "a webhook subscription has no digest", "digest")
         values["digest"] = change.digest
     if "contact_email" in fields:
         values["contact_email"] = change.contact_email
     if change.enabled is not None:
-        if change.enabled and row["disabled_reason"] == "unsubscribed":
+        if change.enabled and sub.disabled_reason == "unsubscribed":
             # the recipient's word, not the owner's to undo
             raise ApiError(409, "unsubscribed", "the recipient unsubscribed; only they can"
                            " subscribe again (a new subscription asks them to confirm)",
@@ -209,9 +212,9 @@ async def unsuppress(request: Request, subscription_id: str, ctx: Ctx) -> Respon
     """Mail to the subscription's address (email) or contact address (webhook) goes
     out again before its suppression expires (the owner knows the mailbox exists
     now); another refusal suppresses it again."""
-    _, row = await ctx.mine(request, subscription_id)
-    address = row["address"] or row["contact_email"]
-    if row["suppressed_until"] is None or not await ctx.store.unsuppress(address):
+    _, sub = await ctx.mine(request, subscription_id)
+    mailbox = sub.mailbox if sub.suppressed_until is not None else None
+    if mailbox is None or not await ctx.store.unsuppress(mailbox):
         raise ApiError(404, "not_found", "the subscription's address is not suppressed",
                        "id")
     return Response(status_code=204)
@@ -220,10 +223,10 @@ async def unsuppress(request: Request, subscription_id: str, ctx: Ctx) -> Respon
 @router.post("/v1/subscriptions/{subscription_id}/test", name="test", status_code=202,
              responses={202: {"model": TestQueued}})
 async def send_test(request: Request, subscription_id: str, ctx: Ctx) -> JSONResponse:
-    _, row = await ctx.mine(request, subscription_id)
-    if not row["enabled"]:
+    _, sub = await ctx.mine(request, subscription_id)
+    if not sub.enabled:
         raise ApiError(409, "disabled", "the subscription is disabled", "enabled")
-    if row["channel"] == "email" and not row["verified"]:
+    if sub.channel == "email" and not sub.verified:
         raise ApiError(409, "unverified", "the address is not verified yet", "address")
     delivery = await ctx.store.add_delivery(subscription_id, "test",
                                             messages.test_body(subscription_id))
@@ -233,8 +236,8 @@ async def send_test(request: Request, subscription_id: str, ctx: Ctx) -> JSONRes
 @router.post("/v1/subscriptions/{subscription_id}/rotate-secret", name="rotate",
              responses={200: {"model": Subscription}})
 async def rotate_secret(request: Request, subscription_id: str, ctx: Ctx) -> JSONResponse:
-    who, row = await ctx.mine(request, subscription_id)
-    if row["channel"] != "webhook":
+    who, sub = await ctx.mine(request, subscription_id)
+    if sub.channel != "webhook":
         raise ApiError(409, "invalid", "only webhook subscriptions have a secret", "id")
     secret = signing.new_secret()
     updated = await ctx.store.rotate_secret(subscription_id, who,
@@ -251,8 +254,8 @@ async def deliveries(request: Request, subscription_id: str, ctx: Ctx, status: A
         str | None, Query(pattern="^(pending|delivered|failed|cancelled)$")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JSONResponse:
     who, _ = await ctx.mine(request, subscription_id)
-    rows = await ctx.store.deliveries(subscription_id, who, status, limit)
-    return _json({"items": [_delivery(r) for r in rows]})
+    listed = await ctx.store.deliveries(subscription_id, who, status, limit)
+    return _json({"items": [_delivery(d) for d in listed]})
 
 
 @router.post("/v1/subscriptions/{subscription_id}/recover", status_code=202,
@@ -262,8 +265,8 @@ async def recover(request: Request, subscription_id: str, since: datetime,
     who, _ = await ctx.mine(request, subscription_id)
     if since.tzinfo is None:
         raise ApiError(422, "invalid", "since needs a time zone (e.g. Z)", "since")
-    rows = await ctx.store.recover(subscription_id, who, since)
-    return _json({"requeued": [str(r["id"]) for r in rows]}, 202)
+    requeued = await ctx.store.recover(subscription_id, who, since)
+    return _json({"requeued": [str(r.id) for r in requeued]}, 202)
 
 
 @router.post("/v1/deliveries/{delivery_id}/retry", status_code=202,
@@ -274,10 +277,10 @@ async def retry(request: Request, delivery_id: str, ctx: Ctx) -> JSONResponse:
         parsed = uuid.UUID(delivery_id)
     except ValueError:
         raise ApiError(404, "not_found", "no such delivery", "id") from None
-    row = await ctx.store.retry(parsed, who)
-    if row is None:
+    replayed = await ctx.store.retry(parsed, who)
+    if replayed is None:
         raise ApiError(404, "not_found", "no failed delivery with this id", "id")
-    return _json({"delivery_id": str(row["id"]), "status": row["status"]}, 202)
+    return _json({"delivery_id": str(replayed.id), "status": replayed.status}, 202)
 
 
 # email links: no login, the token is the authority
@@ -325,23 +328,27 @@ _email_link("/v1/email/unsubscribe", "unsubscribe", Store.unsubscribe_target,
             summary="The alert an email's link names (the token is the authority)",
             responses={200: {"model": LinkedSubscription}})
 async def by_link(token: Token, ctx: Ctx) -> JSONResponse:
-    row = await ctx.store.subscription_by_link(token)
-    if row is None:
+    linked = await ctx.store.subscription_by_link(token)
+    if linked is None:
         raise ApiError(404, "not_found", "this link is not valid", "token")
-    return _json({"address": row["address"], "filter": row["filter"],
-                  "enabled": row["enabled"], "verified": row["verified"],
-                  "disabled_reason": row["disabled_reason"]})
+    return _json(_linked(linked))
 
 
-def _delivery(row: asyncpg.Record) -> dict[str, Any]:
-    out = {k: row[k] for k in ("kind", "status", "item_count", "attempts", "created_at",
-                               "finished_at", "last_status", "last_error")}
-    out["id"] = str(row["id"])
-    out["webhook_id"] = f"msg_{row['id'].hex}"
-    out["next_attempt_at"] = row["next_attempt_at"] if row["status"] == "pending" else None
-    log = row["attempt_log"]
-    out["attempts_log"] = orjson.loads(log) if isinstance(log, str | bytes) else log
-    return out
+def _linked(s: rows.LinkedSubscription) -> dict[str, Any]:
+    """The answer about the alert an email's link names (schemas.LinkedSubscription)."""
+    return {"address": s.address, "filter": s.filter, "enabled": s.enabled,
+            "verified": s.verified, "disabled_reason": s.disabled_reason}
+
+
+def _delivery(d: rows.DeliveryRecord) -> dict[str, Any]:
+    """The answer about a delivery (schemas.Delivery)."""
+    return {"kind": d.kind, "status": d.status, "item_count": d.item_count,
+            "attempts": d.attempts, "created_at": d.created_at, "finished_at": d.finished_at,
+            "last_status": d.last_status, "last_error": d.last_error, "id": str(d.id),
+            "webhook_id": d.webhook_id, "next_attempt_at": d.due_at,
+            "attempts_log": [{"at": a.at, "status_code": a.status_code,
+                              "duration_ms": a.duration_ms, "error": a.error,
+                              "response_body": a.response_body} for a in d.attempt_log]}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:

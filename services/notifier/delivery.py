@@ -4,7 +4,7 @@ sending it, as the store hands it out when the delivery is claimed. Pure."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -31,10 +31,13 @@ class Delivery:
     contact_email: str | None
     enabled: bool
     verified: bool
-    unsubscribe_token: str | None
+    # Secrets (the token unsubscribes anyone holding it) stay out of repr(): a Delivery
+    # in a log line or a traceback's locals must not carry them.
+    unsubscribe_token: str | None = field(repr=False)
     digest: str | None
-    secret: str | None  # sealed (sealing.Keyring)
-    previous_secret: str | None  # sealed; only while a rotation's overlap lasts
+    secret: str | None = field(repr=False)  # sealed (sealing.Keyring)
+    # sealed; only while a rotation's overlap lasts
+    previous_secret: str | None = field(repr=False)
     failing: bool  # its subscription has failed since its last success
     owner: str
 
@@ -50,8 +53,7 @@ class Delivery:
 
     @property
     def webhook_id(self) -> str:
-        """The same for every attempt and replay: receivers deduplicate by it."""
-        return f"msg_{self.id.hex}"
+        return webhook_id(self.id)
 
     @property
     def cancel_reason(self) -> str | None:
@@ -64,3 +66,8 @@ class Delivery:
         if self.channel == "email" and not self.verified:
             return "address not verified"
         return None
+
+
+def webhook_id(delivery_id: uuid.UUID) -> str:
+    """The same for every attempt and replay: receivers deduplicate by it."""
+    return f"msg_{delivery_id.hex}"

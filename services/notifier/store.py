@@ -5,12 +5,13 @@ before or after, never between."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -21,6 +22,13 @@ from services.common.text import storable
 from services.notifier import messages
 from services.notifier.delivery import Delivery
 from services.notifier.outcomes import Outcome, OutcomeKind
+from services.notifier.rows import (
+    Attempt,
+    DeliveryRecord,
+    LinkedSubscription,
+    Replayed,
+    Subscription,
+)
 from services.notifier.shares import NO_LIMIT, Room
 
 # Until when mail to the subscription's address (email) or contact address (webhook) is
@@ -62,6 +70,7 @@ ITEM_ROWS_PER_STATEMENT = 5_000
 
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class Store:
 
     async def create_subscription(self, values: dict[str, Any],
                                   first_delivery: bytes | None = None, *,
-                                  limit: int | None = None) -> asyncpg.Record:
+                                  limit: int | None = None) -> Subscription:
         """Insert it, and in the same transaction the email verification it must send.
         Raises LimitReached when its owner holds `limit` subscriptions already (disabled
         ones too: re-enabling one never goes past the limit)."""
@@ -110,38 +119,38 @@ class Store:
                 f" RETURNING {SUBSCRIPTION_FIELDS}", *values.values())
             if first_delivery is not None:
                 await _insert_delivery(conn, row["id"], "verify", first_delivery)
-        return row
+        return _subscription_from_row(row)
 
-    async def subscription(self, subscription_id: str, owner: str) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(
+    async def subscription(self, subscription_id: str, owner: str) -> Subscription | None:
+        return _optional(_subscription_from_row, await self.pool.fetchrow(
             f"SELECT {SUBSCRIPTION_FIELDS} FROM subscriptions WHERE id = $1 AND owner = $2",
-            subscription_id, owner)
+            subscription_id, owner))
 
     async def subscriptions(self, owner: str, after: str | None,
-                            limit: int) -> list[asyncpg.Record]:
-        return await self.pool.fetch(
+                            limit: int) -> list[Subscription]:
+        return [_subscription_from_row(r) for r in await self.pool.fetch(
             f"SELECT {SUBSCRIPTION_FIELDS} FROM subscriptions WHERE owner = $1"
-            " AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3", owner, after, limit)
+            " AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3", owner, after, limit)]
 
     async def update_subscription(self, subscription_id: str, owner: str,
-                                  values: dict[str, Any]) -> asyncpg.Record | None:
+                                  values: dict[str, Any]) -> Subscription | None:
         sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=3))
-        return await self.pool.fetchrow(
+        return _optional(_subscription_from_row, await self.pool.fetchrow(
             f"UPDATE subscriptions SET {sets}{', ' if sets else ''}updated_at = now()"
             f" WHERE id = $1 AND owner = $2 RETURNING {SUBSCRIPTION_FIELDS}",
-            subscription_id, owner, *values.values())
+            subscription_id, owner, *values.values()))
 
     async def delete_subscription(self, subscription_id: str, owner: str) -> bool:
         return await self._change_one(
             "DELETE FROM subscriptions WHERE id = $1 AND owner = $2", subscription_id, owner)
 
     async def rotate_secret(self, subscription_id: str, owner: str, secret: str,
-                            overlap_s: float) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(
+                            overlap_s: float) -> Subscription | None:
+        return _optional(_subscription_from_row, await self.pool.fetchrow(
             "UPDATE subscriptions SET previous_secret = secret, secret = $3,"
             " previous_until = now() + $4 * interval '1 second', updated_at = now()"
             " WHERE id = $1 AND owner = $2 AND channel = 'webhook'"
-            f" RETURNING {SUBSCRIPTION_FIELDS}", subscription_id, owner, secret, overlap_s)
+            f" RETURNING {SUBSCRIPTION_FIELDS}", subscription_id, owner, secret, overlap_s))
 
     async def reseal_secrets(self, reseal: Callable[[str], str | None]) -> tuple[int, int]:
         """Every stored webhook secret (current and previous) passed through `reseal`
@@ -194,11 +203,11 @@ class Store:
         return await self.pool.fetchval(
             "SELECT address FROM subscriptions WHERE unsubscribe_token = $1", token)
 
-    async def subscription_by_link(self, token: str) -> asyncpg.Record | None:
+    async def subscription_by_link(self, token: str) -> LinkedSubscription | None:
         """What an email's manage link shows: the alert its unsubscribe token names."""
-        return await self.pool.fetchrow(
+        return _optional(_linked_from_row, await self.pool.fetchrow(
             "SELECT address, filter, enabled, verified, disabled_reason FROM subscriptions"
-            " WHERE unsubscribe_token = $1 AND channel = 'email'", token)
+            " WHERE unsubscribe_token = $1 AND channel = 'email'", token))
 
     async def verify_target(self, token: str) -> str | None:
         """The address a verification link would confirm (none once it was used)."""
@@ -507,8 +516,8 @@ class Store:
             [storable(r[4]) for r in rows], sorted({r[1] for r in rows}))
 
     async def deliveries(self, subscription_id: str, owner: str, status: str | None,
-                         limit: int) -> list[asyncpg.Record]:
-        return await self.pool.fetch(
+                         limit: int) -> list[DeliveryRecord]:
+        return [_delivery_record_from_row(r) for r in await self.pool.fetch(
             "SELECT d.id, d.kind, d.status, d.item_count, d.attempts, d.created_at,"
             " d.finished_at, d.next_attempt_at, d.last_status, d.last_error,"
             " coalesce((SELECT json_agg(json_build_object('at', a.attempted_at,"
@@ -518,25 +527,25 @@ class Store:
             " FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
             " WHERE d.subscription_id = $1 AND s.owner = $2 AND ($3::text IS NULL"
             " OR d.status = $3) ORDER BY d.created_at DESC, d.id LIMIT $4",
-            subscription_id, owner, status, limit)
+            subscription_id, owner, status, limit)]
 
-    async def retry(self, delivery_id: uuid.UUID, owner: str) -> asyncpg.Record | None:
+    async def retry(self, delivery_id: uuid.UUID, owner: str) -> Replayed | None:
         """A finished delivery back to pending, due now, with the same id (webhook-id)."""
         return await self._replay(
             "d.id = $1 AND s.owner = $2 AND d.status IN ('failed', 'cancelled')",
             delivery_id, owner)
 
     async def recover(self, subscription_id: str, owner: str,
-                      since: datetime) -> list[asyncpg.Record]:
+                      since: datetime) -> list[Replayed]:
         return await self._replay_all(
             "d.subscription_id = $1 AND s.owner = $2 AND d.status IN ('failed', 'cancelled')"
             " AND d.kind = 'matches' AND d.created_at >= $3", subscription_id, owner, since)
 
-    async def _replay(self, where: str, *args: Any) -> asyncpg.Record | None:
+    async def _replay(self, where: str, *args: Any) -> Replayed | None:
         rows = await self._replay_all(where, *args)
         return rows[0] if rows else None
 
-    async def _replay_all(self, where: str, *args: Any) -> list[asyncpg.Record]:
+    async def _replay_all(self, where: str, *args: Any) -> list[Replayed]:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "UPDATE deliveries d SET status = 'pending', next_attempt_at = now(),"
@@ -544,7 +553,7 @@ class Store:
                 f" WHERE s.id = d.subscription_id AND {where} RETURNING d.id, d.status",
                 *args)
             await conn.execute("SELECT pg_notify(current_schema() || '_work', 'deliveries')")
-        return rows
+        return [Replayed(id=r["id"], status=r["status"]) for r in rows]
 
     # email addresses
 
@@ -728,6 +737,46 @@ def _delivery_from_row(row: asyncpg.Record) -> Delivery:
         verified=row["verified"], unsubscribe_token=row["unsubscribe_token"],
         digest=row["digest"], secret=row["secret"], previous_secret=row["previous_secret"],
         failing=row["failing"], owner=row["owner"])
+
+
+def _subscription_from_row(row: asyncpg.Record) -> Subscription:
+    """A row of SUBSCRIPTION_FIELDS."""
+    return Subscription(
+        id=row["id"], owner=row["owner"], channel=row["channel"], url=row["url"],
+        address=row["address"], filter=row["filter"], digest=row["digest"],
+        verified=row["verified"], enabled=row["enabled"],
+        disabled_reason=row["disabled_reason"], contact_email=row["contact_email"],
+        failing_since=row["failing_since"], last_success_at=row["last_success_at"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        previous_until=row["previous_until"], suppressed_until=row["suppressed_until"])
+
+
+def _linked_from_row(row: asyncpg.Record) -> LinkedSubscription:
+    return LinkedSubscription(
+        address=row["address"], filter=row["filter"], enabled=row["enabled"],
+        verified=row["verified"], disabled_reason=row["disabled_reason"])
+
+
+def _delivery_record_from_row(row: asyncpg.Record) -> DeliveryRecord:
+    """A row of deliveries(); its attempt log comes as JSON text (json_agg)."""
+    attempts = row["attempt_log"]
+    return DeliveryRecord(
+        id=row["id"], kind=row["kind"], status=row["status"], item_count=row["item_count"],
+        attempts=row["attempts"], created_at=row["created_at"],
+        finished_at=row["finished_at"], next_attempt_at=row["next_attempt_at"],
+        last_status=row["last_status"], last_error=row["last_error"],
+        attempt_log=tuple(_attempt_from_json(a) for a in (
+            json.loads(attempts) if isinstance(attempts, str | bytes) else attempts)))
+
+
+def _attempt_from_json(a: Mapping[str, Any]) -> Attempt:
+    return Attempt(at=a["at"], status_code=a["status_code"],
+                   duration_ms=a["duration_ms"], error=a["error"],
+                   response_body=a["response_body"])
+
+
+def _optional(build: Callable[[asyncpg.Record], _T], row: asyncpg.Record | None) -> _T | None:
+    return None if row is None else build(row)
 
 
 async def listen_routing(dsn: str, schema: str,

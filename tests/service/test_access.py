@@ -19,14 +19,13 @@ from services.common.logs import JsonFormatter
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
 from tests.conftest import auth
+from tests.support.builders import design_doc, facility_doc, subscribe, webhook
 from tests.support.helpers import (
     JSON,
     InProcess,
     InProcessRegistry,
     assert_never_logged,
     eventually,
-    lab,
-    okh,
 )
 from tests.support.receivers import Receiver
 
@@ -55,20 +54,20 @@ def _etag(ctx: dict[str, Any], name: str) -> dict[str, Any]:
 
 CASES = [
     Case("registry", "POST", "/v1/facilities", lambda c: f"/v1/facilities?id={c['new']}-lab",
-         lambda _: {"content": lab("New", ["FDM"]), "headers": JSON}, 201),
+         lambda _: {"content": facility_doc("New", ["FDM"]), "headers": JSON}, 201),
     Case("registry", "PUT", "/v1/facilities/{entity_id}", lambda _: "/v1/facilities/acl-lab",
-         lambda c: {"content": lab("Changed", ["laser cutting"])} | _etag(c, "acl-lab")),
+         lambda c: {"content": facility_doc("Changed", ["laser cutting"])} | _etag(c, "acl-lab")),
     Case("registry", "DELETE", "/v1/facilities/{entity_id}",
          lambda _: "/v1/facilities/acl-lab", lambda c: _etag(c, "acl-lab")),
     Case("registry", "POST", "/v1/designs", lambda c: f"/v1/designs?id={c['new']}-design",
-         lambda _: {"content": okh("New", ["3DP"]), "headers": JSON}, 201),
+         lambda _: {"content": design_doc("New", ["3DP"]), "headers": JSON}, 201),
     Case("registry", "PUT", "/v1/designs/{entity_id}", lambda _: "/v1/designs/acl-design",
-         lambda c: {"content": okh("Changed", ["LAS"])} | _etag(c, "acl-design")),
+         lambda c: {"content": design_doc("Changed", ["LAS"])} | _etag(c, "acl-design")),
     Case("registry", "DELETE", "/v1/designs/{entity_id}", lambda _: "/v1/designs/acl-design",
          lambda c: _etag(c, "acl-design")),
     # any organization's key may ask what a document would give; nothing is stored
     Case("registry", "POST", "/v1/validate", lambda _: "/v1/validate",
-         lambda _: {"content": okh("Asked", ["3DP"]), "headers": JSON}, targets_owned=False),
+         lambda _: {"content": design_doc("Asked", ["3DP"]), "headers": JSON}, targets_owned=False),
     Case("notifier", "POST", "/v1/subscriptions", lambda _: "/v1/subscriptions",
          lambda c: {"json": {"channel": "webhook", "url": f"{c['receiver']}/ok"}}, 201,
          targets_owned=False),
@@ -189,15 +188,13 @@ async def _owned_by(key: str, reg: httpx.AsyncClient, alerts: httpx.AsyncClient,
                     receiver: str) -> dict[str, Any]:
     """A facility, a design, a webhook subscription and a failed delivery of the owner."""
     ctx: dict[str, Any] = {"receiver": receiver, "etags": {}}
-    for path, body in (("/v1/facilities?id=acl-lab", lab("ACL Lab", ["FDM"])),
-                       ("/v1/designs?id=acl-design", okh("ACL design", ["3DP"]))):
+    for path, body in (("/v1/facilities?id=acl-lab", facility_doc("ACL Lab", ["FDM"])),
+                       ("/v1/designs?id=acl-design", design_doc("ACL design", ["3DP"]))):
         made = await reg.post(path, content=body, headers=auth(key) | JSON)
         assert made.status_code == 201, made.text
     await _refresh(reg, ctx)
-    sub = await alerts.post("/v1/subscriptions", headers=auth(key), json={
-        "channel": "webhook", "url": f"{receiver}/down"})
-    assert sub.status_code == 201, sub.text
-    ctx["sub"], ctx["secret"] = sub.json()["id"], sub.json()["secret"]
+    sub = await subscribe(alerts, key, webhook(f"{receiver}/down"))
+    ctx["sub"], ctx["secret"] = sub["id"], sub["secret"]
     assert (await alerts.post(f"/v1/subscriptions/{ctx['sub']}/test",
                               headers=auth(key))).status_code == 202
 
@@ -244,7 +241,7 @@ async def test_writes_past_a_keys_limit_get_429_with_retry_after(
         statuses = []
         for i in range(5):
             answer = await http.post(f"/v1/facilities?id=burst-{i}", headers=auth(org[1]) | JSON,
-                                     content=lab(f"Burst {i}", ["FDM"]))
+                                     content=facility_doc(f"Burst {i}", ["FDM"]))
             statuses.append(answer.status_code)
         assert statuses == [201, 201, 201, 429, 429]
         assert int(answer.headers["Retry-After"]) >= 1
@@ -252,7 +249,7 @@ async def test_writes_past_a_keys_limit_get_429_with_retry_after(
         assert (await http.get("/v1/facilities/burst-3")).status_code == 404  # not written
         _, other = await store.create_organization("Another Lab")
         other_write = await http.post("/v1/facilities?id=burst-other", headers=auth(other) | JSON,
-                                      content=lab("Other", ["FDM"]))
+                                      content=facility_doc("Other", ["FDM"]))
         assert other_write.status_code == 201  # a limit per key, not for everyone
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from services.notifier.schedule import parse_retry_after
 from tests.conftest import auth
-from tests.service.test_notifier_delivery import deliveries, subscribe
+from tests.support.builders import deliveries, subscribe
 from tests.support.helpers import InProcess, eventually, metric, publish_matches, wait_ready
 from tests.support.receivers import FixedAnswer, Receiver
 

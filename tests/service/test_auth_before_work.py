@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import secrets
 import sys
 import time
 
@@ -20,31 +19,15 @@ import httpx
 
 from services.registry.settings import RegistrySettings
 from tests.conftest import StartRegistry, auth
-from tests.support.helpers import JSON, InProcess, InProcessRegistry, okh
+from tests.support.builders import design_doc
+from tests.support.helpers import JSON, YAML, InProcess, InProcessRegistry
+from tests.support.hostile import made_up_key, wide_yaml
 
-YAML = {"Content-Type": "application/yaml"}
 LOAD = 20  # requests in flight at once, as in the measured fault
 # /healthz p99 under load. The fault measured 8.4 s; with the fix, p99 was about 10 ms
 # under this load on two shared cores, so 50 ms leaves room for busy neighbours and still
 # fails any parse in the loop (the big body below takes seconds even with libyaml).
 HEALTHZ_P99_S = 0.050
-
-
-def made_up_key() -> str:
-    return f"mlk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
-
-
-def wide_yaml(size: int = 1_900_000) -> bytes:
-    """A valid OKH manifest of `size` bytes whose many small nodes take seconds to read:
-    about 11 s with PyYAML's pure loader, 4 s with libyaml."""
-    lines = ["okhv: OKH-LOSHv1.0", "name: Wide design", "extra:"]
-    total, i = 0, 0
-    while total < size:
-        line = f"  k{i}: {{a: 1, b: [x, y, z], c: 'text {i}'}}"
-        lines.append(line)
-        total += len(line) + 1
-        i += 1
-    return ("\n".join(lines) + "\n").encode()
 
 
 WIDE = wide_yaml()
@@ -152,11 +135,11 @@ async def test_c_failed_keys_are_limited_per_address(settings: RegistrySettings,
                                                      org: tuple[str, str]) -> None:
     async with await registry_with(settings, auth_failures_per_min=5) as registry, \
             httpx.AsyncClient(base_url=registry.url, timeout=30) as http:
-        made = await http.post("/v1/designs?id=before", content=okh("Before", ["3DP"]),
+        made = await http.post("/v1/designs?id=before", content=design_doc("Before", ["3DP"]),
                                headers=JSON | auth(org[1]))
         assert made.status_code == 201, made.text
         for _ in range(5):
-            response = await http.post("/v1/designs", content=okh("x", ["3DP"]),
+            response = await http.post("/v1/designs", content=design_doc("x", ["3DP"]),
                                        headers=JSON | auth(made_up_key()))
             assert response.status_code == 401, response.text
         refused = await http.post("/v1/designs", content=WIDE, headers=YAML | auth(made_up_key()))
@@ -166,7 +149,7 @@ async def test_c_failed_keys_are_limited_per_address(settings: RegistrySettings,
         # a key not given at all is refused as before: it costs nothing to refuse
         assert (await http.post("/v1/designs", content=b"{}")).status_code == 401
         # a key verified a moment ago is still trusted from this address
-        made = await http.post("/v1/designs?id=after", content=okh("After", ["3DP"]),
+        made = await http.post("/v1/designs?id=after", content=design_doc("After", ["3DP"]),
                                headers=JSON | auth(org[1]))
         assert made.status_code == 201, made.text
     # the notifier's key check is the same one (its default: 20 a minute)
@@ -185,15 +168,15 @@ async def test_d_only_verified_key_ids_have_write_buckets(settings: RegistrySett
         # neither a made-up key id nor a wrong secret under the owner's id takes a token
         for key in (made_up_key(), made_up_key(), made_up_key(),
                     wrong_secret, wrong_secret, wrong_secret):
-            response = await http.post("/v1/designs", content=okh("x", ["3DP"]),
+            response = await http.post("/v1/designs", content=design_doc("x", ["3DP"]),
                                        headers=JSON | auth(key))
             assert response.status_code == 401, response.text
         # so the owner's burst is whole: two writes, then its own limit
         for i in range(2):
-            made = await http.post(f"/v1/designs?id=d{i}", content=okh(f"D{i}", ["3DP"]),
+            made = await http.post(f"/v1/designs?id=d{i}", content=design_doc(f"D{i}", ["3DP"]),
                                    headers=JSON | auth(org[1]))
             assert made.status_code == 201, made.text
-        third = await http.post("/v1/designs?id=d2", content=okh("D2", ["3DP"]),
+        third = await http.post("/v1/designs?id=d2", content=design_doc("D2", ["3DP"]),
                                 headers=JSON | auth(org[1]))
         assert third.status_code == 429 and "Retry-After" in third.headers, third.text
 
@@ -220,7 +203,7 @@ async def test_e_a_valid_keys_hostile_document_gets_a_prompt_4xx(
         f"p99 {p99(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
     # the readers killed for overrunning are replaced: a plain design still goes in
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        made = await http.post("/v1/designs?id=plain", content=okh("Plain", ["3DP"]),
+        made = await http.post("/v1/designs?id=plain", content=design_doc("Plain", ["3DP"]),
                                headers=JSON | auth(org[1]))
         assert made.status_code == 201, made.text
 
@@ -235,6 +218,6 @@ async def test_e_a_document_over_the_memory_bound_gets_413(settings: RegistrySet
                                    headers=YAML | auth(org[1]))
         assert response.status_code == 413, response.text[:300]
         assert response.json()["error"]["field"] == "body"
-        made = await http.post("/v1/designs?id=plain", content=okh("Plain", ["3DP"]),
+        made = await http.post("/v1/designs?id=plain", content=design_doc("Plain", ["3DP"]),
                                headers=JSON | auth(org[1]))
         assert made.status_code == 201, made.text

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from services.notifier.shares import Shares
-from tests.conftest import auth
+from tests.support.builders import subscribe, webhook
 from tests.support.helpers import eventually, notifier_api, publish_matches
 from tests.support.receivers import Receiver
 
@@ -38,13 +38,8 @@ async def test_a_slow_tenant_leaves_room_for_others(
         # the slow tenant: 12 subscriptions whose receiver holds every call (a 200 that
         # comes only when released)
         for _ in range(12):
-            created = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-                "channel": "webhook", "url": f"{base}/held",
-                "filter": {"facility_ids": ["fab-slow"]}})
-            assert created.status_code == 201, created.text
-        quick = await http.post("/v1/subscriptions", headers=auth(other[1]), json={
-            "channel": "webhook", "url": f"{base}/ok", "filter": {"facility_ids": ["fab-quick"]}})
-        assert quick.status_code == 201, quick.text
+            await subscribe(http, org[1], webhook(f"{base}/held", facility_ids=["fab-slow"]))
+        await subscribe(http, other[1], webhook(f"{base}/ok", facility_ids=["fab-quick"]))
         try:
             await publish_matches(settings.nats_url, [("d-slow", "fab-slow")])
 

@@ -22,8 +22,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.transport import SmtpServer, send_mail
 from services.registry.store import Store
 from tests.conftest import auth
-from tests.service.test_notifier_delivery import deliveries
-from tests.service.test_notifier_email import email_subscription
+from tests.support.builders import deliveries, email_subscription, subscribe, webhook
 from tests.support.helpers import (
     InProcess,
     confirm,
@@ -266,11 +265,9 @@ async def test_a_disabled_notice_goes_only_to_a_confirmed_address(
         await confirm(http, mail_server, "ops@example.org")
         subs = {}
         for contact in ("ops@example.org", "stranger@example.org"):
-            response = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-                "channel": "webhook", "url": f"{base}/gone", "contact_email": contact,
-                "filter": {"facility_ids": [f"fab-{contact.split('@')[0]}"]}})
-            assert response.status_code == 201, response.text
-            subs[contact] = response.json()
+            subs[contact] = await subscribe(http, org[1], webhook(
+                f"{base}/gone", facility_ids=[f"fab-{contact.split('@')[0]}"]) | {
+                    "contact_email": contact})
         await publish_matches(notifier.settings.nats_url,
                               [("d1", f"fab-{contact.split('@')[0]}") for contact in subs])
         await eventually(lambda: has_mail(mail_server, "ops@example.org", 2), timeout=20)

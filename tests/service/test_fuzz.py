@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support.helpers import InProcess, InProcessMatcher, lab, wait_ready
+from tests.support.builders import design_doc, facility_doc
+from tests.support.helpers import InProcess, InProcessMatcher, wait_ready
 
 # per operation and per mode; enough to reach every validation path of our small schemas
 EXAMPLES = int(os.environ.get("MAKELOCAL_FUZZ_EXAMPLES", "30"))
@@ -92,9 +93,9 @@ async def test_fuzz_matcher(registry: InProcess, client: Any, matcher_settings: 
                             org: tuple[str, str]) -> None:
     # something indexed, so that the queries have matches and near misses to render
     key = {"Authorization": f"Bearer {org[1]}", "Content-Type": "application/json"}
-    await client.post("/v1/facilities?id=lab", content=lab("Lab", ["3D printing"]), headers=key)
-    await client.post("/v1/designs?id=part", headers=key, json={
-        "okhv": "OKH-LOSHv1.0", "name": "Part", "tsdc": ["3DP"]})
+    await client.post("/v1/facilities?id=lab", content=facility_doc("Lab", ["3D printing"]),
+                      headers=key)
+    await client.post("/v1/designs?id=part", headers=key, content=design_doc("Part", ["3DP"]))
     async with InProcessMatcher(matcher_settings) as matcher:
         await _fuzzed(matcher, org[1])
 

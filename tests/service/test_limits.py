@@ -5,7 +5,6 @@ the bytes counted as they stream)."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 import pytest
@@ -13,21 +12,20 @@ import pytest
 from ingest.fields import MAX_LIST, MAX_TEXT
 from ingest.okh import MAX_PARTS
 from tests.conftest import auth
+from tests.support.builders import design_doc
 from tests.support.helpers import JSON, InProcess, stream_messages, wait_ready
 
 MIB = 1024 * 1024
 
 
-def _design(**extra: Any) -> bytes:
-    return json.dumps({"okhv": "OKH-LOSHv1.0", "name": "Limits", **extra}).encode()
-
-
 REGISTRY_LIMITS = [
     # (method, path, body, status, error code, field)
-    ("POST", "/v1/designs", _design(part=[{"name": f"p{i}"} for i in range(MAX_PARTS + 1)]),
+    ("POST", "/v1/designs",
+     design_doc("Limits", part=[{"name": f"p{i}"} for i in range(MAX_PARTS + 1)]),
      422, "too_long", "part"),
-    ("POST", "/v1/designs", _design(name="n" * (MAX_TEXT + 1)), 422, "too_long", "name"),
-    ("POST", "/v1/designs", _design(tsdc=["3DP"] * (MAX_LIST + 1)), 422, "too_long", "tsdc"),
+    ("POST", "/v1/designs", design_doc(name="n" * (MAX_TEXT + 1)), 422, "too_long", "name"),
+    ("POST", "/v1/designs", design_doc("Limits", tsdc=["3DP"] * (MAX_LIST + 1)), 422,
+     "too_long", "tsdc"),
     ("POST", "/v1/facilities", json.dumps({
         "name": "Big", "equipment": [{"equipment_type": "3D printer"}] * (MAX_LIST + 1)}
      ).encode(), 422, "too_long", "equipment"),

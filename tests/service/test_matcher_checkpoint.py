@@ -9,14 +9,8 @@ import nats
 import orjson
 import pytest
 
-from contracts.models import Facility
 from services.matcher.checkpoint import Change, Checkpoint
-from services.matcher.profiles import facility_profile
-
-
-def lab(id_: str, version: int, processes: list[str]):
-    return facility_profile(Facility(id=id_, name=id_, processes=[
-        {"id": p, "label": p} for p in processes]), version)
+from tests.support.builders import facility
 
 
 @pytest.fixture
@@ -47,9 +41,10 @@ async def test_a_restart_reads_the_snapshot_and_the_deltas_after_it(js, bucket: 
     await checkpoint.open()
     assert await checkpoint.load() is None  # a first start
 
-    a1, b1 = lab("a", 1, ["fdm"]), lab("b", 1, ["sla"])
+    a1, b1 = facility(["fdm"], id_="a", version=1), facility(["sla"], id_="b", version=1)
     await checkpoint.reset(2, [("facility", "a", 1, a1), ("facility", "b", 1, b1)])
-    a2, c1 = lab("a", 2, ["cnc-milling"]), lab("c", 1, ["welding"])
+    a2 = facility(["cnc-milling"], id_="a", version=2)
+    c1 = facility(["welding"], id_="c", version=1)
     batch = [change(3, a2, a1), change(4, c1)]
     await checkpoint.begin(batch)
     # written ahead, not committed: the batch is pending, the entities as they were
@@ -89,7 +84,8 @@ async def test_a_checkpoint_in_the_layout_before_batch_records_still_loads(js, b
     previous release left. The next snapshot purges both."""
     checkpoint = Checkpoint(js, bucket, snapshot_every=100)
     await checkpoint.open()
-    a1, a2, b1 = lab("a", 1, ["fdm"]), lab("a", 2, ["sla"]), lab("b", 1, ["welding"])
+    a1, a2 = facility(["fdm"], id_="a", version=1), facility(["sla"], id_="a", version=2)
+    b1 = facility(["welding"], id_="b", version=1)
     await checkpoint.reset(1, [("facility", "a", 1, a1)])
     kv = await js.key_value(bucket)
     await kv.put("e.f.a", orjson.dumps(["facility", "a", 2, change(2, a2).dump()[5]]))
@@ -109,13 +105,13 @@ async def test_a_checkpoint_in_the_layout_before_batch_records_still_loads(js, b
 def test_a_change_matching_cannot_see_records_its_old_profile_compactly() -> None:
     """A rename or a move: the old profile is the new one at another version and place,
     and comes back exactly from the record; a real change keeps the full old profile."""
-    a1 = lab("a", 1, ["fdm"])
+    a1 = facility(["fdm"], id_="a", version=1)
     moved = replace(a1, version=2, lat=10.0, lon=20.0)
-    for new, old in ((moved, a1), (lab("a", 2, ["sla"]), a1)):
+    for new, old in ((moved, a1), (facility(["sla"], id_="a", version=2), a1)):
         record = orjson.loads(orjson.dumps(change(7, new, old).dump()))
         assert Change.load(record) == change(7, new, old)
     assert len(orjson.dumps(change(7, moved, a1).dump())) < len(
-        orjson.dumps(change(7, lab("a", 2, ["sla"]), a1).dump()))
+        orjson.dumps(change(7, facility(["sla"], id_="a", version=2), a1).dump()))
 
 
 async def test_a_batch_larger_than_a_message_is_recorded_in_pieces(js, bucket: str) -> None:
@@ -125,7 +121,7 @@ async def test_a_batch_larger_than_a_message_is_recorded_in_pieces(js, bucket: s
     await checkpoint.open()
     await checkpoint.reset(0, [])
     processes = ["fdm", "sla", "laser-cutting", "cnc-milling", "welding", "sewing"]
-    batch = [change(seq, lab(f"facility-with-a-long-id-{seq:06d}", 1, processes))
+    batch = [change(seq, facility(processes, id_=f"facility-with-a-long-id-{seq:06d}"))
              for seq in range(1, 2001)]
     await (await checkpoint.begin(batch))
     kv = await js.key_value(bucket)

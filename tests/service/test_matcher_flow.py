@@ -13,45 +13,22 @@ import pytest
 from contracts.matches import MatchChange, MatchEvent
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
+from tests.support.builders import design_doc, facility_doc, post_fan_out
 from tests.support.helpers import (
     JSON,
     InProcess,
     InProcessMatcher,
     ServiceProcess,
     eventually,
-    expected_matches,
-    lab,
     match_events,
-    okh,
     reduce_matches,
+    settled,
     stream_messages,
     wait_ready,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-
-
-async def settled(registry: InProcess, timeout: float = 30,
-                  silent: set[tuple[str, str]] = frozenset()) -> set[tuple[str, str]]:
-    """Wait until every acknowledged write is in REGISTRY and MATCHES reduces to what the
-    final registry state says (less `silent` pairs, indexed without events); return it."""
-    nats_url = registry.settings.nats_url
-    store = registry.app.state.store
-
-    async def check() -> set | None:
-        if (await store.outbox_backlog())[0]:
-            return None
-        expected = await expected_matches(nats_url)
-        got = await reduce_matches(nats_url)
-        return expected if got == expected - silent else None
-
-    try:
-        return await eventually(check, timeout=timeout, interval=0.2)
-    except AssertionError:
-        got, expected = await reduce_matches(nats_url), await expected_matches(nats_url)
-        wrong = sorted(got ^ (expected - silent))[:10]
-        raise AssertionError(f"MATCHES has {wrong} wrong") from None
 
 
 async def test_a_new_design_is_matched_and_a_closed_facility_withdrawn(
@@ -61,16 +38,16 @@ async def test_a_new_design_is_matched_and_a_closed_facility_withdrawn(
     async with InProcessMatcher(matcher_settings) as matcher, httpx.AsyncClient(
             base_url=matcher.url) as query:
         await wait_ready(matcher.url)
-        await client.post("/v1/facilities?id=paris", content=lab(
+        await client.post("/v1/facilities?id=paris", content=facility_doc(
             "Paris", ["FDM", "laser cutting"], materials=["PLA", "plywood"]), headers=key)
-        await client.post("/v1/facilities?id=lyon", content=lab(
+        await client.post("/v1/facilities?id=lyon", content=facility_doc(
             "Lyon", ["3D printing"], lat=45.76, lon=4.84), headers=key)
-        await client.post("/v1/facilities?id=closed", content=lab(
+        await client.post("/v1/facilities?id=closed", content=facility_doc(
             "Closed", ["FDM"], status="Closed"), headers=key)
         ohloom = (data_dir / "okh" / "ohloom.okh.toml").read_bytes()
         await client.post("/v1/designs?id=ohloom", content=ohloom,
                           headers=auth(org[1]) | {"Content-Type": "application/toml"})
-        await client.post("/v1/designs?id=clip", content=okh("Clip", ["3DP"], "PLA"),
+        await client.post("/v1/designs?id=clip", content=design_doc("Clip", ["3DP"], "PLA"),
                           headers=key)
         assert await settled(registry) == {("clip", "paris"), ("clip", "lyon")}
 
@@ -105,7 +82,8 @@ async def test_a_new_design_is_matched_and_a_closed_facility_withdrawn(
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "design"
 
         current = await client.get("/v1/facilities/paris")
-        await client.put("/v1/facilities/paris", content=lab("Paris", ["FDM"], status="Closed"),
+        await client.put("/v1/facilities/paris",
+                         content=facility_doc("Paris", ["FDM"], status="Closed"),
                          headers=key | {"If-Match": current.headers["etag"]})
         assert await settled(registry) == {("clip", "lyon")}
         metrics = (await query.get("/metrics")).text
@@ -122,10 +100,7 @@ async def test_sigkill_mid_fan_out_leaves_matches_exact_after_restart(
     matcher = ServiceProcess(matcher_env, tmp_path / "matcher.log", "matcher").start(
         MAKELOCAL_CRASH_AT="matcher.mid_publish")
     await wait_ready(matcher.url)
-    for i in range(120):
-        await client.post(f"/v1/facilities?id=lab-{i:03d}", content=lab(
-            f"Lab {i}", ["FDM"] if i % 3 else ["laser cutting"]), headers=key)
-    await client.post("/v1/designs?id=bracket", content=okh("Bracket", ["3DP"]), headers=key)
+    await post_fan_out(client, key)
     assert await matcher.wait_dead(30) == -signal.SIGKILL
     half = await reduce_matches(registry.settings.nats_url)
     assert 0 < len(half) < 80  # the fan-out was cut in the middle, between its pieces
@@ -154,18 +129,19 @@ async def test_changes_made_while_the_matcher_was_down_are_reconciled(
     await wait_ready(matcher.url)
     try:
         for i in range(6):
-            await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", ["FDM", "CNC"]),
+            await client.post(f"/v1/facilities?id=f{i}",
+                              content=facility_doc(f"F{i}", ["FDM", "CNC"]),
                               headers=key)
         for design_id, tsdc in (("d-print", ["3DP"]), ("d-cnc", ["CNC"]),
                                 ("d-both", ["3DP", "CNC"])):
-            await client.post(f"/v1/designs?id={design_id}", content=okh(design_id, tsdc),
+            await client.post(f"/v1/designs?id={design_id}", content=design_doc(design_id, tsdc),
                               headers=key)
         assert len(await settled(registry)) == 18
     finally:
         matcher.kill()
     # while it is down: one facility changes three times, a design is deleted
     for version, processes in ((1, ["FDM"]), (2, ["laser cutting"]), (3, ["CNC", "welding"])):
-        await client.put("/v1/facilities/f0", content=lab("F0", processes),
+        await client.put("/v1/facilities/f0", content=facility_doc("F0", processes),
                          headers=key | {"If-Match": f'"{version}"'})
     await client.delete("/v1/designs/d-both", headers=auth(org[1]))
     matcher.start()
@@ -183,14 +159,15 @@ async def test_a_matcher_without_checkpoint_builds_silently_then_goes_live(
         matcher_settings: MatcherSettings) -> None:
     key = auth(org[1]) | JSON
     for i in range(5):
-        await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", ["FDM"]), headers=key)
-    await client.post("/v1/designs?id=old", content=okh("Old", ["3DP"]), headers=key)
+        await client.post(f"/v1/facilities?id=f{i}", content=facility_doc(f"F{i}", ["FDM"]),
+                          headers=key)
+    await client.post("/v1/designs?id=old", content=design_doc("Old", ["3DP"]), headers=key)
     await eventually(lambda: _count(registry.settings.nats_url, 6))
     async with InProcessMatcher(matcher_settings) as matcher, httpx.AsyncClient(
             base_url=matcher.url) as query:
         await wait_ready(matcher.url)
         assert len((await query.get("/v1/designs/old/facilities")).json()["matches"]) == 5
-        await client.post("/v1/designs?id=new", content=okh("New", ["3DP"]), headers=key)
+        await client.post("/v1/designs?id=new", content=design_doc("New", ["3DP"]), headers=key)
 
         old = {("old", f"f{i}") for i in range(5)}
         assert await settled(registry, silent=old) == {("new", f"f{i}") for i in range(5)} | old
@@ -209,13 +186,13 @@ async def _scenario(registry: InProcess, key: str) -> set[str]:
     async with httpx.AsyncClient(base_url=registry.url) as client:
         for i in range(12):
             processes = [["FDM"], ["laser cutting"], ["CNC", "FDM"]][i % 3]
-            await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", processes),
+            await client.post(f"/v1/facilities?id=f{i}", content=facility_doc(f"F{i}", processes),
                               headers=headers)
         for i in range(10):
             tsdc = [["3DP"], ["LAS"], ["CNC"], ["3DP", "CNC"]][i % 4]
-            await client.post(f"/v1/designs?id=d{i}", content=okh(f"D{i}", tsdc),
+            await client.post(f"/v1/designs?id=d{i}", content=design_doc(f"D{i}", tsdc),
                               headers=headers)
-        await client.put("/v1/facilities/f2", content=lab("F2", ["FDM"], status="Closed"),
+        await client.put("/v1/facilities/f2", content=facility_doc("F2", ["FDM"], status="Closed"),
                          headers=headers | {"If-Match": '"1"'})
         await client.delete("/v1/designs/d3", headers=auth(key))
     await settled(registry)

@@ -27,17 +27,16 @@ from services.matcher.lease import Lease, LeaseLost
 from services.matcher.profiles import facility_profile
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
-from tests.service.test_matcher_flow import settled
+from tests.support.builders import design_doc, facility_doc, post_fan_out
 from tests.support.helpers import (
     JSON,
     InProcess,
     InProcessMatcher,
     ServiceProcess,
     eventually,
-    lab,
     match_events,
     metric,
-    okh,
+    settled,
     stream_messages,
     wait_ready,
 )
@@ -83,9 +82,9 @@ async def test_one_process_per_partition_consumes_and_the_standby_takes_over(
     try:
         await eventually(lambda: is_standby(second.url), timeout=20)
         for i in range(6):
-            await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", ["FDM"]),
+            await client.post(f"/v1/facilities?id=f{i}", content=facility_doc(f"F{i}", ["FDM"]),
                               headers=key)
-        await client.post("/v1/designs?id=d0", content=okh("D0", ["3DP"]), headers=key)
+        await client.post("/v1/designs?id=d0", content=design_doc("D0", ["3DP"]), headers=key)
         assert len(await settled(registry)) == 6
         # the standby consumed and published nothing, and still says why it is not ready
         assert await scraped(first.url, "makelocal_matcher_events_consumed_total") == 7
@@ -95,8 +94,8 @@ async def test_one_process_per_partition_consumes_and_the_standby_takes_over(
 
         first.kill()  # SIGKILL: no release, the lease has to lapse
         killed = time.monotonic()
-        await client.post("/v1/designs?id=d1", content=okh("D1", ["3DP"]), headers=key)
-        await client.put("/v1/facilities/f0", content=lab("F0", ["FDM"], status="Closed"),
+        await client.post("/v1/designs?id=d1", content=design_doc("D1", ["3DP"]), headers=key)
+        await client.put("/v1/facilities/f0", content=facility_doc("F0", ["FDM"], status="Closed"),
                          headers=key | {"If-Match": '"1"'})
         await wait_ready(second.url, timeout=20)
         took = time.monotonic() - killed
@@ -111,7 +110,7 @@ async def test_one_process_per_partition_consumes_and_the_standby_takes_over(
         stopped = time.monotonic()
         await wait_ready(first.url, timeout=20)
         assert time.monotonic() - stopped < 3
-        await client.post("/v1/designs?id=d2", content=okh("D2", ["3DP"]), headers=key)
+        await client.post("/v1/designs?id=d2", content=design_doc("D2", ["3DP"]), headers=key)
         assert len(await settled(registry)) == 15
         assert_each_piece_once(await stream_messages(registry.settings.nats_url, MATCHES_STREAM))
         events = Counter(e["event_id"] for e in await match_events(registry.settings.nats_url))
@@ -206,10 +205,7 @@ async def test_a_replay_after_the_duplicate_window_publishes_each_piece_once(
     matcher = ServiceProcess(env, tmp_path / "matcher.log", "matcher").start(
         MAKELOCAL_CRASH_AT="matcher.mid_publish")
     await wait_ready(matcher.url)
-    for i in range(120):
-        await client.post(f"/v1/facilities?id=lab-{i:03d}", content=lab(
-            f"Lab {i}", ["FDM"] if i % 3 else ["laser cutting"]), headers=key)
-    await client.post("/v1/designs?id=bracket", content=okh("Bracket", ["3DP"]), headers=key)
+    await post_fan_out(client, key)
     assert await matcher.wait_dead(30) == -signal.SIGKILL
     before = await stream_messages(nats_url, MATCHES_STREAM)
     assert 0 < len(before) < before[0]["pieces"]  # cut between its pieces
@@ -270,7 +266,7 @@ async def test_a_matcher_whose_lease_is_taken_stops_consuming_until_it_is_back(
                                                    "matcher_heartbeat_s": 0.5})
     async with InProcessMatcher(settings) as matcher:
         await wait_ready(matcher.url)
-        await client.post("/v1/facilities?id=f0", content=lab("F0", ["FDM"]), headers=key)
+        await client.post("/v1/facilities?id=f0", content=facility_doc("F0", ["FDM"]), headers=key)
         consumed = "makelocal_matcher_events_consumed_total"
         await eventually(lambda: _at_least(matcher.url, consumed, 1))
         # another process takes the lease (as one would after a network partition)
@@ -282,7 +278,7 @@ async def test_a_matcher_whose_lease_is_taken_stops_consuming_until_it_is_back(
             await nc.close()
         await eventually(lambda: is_standby(matcher.url), timeout=5)
         assert await scraped(matcher.url, "makelocal_matcher_lease_held") == 0
-        await client.post("/v1/designs?id=d0", content=okh("D0", ["3DP"]), headers=key)
+        await client.post("/v1/designs?id=d0", content=design_doc("D0", ["3DP"]), headers=key)
         await asyncio.sleep(1.5)
         assert await scraped(matcher.url, consumed) == 1  # nothing consumed meanwhile
         assert not await match_events(registry.settings.nats_url)

@@ -16,15 +16,14 @@ from contracts.events import EntityKind, new_event
 from contracts.models import Facility
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
+from tests.support.builders import design_doc, facility_doc
 from tests.support.helpers import (
     JSON,
     InProcess,
     InProcessMatcher,
     eventually,
-    lab,
     match_events,
     metric,
-    okh,
     reduce_matches,
     wait_ready,
 )
@@ -62,12 +61,12 @@ async def test_malformed_registry_messages_are_parked_and_the_valid_ones_matched
         try:
             js = nc.jetstream()
             for i in range(3):
-                await client.post(f"/v1/facilities?id=f{i}", content=lab(f"F{i}", ["FDM"]),
+                await client.post(f"/v1/facilities?id=f{i}", content=facility_doc(f"F{i}", ["FDM"]),
                                   headers=key)
                 # interleaved with the registry's events: garbage in the same batches
                 for subject, payload in junk[2 * i:2 * i + 2]:
                     await js.publish(subject, payload)
-            await client.post("/v1/designs?id=d0", content=okh("D0", ["3DP"]), headers=key)
+            await client.post("/v1/designs?id=d0", content=design_doc("D0", ["3DP"]), headers=key)
         finally:
             await nc.close()
         pairs = {("d0", f"f{i}") for i in range(3)}
@@ -80,7 +79,7 @@ async def test_malformed_registry_messages_are_parked_and_the_valid_ones_matched
         assert await metric(http, "makelocal_matcher_batch_failures_total") == 0
         assert (await http.get("/readyz")).status_code == 200
         # the partition went on: a later change is matched as well
-        await client.post("/v1/designs?id=d1", content=okh("D1", ["3DP"]), headers=key)
+        await client.post("/v1/designs?id=d1", content=design_doc("D1", ["3DP"]), headers=key)
 
         async def later_matched() -> bool:
             return len(await reduce_matches(nats_url)) == 6

@@ -16,8 +16,7 @@ from contracts.matches import match_event_id
 from services.notifier.settings import NotifierSettings
 from services.registry.store import Store
 from tests.conftest import auth
-from tests.service.test_notifier_delivery import deliveries, subscribe
-from tests.service.test_notifier_email import email_subscription
+from tests.support.builders import deliveries, email_subscription, subscribe
 from tests.support.helpers import (
     InProcess,
     confirm,

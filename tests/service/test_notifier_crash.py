@@ -13,15 +13,15 @@ from standardwebhooks import Webhook
 from services.notifier.settings import NotifierSettings
 from services.registry.store import Store
 from tests.conftest import auth
+from tests.support.builders import subscribe
 from tests.support.helpers import ServiceProcess, eventually, publish_matches, wait_ready
 from tests.support.receivers import Receiver
 
 
 async def _subscribe(url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Through whichever notifier process listens at `url`."""
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        response = await http.post("/v1/subscriptions", json=body, headers=auth(key))
-        assert response.status_code == 201, response.text
-        return response.json()
+        return await subscribe(http, key, body)
 
 
 async def test_killed_after_sending_before_recording_delivers_again_with_the_same_id(
@@ -80,7 +80,7 @@ async def test_two_processes_share_the_work_without_sending_anything_twice(
             for i in range(20)]
         pairs = [(f"d{j}", f"f{i}") for i in range(20) for j in range(30)]
         await publish_matches(notifier_settings.nats_url, pairs)
-        await eventually(lambda: _events(app, len(pairs)), timeout=40, interval=0.2)
+        await eventually(lambda: app.has_events(None, len(pairs)), timeout=40, interval=0.2)
         ids = [r.webhook_id for r in app.requests]
         assert len(ids) == len(set(ids)), "a delivery was sent twice"
         events = [e["event_id"] for r in app.requests for e in r.json["data"]["events"]]
@@ -96,5 +96,3 @@ async def test_two_processes_share_the_work_without_sending_anything_twice(
             proc.stop()
 
 
-async def _events(app: Receiver, n: int) -> bool:
-    return sum(len(r.json["data"]["events"]) for r in app.requests) >= n

@@ -9,20 +9,9 @@ import httpx
 from standardwebhooks import Webhook
 
 from tests.conftest import auth
+from tests.support.builders import deliveries, subscribe
 from tests.support.helpers import InProcess, consumed, eventually, publish_matches, wait_ready
 from tests.support.receivers import Receiver
-
-
-async def subscribe(http: httpx.AsyncClient, key: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await http.post("/v1/subscriptions", json=body, headers=auth(key))
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def deliveries(http: httpx.AsyncClient, key: str, sub_id: str) -> list[dict[str, Any]]:
-    response = await http.get(f"/v1/subscriptions/{sub_id}/deliveries", headers=auth(key))
-    assert response.status_code == 200, response.text
-    return response.json()["items"]
 
 
 def verified_events(secret: str, received: list) -> list[dict[str, Any]]:
@@ -61,7 +50,7 @@ async def test_signed_batched_delivery(notifier_settings: Any, store: Any,
         ids = await publish_matches(settings.nats_url, pairs)
         await eventually(lambda: consumed(http, len(pairs)), timeout=20)
         app.release.set()
-        await eventually(lambda: _count_events(app, "/held", 250), timeout=20)
+        await eventually(lambda: app.has_events("/held", 250), timeout=20)
         calls = app.at("/held")
         events = verified_events(sub["secret"], calls)
         assert sorted(e["event_id"] for e in events) == sorted(ids[:250])
@@ -84,10 +73,6 @@ async def test_signed_batched_delivery(notifier_settings: Any, store: Any,
         await publish_matches(settings.nats_url, pairs[:5], msg_id=False)
         await eventually(lambda: consumed(http, len(pairs) + 5))
         assert sum(d["item_count"] for d in await deliveries(http, org[1], sub["id"])) == 250
-
-
-async def _count_events(app: Receiver, path: str, n: int) -> bool:
-    return sum(len(r.json["data"]["events"]) for r in app.at(path)) >= n
 
 
 async def test_retries_timeouts_gone_redirects_and_retry_after(

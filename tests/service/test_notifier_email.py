@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import auth
+from tests.support.builders import email_subscription
 from tests.support.helpers import (
     InProcess,
     confirm,
@@ -20,15 +21,6 @@ from tests.support.helpers import (
     wait_ready,
 )
 from tests.support.receivers import MailServer, text_of
-
-
-async def email_subscription(http: httpx.AsyncClient, key: str, address: str,
-                             **filter_: Any) -> dict[str, Any]:
-    response = await http.post("/v1/subscriptions", headers=auth(key), json={
-        "channel": "email", "address": address, "filter": filter_})
-    assert response.status_code == 201, response.text
-    assert "secret" not in response.json() and response.json()["verified"] is False
-    return response.json()
 
 
 async def test_verified_digest_with_one_click_unsubscribe(

@@ -12,7 +12,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from contracts.matches import match_event_id
-from tests.service.test_notifier_delivery import _count_events, subscribe
+from tests.support.builders import subscribe
 from tests.support.helpers import InProcess, consumed, eventually, publish_matches, wait_ready
 from tests.support.receivers import Receiver
 
@@ -44,10 +44,10 @@ async def test_one_change_of_300_pairs_reaches_each_subscriber_with_its_pairs(
                                     facility_lat=48.85, facility_lon=2.35,
                                     design_processes=("fdm",))
         await eventually(lambda: consumed(http, 300), timeout=20)
-        await eventually(lambda: _count_events(app, "/author", 300), timeout=20)
-        await eventually(lambda: _count_events(app, "/region", 300), timeout=20)
+        await eventually(lambda: app.has_events("/author", 300), timeout=20)
+        await eventually(lambda: app.has_events("/region", 300), timeout=20)
         for i, sub in labs.items():
-            await eventually(lambda i=i: _count_events(app, f"/lab/{i}", 1))
+            await eventually(lambda i=i: app.has_events(f"/lab/{i}", 1))
             [entry] = entries(app, f"/lab/{i}", sub["secret"])
             assert entry["event_id"] == ids[i] == match_event_id("found", "stand", 1,
                                                                  f"lab-{i}", 1)
@@ -93,7 +93,7 @@ async def test_an_item_recorded_with_its_payload_before_the_migration_is_deliver
             await conn.close()
         # and a new one beside it, in the same batch
         await publish_matches(notifier.settings.nats_url, [("new", "old-lab")])
-        await eventually(lambda: _count_events(app, "/legacy", 2), timeout=20)
+        await eventually(lambda: app.has_events("/legacy", 2), timeout=20)
         got = sorted(entries(app, "/legacy", sub["secret"]), key=lambda e: e["design_id"])
         assert [e["design_id"] for e in got] == ["new", "old"]
         assert got[1] == event
@@ -111,7 +111,7 @@ async def test_a_kept_message_goes_once_no_waiting_item_points_into_it(
                                        "digest": "daily",
                                        "filter": {"facility_ids": ["p-lab-2"]}})
     await publish_matches(notifier.settings.nats_url, [("p-design", "p-lab")])
-    await eventually(lambda: _count_events(app, "/pruned", 1), timeout=20)
+    await eventually(lambda: app.has_events("/pruned", 1), timeout=20)
     store = notifier.app.state.store
     schema = notifier.settings.notifier_db_schema
     conn = await asyncpg.connect(notifier.settings.database_url)

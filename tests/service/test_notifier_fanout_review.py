@@ -8,7 +8,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ from services.notifier import messages
 from services.notifier import store as store_module
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Batching, Store
+from tests.support.builders import add_items, item_rows, match_piece
 
 BATCH = Batching(max_items=3, max_wait_s=0.0, in_flight=2, email_linger_s=0.0,
                  email_max_wait_s=0.0)
@@ -75,37 +75,6 @@ async def stack(notifier_settings: NotifierSettings) -> AsyncIterator[Stack]:
             await p.close()
 
 
-def piece(design: str, labs: list[str], version: int = 1) -> tuple[str, bytes, dict]:
-    """One MATCHES message (as the matcher cuts it): (message id, payload, decoded)."""
-    cause = matches.Cause(entity="design", entity_id=design, version=version,
-                          occurred_at=datetime.now(UTC))
-    out = [matches.PairOut("found", lab, 1, 0.5, [("status", "active", "met", None, None)])
-           for lab in labs]
-    [p] = matches.encode_change(cause, matches.ChangedDesign(id=design, version=version,
-                                                             processes=[]),
-                                out, 1024 * 1024)
-    change = matches.decode(p.payload, p.headers)
-    return p.message_id, p.payload, change
-
-
-def rows_for(subs: list[str], change: dict, only: set[str] | None = None,
-             ) -> list[tuple[str, str, str, int, datetime | None]]:
-    """Every (subscription, pair) of the change, as the consumer makes them."""
-    out = []
-    for n, pair in enumerate(matches.pairs(change)):
-        if only is not None and pair.facility_id not in only:
-            continue
-        event_id = matches.match_event_id(pair.kind, pair.design_id, pair.design_version,
-                                          pair.facility_id, pair.facility_version)
-        out.extend((s, event_id, change["message_id"], n, None) for s in subs)
-    return out
-
-
-async def add(store: Store, message: tuple[str, bytes, dict], rows: list) -> int:
-    message_id, payload, _ = message
-    return await store.add_items([(message_id, payload, matches.ENCODING)], rows)
-
-
 def facilities(bodies: list[dict[str, Any]]) -> list[str]:
     return [e["facility_id"] for b in bodies for e in b["data"]["events"]]
 
@@ -135,8 +104,8 @@ async def test_prune_racing_a_redelivered_message_leaves_items_without_their_mes
     cache) then fails each assembly pass with KeyError: no subscription's batch is ever
     made there again, and the prune (after the assembly in the loop) never runs."""
     a, b, c = [await stack.subscription() for _ in range(3)]
-    m = piece("d-race", ["lab-1", "lab-2"])
-    await add(stack.a, m, rows_for([a], m[2]))
+    m = match_piece("d-race", ["lab-1", "lab-2"])
+    await add_items(stack.a, m, item_rows([a], m[2]))
     assert (await stack.a.assemble_webhooks(BATCH, 0, 30))[0] == 1
     await stack.conn.execute("UPDATE match_messages SET created_at = now() - interval '1h'")
     # the prune's statement starts, and is held before it reaches M
@@ -150,7 +119,7 @@ async def test_prune_racing_a_redelivered_message_leaves_items_without_their_mes
         await wait_blocked(stack.conn, "DELETE FROM match_messages")
         # the redelivered message, routed to B too, is stored meanwhile: it touches M, so
         # it waits for the same lock, and whichever goes first, M is there after both
-        adding = asyncio.create_task(add(stack.b, m, rows_for([a, b], m[2])))
+        adding = asyncio.create_task(add_items(stack.b, m, item_rows([a, b], m[2])))
         await asyncio.sleep(0.2)
         await tx.commit()
         assert await adding == 2
@@ -158,8 +127,8 @@ async def test_prune_racing_a_redelivered_message_leaves_items_without_their_mes
     finally:
         await locker.close()
     # an unrelated subscription's item waits beside it
-    other = piece("d-other", ["lab-9"])
-    await add(stack.b, other, rows_for([c], other[2]))
+    other = match_piece("d-other", ["lab-9"])
+    await add_items(stack.b, other, item_rows([c], other[2]))
     fresh = Store(stack.pools[1], stack.settings.notifier_keys_schema)  # another process
     made, _ = await fresh.assemble_webhooks(BATCH, 0, 30)
     assert made == 2
@@ -171,8 +140,8 @@ async def test_two_processes_assembling_at_once_deliver_each_item_once(stack: St
     against a concurrent commit) put each item into exactly one delivery."""
     subs = [await stack.subscription() for _ in range(6)]
     for round_ in range(4):
-        m = piece(f"d-both-{round_}", [f"lab-{round_}-{i}" for i in range(7)])
-        await add(stack.a, m, rows_for(subs, m[2]))
+        m = match_piece(f"d-both-{round_}", [f"lab-{round_}-{i}" for i in range(7)])
+        await add_items(stack.a, m, item_rows(subs, m[2]))
         await asyncio.gather(*(s.assemble_webhooks(BATCH, 2, 30)
                                for s in (stack.a, stack.b, stack.a, stack.b)))
     for _ in range(10):
@@ -193,8 +162,8 @@ async def test_a_prune_between_selection_and_fetch_keeps_the_message(stack: Stac
     """Holds: while a pass has selected its items (locked, still waiting), the prune
     sees them waiting and keeps their message, so the pass's fetch finds it."""
     sub = await stack.subscription()
-    m = piece("d-sel", ["lab-a", "lab-b"])
-    await add(stack.a, m, rows_for([sub], m[2]))
+    m = match_piece("d-sel", ["lab-a", "lab-b"])
+    await add_items(stack.a, m, item_rows([sub], m[2]))
     await stack.conn.execute("UPDATE match_messages SET created_at = now() - interval '1h'")
     real = store_module._changes
     pruned = []
@@ -219,8 +188,8 @@ async def test_a_cache_smaller_than_a_pass_still_renders_every_item(stack: Stack
     sub = await stack.subscription()
     sent = []
     for i in range(5):
-        m = piece(f"d-cache-{i}", [f"lab-c{i}"])
-        await add(stack.a, m, rows_for([sub], m[2]))
+        m = match_piece(f"d-cache-{i}", [f"lab-c{i}"])
+        await add_items(stack.a, m, item_rows([sub], m[2]))
         sent.append(f"lab-c{i}")
     fresh = Store(stack.pools[1], stack.settings.notifier_keys_schema)
     fresh.decoded = messages.Decoded(keep=1)
@@ -237,12 +206,12 @@ async def test_a_redelivery_after_the_prune_adds_nothing_and_goes_again(stack: S
     """Holds: the message comes back (no items of its own) and is pruned again; nothing
     is sent twice."""
     sub = await stack.subscription()
-    m = piece("d-again", ["lab-r"])
-    assert await add(stack.a, m, rows_for([sub], m[2])) == 1
+    m = match_piece("d-again", ["lab-r"])
+    assert await add_items(stack.a, m, item_rows([sub], m[2])) == 1
     await stack.a.assemble_webhooks(BATCH, 0, 30)
     await stack.conn.execute("UPDATE match_messages SET created_at = now() - interval '1h'")
     assert await stack.a.prune_messages(60) == 1
-    assert await add(stack.b, m, rows_for([sub], m[2])) == 0
+    assert await add_items(stack.b, m, item_rows([sub], m[2])) == 0
     assert await stack.conn.fetchval("SELECT count(*) FROM match_messages") == 1
     assert (await stack.b.assemble_webhooks(BATCH, 0, 30))[0] == 0
     assert await stack.b.prune_messages(0) == 1
@@ -254,8 +223,8 @@ async def test_a_pass_failing_after_selection_leaves_everything_waiting(stack: S
     """Holds: the pass is one transaction; a failure while rendering (a process killed
     there) leaves no delivery and every item waiting for the next pass."""
     sub = await stack.subscription()
-    m = piece("d-crash", ["lab-x", "lab-y", "lab-z", "lab-w"])
-    await add(stack.a, m, rows_for([sub], m[2]))
+    m = match_piece("d-crash", ["lab-x", "lab-y", "lab-z", "lab-w"])
+    await add_items(stack.a, m, item_rows([sub], m[2]))
 
     def boom(*args: object) -> bytes:
         raise RuntimeError("killed")
@@ -287,8 +256,8 @@ async def test_legacy_and_new_items_in_one_chunk_keep_their_order(stack: Stack) 
     await stack.conn.execute(
         "INSERT INTO items (subscription_id, event_id, payload) VALUES ($1, $2, $3::jsonb)",
         sub, "e-legacy", json.dumps(LEGACY))
-    m = piece("d-mix", ["lab-1", "lab-2", "lab-3", "lab-4"])
-    await add(stack.a, m, rows_for([sub], m[2]))
+    m = match_piece("d-mix", ["lab-1", "lab-2", "lab-3", "lab-4"])
+    await add_items(stack.a, m, item_rows([sub], m[2]))
     await stack.conn.execute(
         "INSERT INTO items (subscription_id, event_id, payload) VALUES ($1, $2, $3::jsonb)",
         sub, "e-legacy-2", json.dumps({**LEGACY, "event_id": "e-legacy-2"}))
@@ -309,8 +278,8 @@ async def test_an_email_digest_renders_legacy_and_new_items(stack: Stack) -> Non
     await stack.conn.execute(
         "INSERT INTO items (subscription_id, event_id, payload) VALUES ($1, $2, $3::jsonb)",
         sub, "e-legacy", json.dumps(LEGACY))
-    m = piece("d-mail", ["lab-e1", "lab-e2"])
-    await add(stack.a, m, rows_for([sub], m[2]))
+    m = match_piece("d-mail", ["lab-e1", "lab-e2"])
+    await add_items(stack.a, m, item_rows([sub], m[2]))
     assert await stack.b.assemble_emails(BATCH) == 1
     [body] = await stack.deliveries(sub)
     assert body["data"]["count"] == 3
@@ -333,8 +302,8 @@ async def test_one_unreadable_kept_message_stops_every_subscriptions_batches(
     await stack.conn.execute(
         "INSERT INTO items (subscription_id, event_id, message_id, pair) VALUES"
         " ($1, 'e-broken', $2, 0)", broken, "e" * 32)
-    m = piece("d-healthy", ["lab-h"])
-    await add(stack.a, m, rows_for([healthy], m[2]))
+    m = match_piece("d-healthy", ["lab-h"])
+    await add_items(stack.a, m, item_rows([healthy], m[2]))
     fresh = Store(stack.pools[1], stack.settings.notifier_keys_schema)
     try:
         await fresh.assemble_webhooks(BATCH, 0, 30)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 
 from services.common.errors import install_error_handlers
 from tests.conftest import auth
-from tests.support.helpers import JSON, InProcess, InProcessMatcher, eventually, lab, wait_ready
+from tests.support.builders import design_doc, facility_doc
+from tests.support.helpers import JSON, InProcess, InProcessMatcher, eventually, wait_ready
 from tests.support.receivers import Receiver
 
 
@@ -182,13 +183,13 @@ async def test_registry_answers_conform(client: httpx.AsyncClient, org: tuple[st
                                         registry: InProcess) -> None:
     check = _checker(_apps()["registry"]().openapi())
     key = auth(org[1]) | JSON
-    design = {"okhv": "OKH-LOSHv1.0", "name": "Part", "tsdc": ["3DP"], "material": "PLA"}
+    design = json.loads(design_doc("Part", ["3DP"], "PLA"))
     check("post", "/v1/designs", "201",
           await client.post("/v1/designs?id=part", json=design, headers=key))
     check("post", "/v1/designs", "200",  # the same again: nothing changed
           await client.post("/v1/designs?id=part", json=design, headers=key))
     check("post", "/v1/facilities", "201",
-          await client.post("/v1/facilities?id=lab", content=lab("Lab", ["3D printing"]),
+          await client.post("/v1/facilities?id=lab", content=facility_doc("Lab", ["3D printing"]),
                             headers=key))
     for plural in ("designs", "facilities"):
         one = await client.get(f"/v1/{plural}/{'part' if plural == 'designs' else 'lab'}")
@@ -199,7 +200,7 @@ async def test_registry_answers_conform(client: httpx.AsyncClient, org: tuple[st
     replaced = await client.put("/v1/designs/part", json=design | {"name": "Part 2"},
                                 headers=key | {"If-Match": '"1"'})
     check("put", "/v1/designs/{entity_id}", "200", replaced)
-    for body in (design, json.loads(lab("Lab", ["3D printing"]))):
+    for body in (design, json.loads(facility_doc("Lab", ["3D printing"]))):
         check("post", "/v1/validate", "200",
               await client.post("/v1/validate", json=body, headers=key))
     check("delete", "/v1/designs/{entity_id}", "200",
@@ -209,11 +210,10 @@ async def test_registry_answers_conform(client: httpx.AsyncClient, org: tuple[st
 async def test_matcher_answers_conform(registry: InProcess, client: httpx.AsyncClient,
                                        matcher_settings: Any, org: tuple[str, str]) -> None:
     key = auth(org[1]) | JSON
-    await client.post("/v1/facilities?id=lab", content=lab("Lab", ["3D printing"]), headers=key)
-    await client.post("/v1/designs?id=part", headers=key, json={
-        "okhv": "OKH-LOSHv1.0", "name": "Part", "tsdc": ["3DP"]})
-    await client.post("/v1/designs?id=vague", headers=key, json={
-        "okhv": "OKH-LOSHv1.0", "name": "Vague"})
+    await client.post("/v1/facilities?id=lab", content=facility_doc("Lab", ["3D printing"]),
+                      headers=key)
+    await client.post("/v1/designs?id=part", headers=key, content=design_doc("Part", ["3DP"]))
+    await client.post("/v1/designs?id=vague", headers=key, content=design_doc("Vague"))
     check = _checker(_apps()["matcher"]().openapi())
     async with InProcessMatcher(matcher_settings) as matcher, httpx.AsyncClient(
             base_url=matcher.url, timeout=10) as http:

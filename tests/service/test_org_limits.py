@@ -15,7 +15,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.store import ITEM_ROWS_PER_STATEMENT
 from services.registry.store import Store
 from tests.conftest import auth
-from tests.service.test_notifier_delivery import subscribe
+from tests.support.builders import subscribe
 from tests.support.helpers import InProcess, eventually, notifier_api, publish_matches, wait_ready
 from tests.support.receivers import Receiver
 

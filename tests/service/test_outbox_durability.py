@@ -4,7 +4,6 @@ each step, and NATS down while clients write. Real processes, real NATS and Post
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
@@ -15,13 +14,10 @@ import pytest
 from makelocal.embedded import NatsServer, free_port
 from services.registry.settings import RegistrySettings
 from tests.conftest import auth
+from tests.support.builders import facility_doc
 from tests.support.helpers import InProcessRegistry, ServiceProcess, eventually, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def facility(name: str) -> bytes:
-    return json.dumps({"name": name, "manufacturing_processes": ["3D printing"]}).encode()
 
 
 async def outbox_rows(settings: RegistrySettings) -> list[asyncpg.Record]:
@@ -42,7 +38,8 @@ async def write_without_relay(registry_env: dict[str, str], tmp_path: Path, org_
         async with httpx.AsyncClient(base_url=api.url) as client:
             for i in range(count):
                 response = await client.post(
-                    f"/v1/facilities?id=lab-{i}", content=facility(f"Lab {i}"),
+                    f"/v1/facilities?id=lab-{i}",
+                    content=facility_doc(f"Lab {i}", ["3D printing"]),
                     headers=auth(org_key) | {"Content-Type": "application/json"})
                 assert response.status_code == 201
     finally:
@@ -115,7 +112,8 @@ async def test_writes_succeed_while_nats_is_down_and_arrive_in_order_after(
             statuses = []
             for i in range(20):
                 response = await client.post(
-                    f"/v1/facilities?id=down-{i:02d}", content=facility(f"Lab {i}"),
+                    f"/v1/facilities?id=down-{i:02d}",
+                    content=facility_doc(f"Lab {i}", ["3D printing"]),
                     headers=auth(org[1]) | {"Content-Type": "application/json"})
                 statuses.append(response.status_code)
             assert statuses == [201] * 20
@@ -155,7 +153,8 @@ async def test_a_standby_relay_takes_over_when_the_active_one_is_killed(
             async with httpx.AsyncClient(base_url=api.url) as client:
                 for i in range(10, 25):
                     response = await client.post(
-                        f"/v1/facilities?id=lab-{i}", content=facility(f"Lab {i}"),
+                        f"/v1/facilities?id=lab-{i}",
+                        content=facility_doc(f"Lab {i}", ["3D printing"]),
                         headers=auth(org[1]) | {"Content-Type": "application/json"})
                     assert response.status_code == 201
         finally:

@@ -7,10 +7,10 @@ import httpx
 import pytest
 
 from tests.conftest import auth
+from tests.support.helpers import YAML
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-YAML = {"Content-Type": "application/yaml"}
 HUGE_HEX = b"title: Big\nokh-manifest-version: '1.0'\nx: 0x" + b"f" * 5000 + b"\n"
 DEEP = (b"title: Deep\nokh-manifest-version: '1.0'\nx-extra: " + b"[" * 300 + b"x"
         + b"]" * 300 + b"\n")

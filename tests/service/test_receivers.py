@@ -33,6 +33,7 @@ from services.notifier.guard import Guard
 from services.notifier.transport import Result, post
 from services.notifier.webhook_client import WebhookClient, tls_context
 from tests.conftest import auth
+from tests.support.builders import subscribe, webhook
 from tests.support.helpers import InProcess, eventually, notifier_api, publish_matches
 
 SECRET = signing.new_secret()
@@ -292,10 +293,7 @@ async def test_a_204_receiver_through_the_notifier(
 
     seen, url = starlette_204
     async with notifier_api(notifier_settings) as http:
-        created = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-            "channel": "webhook", "url": url, "filter": {"facility_ids": ["fab-204"]}})
-        assert created.status_code == 201, created.text
-        sub = created.json()
+        sub = await subscribe(http, org[1], webhook(url, facility_ids=["fab-204"]))
         seen.secret = sub["secret"]
         before = len(seen.payloads)
 

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
 from tests.conftest import auth
-from tests.support.helpers import InProcess, eventually, stream_messages
+from tests.support.builders import facility_doc
+from tests.support.helpers import TOML, YAML, InProcess, eventually, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TOML = {"Content-Type": "application/toml"}
-YAML = {"Content-Type": "application/yaml"}
 JSON = {"Content-Type": "application/json"}
 
 
-def lab(name: str = "Fab Lab Test", lat: float = 48.85, lon: float = 2.35,
-        **extra: object) -> bytes:
-    doc = {"name": name, "facility_status": "Active",
-           "location": {"gps_coordinates": f"{lat}, {lon}", "address": {"city": "Paris"}},
-           "equipment": [{"equipment_type": "3D printer", "manufacturing_process": "FDM",
-                          "build_volume": "220 x 220 x 250 mm", "materials_worked": ["PLA"]}]}
-    return json.dumps(doc | extra).encode()
+PRINTER = {"equipment_type": "3D printer", "manufacturing_process": "FDM",
+           "build_volume": "220 x 220 x 250 mm", "materials_worked": ["PLA"]}
+
+
+def lab(name: str = "Fab Lab Test", lat: float = 48.85, lon: float = 2.35) -> bytes:
+    """A lab whose processes come only from its printer."""
+    return facility_doc(name, [], lat=lat, lon=lon, equipment=[PRINTER])
 
 
 async def test_posting_a_losh_manifest_returns_the_normalized_design(
@@ -142,9 +139,8 @@ async def test_list_filters_through_the_process_hierarchy_and_distance(
     await client.post("/v1/facilities?id=paris", content=lab("Paris Lab"), headers=key)
     await client.post("/v1/facilities?id=lyon", content=lab("Lyon Lab", 45.76, 4.84),
                       headers=key)
-    laser = json.dumps({"name": "Laser Shop", "manufacturing_processes": ["laser cutting"],
-                        "location": {"gps_coordinates": "48.86, 2.34"}}).encode()
-    await client.post("/v1/facilities?id=laser", content=laser, headers=key)
+    await client.post("/v1/facilities?id=laser", headers=key,
+                      content=facility_doc("Laser Shop", ["laser cutting"], lat=48.86, lon=2.34))
 
     async def ids(**params: object) -> list[str]:
         response = await client.get("/v1/facilities", params=params)

@@ -18,22 +18,10 @@ from services.registry.settings import RegistrySettings
 from services.registry.store import Store
 from services.registry.writes import EVENT_HEADROOM_BYTES
 from tests.conftest import auth
-from tests.support.helpers import InProcessRegistry, eventually, stream_messages, wait_ready
+from tests.support.builders import design_toml
+from tests.support.helpers import TOML, InProcessRegistry, eventually, stream_messages, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-TOML = {"Content-Type": "application/toml"}
-
-
-def long_design(name: str, parts: int, part_name_chars: int) -> bytes:
-    """A valid OKH manifest whose size is mostly its parts' names."""
-    head = f'okhv = "OKH-LOSHv1.0"\nname = "{name}"\nversion = "1"\nlicensor = "Lab"\n'
-    body = "".join(f'[[part]]\nname = "part {i} {"x" * part_name_chars}"\n'
-                   for i in range(parts))
-    return (head + body).encode()
-
-
-def small_design(name: str) -> bytes:
-    return f'okhv = "OKH-LOSHv1.0"\nname = "{name}"\nversion = "1"\nlicensor = "Lab"\n'.encode()
 
 
 async def outbox_count(settings: RegistrySettings) -> int:
@@ -65,7 +53,7 @@ async def test_an_oversized_document_is_refused_and_others_are_published_meanwhi
     big_org = await store.create_organization("Big Lab")
     other_org = await store.create_organization("Other Lab")
     # About 1.06 MB of TOML (under the 2 MiB body limit), about 1.15 MB as an event
-    big = long_design("Huge", 2000, 500)
+    big = design_toml("Huge", 2000, 500)
     assert 1_000_000 < len(big) < 2 * 1024 * 1024
     async with InProcessRegistry(settings) as registry, httpx.AsyncClient(
             base_url=registry.url, timeout=30) as client:
@@ -75,7 +63,7 @@ async def test_an_oversized_document_is_refused_and_others_are_published_meanwhi
             statuses = []
             for i in range(10):
                 response = await client.post(f"/v1/designs?id=normal-{i}",
-                                             content=small_design(f"Normal {i}"),
+                                             content=design_toml(f"Normal {i}"),
                                              headers=auth(other_org[1]) | TOML)
                 statuses.append(response.status_code)
             return statuses
@@ -114,16 +102,16 @@ async def test_the_limit_is_the_nats_servers_max_payload(
     async with InProcessRegistry(own) as registry, httpx.AsyncClient(
             base_url=registry.url, timeout=30) as client:
         await wait_ready(registry.url)
-        fits = await client.post("/v1/designs?id=fits", content=long_design("Fits", 100, 300),
+        fits = await client.post("/v1/designs?id=fits", content=design_toml("Fits", 100, 300),
                                  headers=auth(key) | TOML)
         assert fits.status_code == 201, fits.text[:300]
         too_big = await client.post("/v1/designs?id=too-big",
-                                    content=long_design("Too big", 100, 900),
+                                    content=design_toml("Too big", 100, 900),
                                     headers=auth(key) | TOML)
         assert too_big.status_code == 413
         assert too_big.json()["error"]["limit"] == limit
         # A later write goes through and is published: nothing is stuck behind the refusal
-        after = await client.post("/v1/designs?id=after", content=small_design("After"),
+        after = await client.post("/v1/designs?id=after", content=design_toml("After"),
                                   headers=auth(key) | TOML)
         assert after.status_code == 201
 
@@ -141,18 +129,18 @@ async def test_a_configured_limit_below_the_servers_applies(
     async with InProcessRegistry(own) as registry, httpx.AsyncClient(
             base_url=registry.url, timeout=30) as client:
         await wait_ready(registry.url)
-        refused = await client.put("/v1/designs/x", content=long_design("X", 50, 500),
+        refused = await client.put("/v1/designs/x", content=design_toml("X", 50, 500),
                                    headers=auth(key) | TOML | {"If-Match": '"1"'})
         # a PUT of an entity that does not exist is 404, not a size question: POST it
         assert refused.status_code == 404
-        refused = await client.post("/v1/designs?id=x", content=long_design("X", 50, 500),
+        refused = await client.post("/v1/designs?id=x", content=design_toml("X", 50, 500),
                                     headers=auth(key) | TOML)
         assert refused.status_code == 413 and refused.json()["error"]["limit"] == 20_000
-        created = await client.post("/v1/designs?id=x", content=small_design("X"),
+        created = await client.post("/v1/designs?id=x", content=design_toml("X"),
                                     headers=auth(key) | TOML)
         assert created.status_code == 201
         # a replacement that would outgrow the limit is refused too; version 1 stays
-        grown = await client.put("/v1/designs/x", content=long_design("X", 50, 500),
+        grown = await client.put("/v1/designs/x", content=design_toml("X", 50, 500),
                                  headers=auth(key) | TOML | {"If-Match": '"1"'})
         assert grown.status_code == 413
         assert (await client.get("/v1/designs/x")).json()["version"] == 1

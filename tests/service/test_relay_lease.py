@@ -15,16 +15,15 @@ from services.registry.app import relay_of
 from services.registry.relay import RelayMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-from tests.service.test_registry_bounded_events import small_design
-from tests.service.test_relay_parking import fetch, write
-from tests.support.helpers import ServiceProcess, eventually, stream_messages
+from tests.support.builders import design_toml, write_design
+from tests.support.helpers import ServiceProcess, eventually, registry_rows, stream_messages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEASE_S = 3.0
 
 
 async def published(settings: RegistrySettings, count: int) -> bool:
-    rows = await fetch(settings, "SELECT published_at FROM outbox")
+    rows = await registry_rows(settings, "SELECT published_at FROM outbox")
     return len(rows) == count and all(r["published_at"] for r in rows)
 
 
@@ -37,7 +36,7 @@ async def test_a_frozen_leader_loses_the_lock_within_its_lease(
     standby = None
     try:
         for i in range(3):
-            await write(store, key, f"d-{i}", small_design(f"D {i}"))
+            await write_design(store, key, f"d-{i}", design_toml(f"D {i}"))
         await eventually(lambda: published(settings, 3))
         standby = ServiceProcess(env, tmp_path / "b.log", "registry-relay").start()
         await asyncio.sleep(0.5)  # the standby polls for the lock now
@@ -46,7 +45,7 @@ async def test_a_frozen_leader_loses_the_lock_within_its_lease(
         leader.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
         await asyncio.sleep(0.2)
         for i in range(3, 8):
-            await write(store, key, f"d-{i}", small_design(f"D {i}"))
+            await write_design(store, key, f"d-{i}", design_toml(f"D {i}"))
         # Taken over within the lease and a little: not when TCP gives up, hours later
         await eventually(lambda: published(settings, 8), timeout=LEASE_S + 5)
 
@@ -54,7 +53,7 @@ async def test_a_frozen_leader_loses_the_lock_within_its_lease(
         leader.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         await asyncio.sleep(1.5)
         for i in range(8, 10):
-            await write(store, key, f"d-{i}", small_design(f"D {i}"))
+            await write_design(store, key, f"d-{i}", design_toml(f"D {i}"))
         await eventually(lambda: published(settings, 10))
         messages = await stream_messages(settings.nats_url)
         assert [m["entity_id"] for m in messages] == [f"d-{i}" for i in range(10)]
@@ -128,13 +127,13 @@ async def test_a_relay_behind_a_stalled_connection_gets_going_again_within_its_l
         relay = relay_of(via_proxy, RelayMetrics(CollectorRegistry()))
         running = asyncio.create_task(relay.run())
         try:
-            await write(store, key, "d-0", small_design("D 0"))
+            await write_design(store, key, "d-0", design_toml("D 0"))
             await eventually(lambda: published(settings, 1))
             # The relay's connection goes dark: its queries get no answer, and the
             # server hears nothing more from it (no reset, no FIN on either side).
             proxy.stall()
             for i in range(1, 4):
-                await write(store, key, f"d-{i}", small_design(f"D {i}"))
+                await write_design(store, key, f"d-{i}", design_toml(f"D {i}"))
             # The relay gives up on it, the server ends the session (and so the lock),
             # and the relay, connected anew, publishes: within the lease and a little.
             await eventually(lambda: published(settings, 4), timeout=LEASE_S + 5)

@@ -4,7 +4,6 @@ publish says so on /readyz; published rows are pruned after the retention."""
 
 from __future__ import annotations
 
-import asyncpg
 import httpx
 import nats
 import pytest
@@ -16,40 +15,25 @@ from contracts.events import (
     REGISTRY_DUPLICATE_WINDOW_S,
     REGISTRY_STREAM,
     REGISTRY_SUBJECTS,
-    EntityKind,
 )
 from makelocal.status import COLUMNS, row
-from services.common import keys
 from services.common import nats as nats_util
-from services.registry.entities import prepare
 from services.registry.relay import permanent_reason
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
-from services.registry.writes import WriteMode
 from tests.conftest import auth, clean_streams_now
-from tests.service.test_registry_bounded_events import TOML, long_design, small_design
-from tests.support.helpers import InProcessRegistry, eventually, metric, stream_messages, wait_ready
+from tests.support.builders import design_toml, write_design
+from tests.support.helpers import (
+    TOML,
+    InProcessRegistry,
+    eventually,
+    metric,
+    registry_rows,
+    stream_messages,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def fetch(settings: RegistrySettings, sql: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(settings.database_url,
-                                 server_settings={"search_path": settings.registry_db_schema})
-    try:
-        return await conn.fetch(sql)
-    finally:
-        await conn.close()
-
-
-async def write(store: Store, key: str, entity_id: str, body: bytes,
-                mode: WriteMode = WriteMode.create, version: int | None = None) -> None:
-    """Straight through the store, with whatever event limit it has now."""
-    prepared = prepare(EntityKind.design, body, "application/toml", entity_id)
-    parsed = keys.parse(key)
-    assert parsed is not None
-    await store.write(EntityKind.design, entity_id, prepared, mode=mode, key=parsed,
-                      expected_version=version)
 
 
 async def test_an_event_too_large_for_nats_is_parked_and_the_rest_published(
@@ -59,10 +43,10 @@ async def test_an_event_too_large_for_nats_is_parked_and_the_rest_published(
     # Written while the limit was larger (before this check existed, or before the NATS
     # server's max_payload was lowered): the outbox holds an event NATS will not take.
     store.max_event_bytes = 10 * 1024 * 1024
-    await write(store, other, "before", small_design("Before"))
-    await write(store, big_org[1], "huge", long_design("Huge", 2000, 500))
+    await write_design(store, other, "before", design_toml("Before"))
+    await write_design(store, big_org[1], "huge", design_toml("Huge", 2000, 500))
     for i in range(5):
-        await write(store, other, f"after-{i}", small_design(f"After {i}"))
+        await write_design(store, other, f"after-{i}", design_toml(f"After {i}"))
 
     async with InProcessRegistry(settings) as registry, httpx.AsyncClient(
             base_url=registry.url, timeout=30) as client:
@@ -74,12 +58,12 @@ async def test_an_event_too_large_for_nats_is_parked_and_the_rest_published(
         assert [m["entity_id"] for m in messages] == ["before"] + [
             f"after-{i}" for i in range(5)]
 
-        parked = await fetch(settings, "SELECT * FROM outbox_parked")
+        parked = await registry_rows(settings, "SELECT * FROM outbox_parked")
         assert [(p["entity_id"], p["version"]) for p in parked] == [("huge", 1)]
         assert "max_payload" in parked[0]["reason"] and parked[0]["parked_at"]
         assert len(parked[0]["payload"]) > 1024 * 1024
-        unpublished = await fetch(settings,
-                                  "SELECT * FROM outbox WHERE published_at IS NULL")
+        unpublished = await registry_rows(settings,
+                                          "SELECT * FROM outbox WHERE published_at IS NULL")
         assert unpublished == []
 
         assert await metric(client, "makelocal_registry_outbox_parked_total") == 1
@@ -93,7 +77,7 @@ async def test_an_event_too_large_for_nats_is_parked_and_the_rest_published(
         assert cells[2 + list(COLUMNS).index("parked events")] == "1"
 
         # The owner fixes the design: the new version is published, past the parked one
-        fixed = await client.put("/v1/designs/huge", content=small_design("Huge, smaller"),
+        fixed = await client.put("/v1/designs/huge", content=design_toml("Huge, smaller"),
                                  headers=auth(big_org[1]) | TOML | {"If-Match": '"1"'})
         assert fixed.status_code == 200, fixed.text[:300]
 
@@ -125,7 +109,7 @@ async def test_a_leader_that_cannot_publish_is_not_ready(
         # NATS stays connected, but every publish is now refused (no stream takes the
         # subject): the relay retries, and the events wait.
         await clean_streams_now(settings.nats_url)
-        created = await client.post("/v1/designs?id=waits", content=small_design("Waits"),
+        created = await client.post("/v1/designs?id=waits", content=design_toml("Waits"),
                                     headers=auth(key) | TOML)
         assert created.status_code == 201
 
@@ -148,7 +132,7 @@ async def test_a_leader_that_cannot_publish_is_not_ready(
             await nc.close()
         await wait_ready(registry.url, timeout=15)
         assert [m["entity_id"] for m in await stream_messages(settings.nats_url)] == ["waits"]
-        assert await fetch(own, "SELECT 1 FROM outbox_parked") == []
+        assert await registry_rows(own, "SELECT 1 FROM outbox_parked") == []
 
 
 async def test_published_rows_are_pruned_after_the_retention(
@@ -160,25 +144,26 @@ async def test_published_rows_are_pruned_after_the_retention(
         await wait_ready(registry.url)
         for i in range(3):
             response = await client.post(f"/v1/designs?id=d-{i}",
-                                         content=small_design(f"D {i}"),
+                                         content=design_toml(f"D {i}"),
                                          headers=auth(key) | TOML)
             assert response.status_code == 201
 
         async def pruned() -> bool:
-            return await fetch(own, "SELECT 1 FROM outbox") == []
+            return await registry_rows(own, "SELECT 1 FROM outbox") == []
 
         await eventually(pruned, timeout=10)
         assert len(await stream_messages(settings.nats_url)) == 3
         assert await metric(client, "makelocal_registry_outbox_pruned_total") == 3
         # An unpublished row is never pruned, however old
         await clean_streams_now(settings.nats_url)
-        await client.post("/v1/designs?id=waits", content=small_design("Waits"),
+        await client.post("/v1/designs?id=waits", content=design_toml("Waits"),
                           headers=auth(key) | TOML)
         await eventually(lambda: _older_than(own, 2.0), timeout=10)
-        assert len(await fetch(own, "SELECT 1 FROM outbox WHERE published_at IS NULL")) == 1
+        waiting = await registry_rows(own, "SELECT 1 FROM outbox WHERE published_at IS NULL")
+        assert len(waiting) == 1
 
 
 async def _older_than(settings: RegistrySettings, seconds: float) -> bool:
-    rows = await fetch(settings, "SELECT extract(epoch FROM now() - created_at) AS age"
-                                 " FROM outbox")
+    rows = await registry_rows(settings, "SELECT extract(epoch FROM now() - created_at) AS age"
+                                         " FROM outbox")
     return bool(rows) and float(rows[0]["age"]) > seconds

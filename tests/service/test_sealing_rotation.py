@@ -38,6 +38,7 @@ from services.notifier.sealing import (
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import ResealFailed, Store
 from tests.conftest import auth
+from tests.support.builders import email_subscription, subscribe, webhook
 from tests.support.helpers import InProcess, eventually, wait_ready
 from tests.support.receivers import Receiver
 
@@ -148,8 +149,7 @@ async def _seed(settings: NotifierSettings, api_key: str, key: str,
             base_url=notifier.url, timeout=10) as http:
         await wait_ready(notifier.url)
         for name in ("plain", "rotated", "legacy"):
-            sub = (await http.post("/v1/subscriptions", headers=auth(api_key), json={
-                "channel": "webhook", "url": f"{base}/ok/{name}"})).json()
+            sub = await subscribe(http, api_key, webhook(f"{base}/ok/{name}"))
             made[sub["id"]] = [sub["secret"]]
             if name == "rotated":
                 rotated = await http.post(f"/v1/subscriptions/{sub['id']}/rotate-secret",
@@ -159,9 +159,7 @@ async def _seed(settings: NotifierSettings, api_key: str, key: str,
                 await notifier.app.state.store.pool.execute(
                     "UPDATE subscriptions SET secret = $2 WHERE id = $1", sub["id"],
                     _seal_v1(sub["secret"], parse_key(key)))
-        email = await http.post("/v1/subscriptions", headers=auth(api_key), json={
-            "channel": "email", "address": "maker@example.org"})
-        assert email.status_code == 201, email.text
+        await email_subscription(http, api_key, "maker@example.org")
     return made
 
 

@@ -15,6 +15,7 @@ import httpx
 import pytest_asyncio
 
 from tests.conftest import auth
+from tests.support.builders import email_subscription, subscribe, webhook
 from tests.support.helpers import InProcess, eventually, publish_matches, wait_ready
 from tests.support.receivers import BadPeers, Receiver
 
@@ -63,9 +64,10 @@ async def test_bad_peers_do_not_slow_healthy_deliveries(
             base_url=notifier.url, timeout=20) as http:
         await wait_ready(notifier.url)
         for i in range(HEALTHY):
-            await _subscribe(http, org[1], f"{base}/ok", f"ok-{i}")
+            await subscribe(http, org[1], webhook(f"{base}/ok", facility_ids=[f"ok-{i}"]))
         for i, path in enumerate(BAD):
-            await _subscribe(http, org[1], f"{bad_base}{path}", f"bad-{i}")
+            await subscribe(http, org[1],
+                            webhook(f"{bad_base}{path}", facility_ids=[f"bad-{i}"]))
         before: list[float] = []
         for wave in range(WAVES):
             before += await _wave(settings.nats_url, app, f"before-{wave}")
@@ -73,9 +75,7 @@ async def test_bad_peers_do_not_slow_healthy_deliveries(
         # the bad peers start failing (and the stalling SMTP server gets its verification)
         await publish_matches(settings.nats_url, [(f"b-{i}", f"bad-{i}")
                                                   for i in range(len(BAD))])
-        stalled = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-            "channel": "email", "address": "stall@example.org"})
-        assert stalled.status_code == 201, stalled.text
+        await email_subscription(http, org[1], "stall@example.org")
         await eventually(lambda: _all_tried(peers), timeout=20)
         await asyncio.sleep(2.5)  # every bad subscription has failed once: retried now
 
@@ -93,12 +93,6 @@ async def test_bad_peers_do_not_slow_healthy_deliveries(
         # the 100 MB answer was cut at what the attempt log keeps
         huge = await _attempts(http, org[1], f"{bad_base}/huge")
         assert huge and all(len(a["response_body"] or "") <= 4096 for a in huge)
-
-
-async def _subscribe(http: httpx.AsyncClient, key: str, url: str, facility: str) -> None:
-    response = await http.post("/v1/subscriptions", headers=auth(key), json={
-        "channel": "webhook", "url": url, "filter": {"facility_ids": [facility]}})
-    assert response.status_code == 201, response.text
 
 
 async def _all_tried(peers: BadPeers) -> bool:

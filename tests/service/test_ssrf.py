@@ -15,6 +15,7 @@ import httpx
 
 from services.notifier.guard import system_resolver
 from tests.conftest import auth
+from tests.support.builders import subscribe, webhook
 from tests.support.helpers import InProcess, eventually, metric, publish_matches, wait_ready
 from tests.support.receivers import Receiver
 
@@ -60,13 +61,11 @@ async def first_attempt_of(http: httpx.AsyncClient, key: str, url: str, facility
                            nats_url: str) -> dict[str, Any]:
     """Subscribe `url` to one facility's matches, publish one, and return the first
     attempt the delivery log shows."""
-    created = await http.post("/v1/subscriptions", headers=auth(key), json={
-        "channel": "webhook", "url": url, "filter": {"facility_ids": [facility]}})
-    assert created.status_code == 201, created.text
+    created = await subscribe(http, key, webhook(url, facility_ids=[facility]))
     await publish_matches(nats_url, [(f"d-{facility}", facility)])
 
     async def first() -> dict[str, Any] | None:
-        items = (await http.get(f"/v1/subscriptions/{created.json()['id']}/deliveries",
+        items = (await http.get(f"/v1/subscriptions/{created['id']}/deliveries",
                                 headers=auth(key))).json()["items"]
         return items[0]["attempts_log"][0] if items and items[0]["attempts_log"] else None
 

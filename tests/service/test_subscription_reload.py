@@ -19,8 +19,7 @@ import httpx
 from contracts.matches import match_event_id
 from services.notifier.settings import NotifierSettings
 from services.registry.store import Store
-from tests.conftest import auth
-from tests.service.test_notifier_delivery import subscribe
+from tests.support.builders import enable, subscribe
 from tests.support.helpers import (
     InProcess,
     confirm,
@@ -108,9 +107,9 @@ async def test_every_match_after_a_routing_change_reaches_it_with_two_notifiers(
                 await asyncio.sleep(0.2)
             # disabled through one notifier, re-enabled through the other
             for n, sub_id in enumerate(list(webhooks)[1::3]):
-                await _enable(notifiers[n % 2], key, sub_id, False)
+                await enable(notifiers[n % 2], key, sub_id, False)
                 await asyncio.sleep(0.3)
-                await _enable(notifiers[(n + 1) % 2], key, sub_id, True)
+                await enable(notifiers[(n + 1) % 2], key, sub_id, True)
                 first_due[sub_id] = len(publisher.ids)
             # created through one notifier, confirmed through the other
             for n in range(2):
@@ -148,12 +147,6 @@ async def test_every_match_after_a_routing_change_reaches_it_with_two_notifiers(
                 f" (due from: {first_due})") from None
 
 
-async def _enable(http: httpx.AsyncClient, key: str, sub_id: str, enabled: bool) -> None:
-    response = await http.patch(f"/v1/subscriptions/{sub_id}", headers=auth(key),
-                                json={"enabled": enabled})
-    assert response.status_code == 200 and response.json()["enabled"] is enabled, response.text
-
-
 async def _routed(settings: NotifierSettings) -> dict[str, set[str]]:
     """The match events routed to each subscription: its items."""
     conn = await asyncpg.connect(settings.database_url)
@@ -176,7 +169,7 @@ async def test_a_change_no_trigger_counted_is_found_by_the_periodic_reload(
     async with notifier_api(settings) as http:
         sub = await subscribe(http, org[1], {"channel": "webhook", "url": f"{base}/restored",
                                              "filter": {"facility_ids": [LAB]}})
-        await _enable(http, org[1], sub["id"], False)
+        await enable(http, org[1], sub["id"], False)
         # a batch routed since: the index holds the disabling
         await publish_matches(settings.nats_url, [("while-disabled", LAB)])
         await eventually(lambda: consumed(http, 1))

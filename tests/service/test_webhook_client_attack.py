@@ -41,7 +41,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
 from services.notifier.transport import post
 from services.notifier.webhook_client import WebhookClient, tls_context
-from tests.service.test_notifier_fanout_review import add, piece, rows_for
+from tests.support.builders import add_items, item_rows, match_piece
 
 TOKEN = "receivers-own-token-9f3c"
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -291,8 +291,8 @@ async def test_an_org_cannot_hold_more_than_its_share_when_both_loops_claim(
             loops.append(asyncio.create_task(dispatcher._assemble_loop()))
             await asyncio.sleep(0.3)  # its first pass: nothing to gather
             # X's matches wait to be gathered into two batches (x2, x3)
-            message = piece("design-share", ["fab-share"])
-            await add(seeding, message, rows_for([subs["x2"], subs["x3"]], message[2]))
+            message = match_piece("design-share", ["fab-share"])
+            await add_items(seeding, message, item_rows([subs["x2"], subs["x3"]], message[2]))
 
             await lock.start()
             await conn.execute("LOCK TABLE match_messages IN ACCESS EXCLUSIVE MODE")

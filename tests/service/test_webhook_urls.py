@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.notifier.addresses import Refused, normalised_url, why_refused
-from tests.conftest import auth
+from tests.support.builders import subscribe, webhook
 from tests.support.helpers import eventually, notifier_api, publish_matches
 from tests.support.receivers import Receiver
 
@@ -52,12 +52,10 @@ async def test_a_non_ascii_url_is_delivered(notifier_settings: Any, store: Any,
         raise OSError("NXDOMAIN")
 
     async with notifier_api(notifier_settings, resolve) as http:
-        created = await http.post("/v1/subscriptions", headers=auth(org[1]), json={
-            "channel": "webhook", "url": f"http://bücher.test:{port}/päth?für=größe",
-            "filter": {"facility_ids": ["fab-idn"]}})
-        assert created.status_code == 201, created.text
+        created = await subscribe(http, org[1], webhook(
+            f"http://bücher.test:{port}/päth?für=größe", facility_ids=["fab-idn"]))
         url = f"http://xn--bcher-kva.test:{port}/p%C3%A4th?f%C3%BCr=gr%C3%B6%C3%9Fe"
-        assert created.json()["url"] == url
+        assert created["url"] == url
         await publish_matches(notifier_settings.nats_url, [("d-idn", "fab-idn")])
 
         async def arrived() -> bool:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import uvicorn
@@ -29,6 +30,8 @@ from tests.support.paths import SHARED_DATA
 from tests.support.receivers import MailServer, text_of
 
 JSON = {"Content-Type": "application/json"}
+TOML = {"Content-Type": "application/toml"}
+YAML = {"Content-Type": "application/yaml"}
 DATA = SHARED_DATA
 
 
@@ -176,6 +179,38 @@ async def expected_matches(nats_url: str) -> set[tuple[str, str]]:
     return all_pairs(designs, facilities)
 
 
+async def settled(registry: InProcess, timeout: float = 30,
+                  silent: set[tuple[str, str]] = frozenset()) -> set[tuple[str, str]]:
+    """Wait until every acknowledged write is in REGISTRY and MATCHES reduces to what the
+    final registry state says (less `silent` pairs, indexed without events); return it."""
+    nats_url = registry.settings.nats_url
+    store = registry.app.state.store
+
+    async def check() -> set | None:
+        if (await store.outbox_backlog())[0]:
+            return None
+        expected = await expected_matches(nats_url)
+        got = await reduce_matches(nats_url)
+        return expected if got == expected - silent else None
+
+    try:
+        return await eventually(check, timeout=timeout, interval=0.2)
+    except AssertionError:
+        got, expected = await reduce_matches(nats_url), await expected_matches(nats_url)
+        wrong = sorted(got ^ (expected - silent))[:10]
+        raise AssertionError(f"MATCHES has {wrong} wrong") from None
+
+
+async def registry_rows(settings: RegistrySettings, sql: str) -> list[asyncpg.Record]:
+    """The rows a query reads in the registry's schema, on a connection of its own."""
+    conn = await asyncpg.connect(settings.database_url,
+                                 server_settings={"search_path": settings.registry_db_schema})
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
 async def wait_ready(url: str, timeout: float = 30) -> None:
     """Until the service's /readyz answers 200 (the matcher: its index is loaded)."""
     import httpx
@@ -241,9 +276,8 @@ async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
     """Pairs as the matcher publishes them: one match change per design (version 1) with
     its facilities (version 1), pipelined; returns each pair's event id. Without `msg_id`,
     JetStream cannot drop a repeat: as a replay after its duplicate window."""
-    from datetime import UTC, datetime
-
-    from contracts.matches import Cause, ChangedDesign, PairOut, encode_change, match_event_id
+    # here, not at the top: builders imports tests.conftest, which imports this module
+    from tests.support.builders import match_pieces
 
     by_design: dict[str, list[str]] = {}
     for design_id, facility_id in pairs:
@@ -253,20 +287,17 @@ async def publish_matches(nats_url: str, pairs: list[tuple[str, str]],
         js = nc.jetstream()
         futures = []
         for design_id, facilities in by_design.items():
-            cause = Cause(entity="design", entity_id=design_id, version=1,
-                          occurred_at=datetime.now(UTC))
-            changed = ChangedDesign(id=design_id, version=1, processes=list(design_processes))
-            out = [PairOut(kind, f, 1, 0.9 if kind == "found" else 0.0,  # type: ignore[arg-type]
-                           [("status", "active", "met", None, None)],
-                           lat=facility_lat, lon=facility_lon) for f in facilities]
-            for piece in encode_change(cause, changed, out, nc.max_payload):
+            for piece in match_pieces(design_id, facilities, kind=kind,
+                                      score=0.9 if kind == "found" else 0.0,
+                                      design_processes=design_processes, lat=facility_lat,
+                                      lon=facility_lon, max_payload=nc.max_payload):
                 headers = piece.headers
                 if not msg_id:
                     del headers["Nats-Msg-Id"]
                 futures.append(await js.publish_async(piece.subject, piece.payload,
                                                       headers=headers))
         await asyncio.gather(*futures)
-        return [match_event_id(kind, d, 1, f, 1) for d, f in pairs]  # type: ignore[arg-type]
+        return [matches.match_event_id(kind, d, 1, f, 1) for d, f in pairs]  # type: ignore[arg-type]
     finally:
         await nc.close()
 
@@ -282,21 +313,6 @@ async def metric(http: Any, name: str) -> float:
 async def consumed(http: Any, n: int) -> bool:
     """Whether the notifier has read at least n match pairs."""
     return await metric(http, "makelocal_notifier_pairs_consumed_total") >= n
-
-
-def lab(name: str, processes: list[str], *, status: str = "Active", lat: float = 48.85,
-        lon: float = 2.35, materials: Sequence[str] = ()) -> bytes:
-    return json.dumps({"name": name, "facility_status": status,
-                       "manufacturing_processes": processes,
-                       "typical_materials": list(materials),
-                       "location": {"gps_coordinates": f"{lat}, {lon}"}}).encode()
-
-
-def okh(name: str, tsdc: list[str], material: str | None = None) -> bytes:
-    doc: dict = {"okhv": "OKH-LOSHv1.0", "name": name, "tsdc": tsdc}
-    if material:
-        doc["material"] = material
-    return json.dumps(doc).encode()
 
 
 async def confirm(http: Any, mail: MailServer, address: str) -> None:

@@ -50,6 +50,16 @@ class Receiver:
     def at(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
 
+    def events(self, path: str | None = None) -> int:
+        """How many match events the webhooks posted to `path` (None: anywhere) carried."""
+        requests = self.requests if path is None else self.at(path)
+        return sum(len(r.json["data"]["events"]) for r in requests)
+
+    async def has_events(self, path: str | None, n: int) -> bool:
+        """Whether at least n match events came to `path` (an async check for
+        `eventually`)."""
+        return self.events(path) >= n
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return

@@ -17,7 +17,8 @@ from contracts.matches import match_event_id
 from services.matcher.diff import apply_design, apply_facility
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import design_profile, facility_profile
-from tests.support.helpers import JSON, lab, okh
+from tests.support.builders import design_doc, facility_doc
+from tests.support.helpers import JSON
 from tests.support.receivers import Receiver
 
 PROCESSES = [["FDM"], ["laser cutting"], ["FDM", "laser cutting"], ["CNC milling", "FDM"],
@@ -103,14 +104,14 @@ class Load:
     async def facilities(self, numbers: range) -> None:
         for i in numbers:
             await self._write("POST", f"/v1/facilities?id=lab-{i}",
-                              lab(f"Lab {i}", PROCESSES[i % len(PROCESSES)],
+                              facility_doc(f"Lab {i}", PROCESSES[i % len(PROCESSES)],
                                   lat=40 + i * 0.1, lon=2.0))
             self.facility_numbers.append(i)
 
     async def designs(self, numbers: range) -> None:
         for i in numbers:
             await self._write("POST", f"/v1/designs?id=design-{i}",
-                              okh(f"Design {i}", TSDC[i % len(TSDC)]))
+                              design_doc(f"Design {i}", TSDC[i % len(TSDC)]))
             self.design_numbers.append(i)
 
     async def change_facilities(self, count: int, among: list[int] | None = None) -> None:
@@ -120,7 +121,7 @@ class Load:
             k = self._changed(f"lab-{i}")
             status = "Closed" if (i + k) % 2 == 0 else "Active"
             await self._write("PUT", f"/v1/facilities/lab-{i}",
-                              lab(f"Lab {i}", PROCESSES[(i + k) % len(PROCESSES)],
+                              facility_doc(f"Lab {i}", PROCESSES[(i + k) % len(PROCESSES)],
                                   status=status, lat=40 + i * 0.1, lon=2.0),
                               self.etags[f"lab-{i}"])
 
@@ -135,7 +136,7 @@ class Load:
             else:
                 k = self._changed(f"design-{i}")
                 await self._write("PUT", f"/v1/designs/design-{i}",
-                                  okh(f"Design {i}", TSDC[(i + 1 + k) % len(TSDC)]),
+                                  design_doc(f"Design {i}", TSDC[(i + 1 + k) % len(TSDC)]),
                                   self.etags[f"design-{i}"])
 
     def _changed(self, entity: str) -> int:

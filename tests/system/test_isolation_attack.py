@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import secrets
 import time
 
 import httpx
@@ -16,25 +15,9 @@ import httpx
 from services.registry.settings import RegistrySettings
 from services.registry.store import Store
 from tests.conftest import StartRegistry, auth
-from tests.support.helpers import JSON, InProcess, InProcessRegistry, eventually, okh
-
-YAML = {"Content-Type": "application/yaml"}
-
-
-def made_up_key() -> str:
-    return f"mlk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
-
-
-def wide_yaml(size: int = 1_900_000) -> bytes:
-    """A valid OKH manifest that takes a reader seconds (as in test_auth_before_work)."""
-    lines = ["okhv: OKH-LOSHv1.0", "name: Wide design", "extra:"]
-    total, i = 0, 0
-    while total < size:
-        line = f"  k{i}: {{a: 1, b: [x, y, z], c: 'text {i}'}}"
-        lines.append(line)
-        total += len(line) + 1
-        i += 1
-    return ("\n".join(lines) + "\n").encode()
+from tests.support.builders import design_doc
+from tests.support.helpers import JSON, YAML, InProcess, InProcessRegistry, eventually
+from tests.support.hostile import made_up_key, wide_yaml
 
 
 def registry_with(settings: RegistrySettings, **extra: object) -> InProcess:
@@ -52,10 +35,10 @@ async def test_bad_keys_of_one_tenant_do_not_lock_out_another_tenant_on_the_regi
     async with registry_with(settings, auth_failures_per_min=5) as registry, \
             httpx.AsyncClient(base_url=registry.url, timeout=30) as http:
         for _ in range(6):  # the attacker (or a misconfigured client) behind the same proxy
-            await http.post("/v1/designs", content=okh("x", ["3DP"]),
+            await http.post("/v1/designs", content=design_doc("x", ["3DP"]),
                             headers=JSON | auth(made_up_key()))
         # a different tenant, valid key, first write of the day (not in the cache)
-        made = await http.post("/v1/designs?id=victim", content=okh("Victim", ["3DP"]),
+        made = await http.post("/v1/designs?id=victim", content=design_doc("Victim", ["3DP"]),
                                headers=JSON | auth(victim_key))
         assert made.status_code == 201, (made.status_code, made.text)
 
@@ -91,7 +74,7 @@ async def test_one_tenant_busy_readers_do_not_starve_another_tenant(
         hogs = [asyncio.create_task(hog(i)) for i in range(8)]
         await asyncio.sleep(1.0)  # the attacker's bodies are in and queued for readers
         start = time.perf_counter()
-        made = await victim.post("/v1/designs?id=small", content=okh("Small", ["3DP"]),
+        made = await victim.post("/v1/designs?id=small", content=design_doc("Small", ["3DP"]),
                                  headers=JSON | auth(victim_key))
         took = time.perf_counter() - start
         statuses = await asyncio.gather(*hogs)
@@ -116,14 +99,14 @@ async def test_slow_bodies_of_one_tenant_do_not_stop_the_registry(
     assert service.proc is not None
     pid = service.proc.pid
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:  # warm up
-        made = await http.post("/v1/designs?id=warm", content=okh("Warm", ["3DP"]),
+        made = await http.post("/v1/designs?id=warm", content=design_doc("Warm", ["3DP"]),
                                headers=JSON | auth(org[1]))
         assert made.status_code == 201, made.text
     held = len(os.listdir(f"/proc/{pid}/fd"))
     slow = 60
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (held + slow, held + slow))
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:  # the control
-        made = await http.post("/v1/designs?id=control", content=okh("C", ["3DP"]),
+        made = await http.post("/v1/designs?id=control", content=design_doc("C", ["3DP"]),
                                headers=JSON | auth(victim_key))
         assert made.status_code == 201, made.text  # (the limit alone stops nothing)
     writers: list[asyncio.StreamWriter] = []
@@ -139,7 +122,7 @@ async def test_slow_bodies_of_one_tenant_do_not_stop_the_registry(
         await asyncio.sleep(2.0)  # (a few bytes more now and then would do the same)
         async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
             try:
-                made = await http.post("/v1/designs?id=victim", content=okh("V", ["3DP"]),
+                made = await http.post("/v1/designs?id=victim", content=design_doc("V", ["3DP"]),
                                        headers=JSON | auth(victim_key))
                 outcome: object = made.status_code
             except httpx.HTTPError as exc:

@@ -14,15 +14,8 @@ from makelocal.trace import trace
 from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from tests.conftest import auth
-from tests.support.helpers import (
-    JSON,
-    InProcess,
-    InProcessMatcher,
-    eventually,
-    lab,
-    okh,
-    wait_ready,
-)
+from tests.support.builders import design_doc, facility_doc
+from tests.support.helpers import JSON, InProcess, InProcessMatcher, eventually, wait_ready
 from tests.support.receivers import MailServer, Receiver, text_of
 
 
@@ -38,7 +31,7 @@ async def test_register_subscribe_match_close(
         await wait_ready(matcher.url)
         await wait_ready(notifier.url)
         made = await client.post("/v1/facilities?id=fablab-berlin", headers=key | JSON,
-                                 content=lab("Fab Lab Berlin", ["FDM", "laser cutting"],
+                                 content=facility_doc("Fab Lab Berlin", ["FDM", "laser cutting"],
                                              lat=52.52, lon=13.40, materials=["PLA"]))
         assert made.status_code == 201, made.text
         hook = (await alerts.post("/v1/subscriptions", headers=key, json={
@@ -54,7 +47,7 @@ async def test_register_subscribe_match_close(
         assert link is not None and (await alerts.post(link.group(0))).status_code == 200
 
         posted = await client.post("/v1/designs?id=phone-stand", headers=key | JSON,
-                                   content=okh("Phone stand", ["3DP"], "PLA"))
+                                   content=design_doc("Phone stand", ["3DP"], "PLA"))
         assert posted.status_code == 201, posted.text
         await eventually(lambda: _webhooks(app, 1), timeout=20)
         found = Webhook(hook["secret"]).verify(app.requests[0].body, app.requests[0].headers)
@@ -67,7 +60,7 @@ async def test_register_subscribe_match_close(
 
         closed = await client.put("/v1/facilities/fablab-berlin",
                                   headers=key | JSON | {"If-Match": made.headers["ETag"]},
-                                  content=lab("Fab Lab Berlin", ["FDM", "laser cutting"],
+                                  content=facility_doc("Fab Lab Berlin", ["FDM", "laser cutting"],
                                               status="Closed", lat=52.52, lon=13.40,
                                               materials=["PLA"]))
         assert closed.status_code == 200, closed.text

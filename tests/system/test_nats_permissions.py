@@ -35,7 +35,8 @@ from services.common import nats as nats_util
 from services.matcher.checkpoint import Checkpoint
 from services.registry.settings import RegistrySettings
 from tests.conftest import TEST_SEALING_KEY, auth
-from tests.support.helpers import JSON, eventually, lab, okh, wait_ready
+from tests.support.builders import design_doc, facility_doc
+from tests.support.helpers import JSON, eventually, wait_ready
 from tests.support.receivers import MailServer, Receiver
 
 PASSWORDS = {user: f"{user}-{i}-secret" for i, user in enumerate(nats_auth.USERS)}
@@ -286,10 +287,10 @@ async def test_a_design_reaches_a_webhook_with_every_service_its_own_user(
                                    json={"channel": "webhook", "url": f"{base}/ok"})
             assert hook.status_code == 201, hook.text
             made = await http.post(f"{registry.url}/v1/facilities?id=lab-1", headers=key | JSON,
-                                   content=lab("Lab 1", ["FDM"]))
+                                   content=facility_doc("Lab 1", ["FDM"]))
             assert made.status_code == 201, made.text
             posted = await http.post(f"{registry.url}/v1/designs?id=stand", headers=key | JSON,
-                                     content=okh("Stand", ["3DP"]))
+                                     content=design_doc("Stand", ["3DP"]))
             assert posted.status_code == 201, posted.text
 
         async def delivered() -> bool:

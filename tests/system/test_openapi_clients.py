@@ -23,7 +23,8 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import auth
-from tests.support.helpers import JSON, InProcess, InProcessMatcher, eventually, lab, wait_ready
+from tests.support.builders import design_doc, facility_doc
+from tests.support.helpers import JSON, InProcess, InProcessMatcher, eventually, wait_ready
 from tests.support.receivers import Receiver
 
 SERVICES = ["registry", "matcher", "notifier"]
@@ -152,9 +153,9 @@ async def test_the_webhooks_sent_are_the_documented_ones(
         assert (await http.post(f"/v1/subscriptions/{sub}/test", headers=key)
                 ).status_code == 202
         await client.post("/v1/facilities?id=documented-lab",
-                          content=lab("Lab", ["3D printing"]), headers=key | JSON)
-        await client.post("/v1/designs?id=documented", headers=key | JSON, json={
-            "okhv": "OKH-LOSHv1.0", "name": "Part", "tsdc": ["3DP"]})
+                          content=facility_doc("Lab", ["3D printing"]), headers=key | JSON)
+        await client.post("/v1/designs?id=documented", headers=key | JSON,
+                          content=design_doc("Part", ["3DP"]))
 
         def sent(kind: str) -> list[Any]:
             return [r for r in hooks.at("/ok") if r.json["type"] == kind
@@ -218,8 +219,8 @@ def _call(package: ModuleType, module: str) -> Any:
 async def test_a_generated_registry_client_reads_designs(
         registry: InProcess, client: httpx.AsyncClient, org: tuple[str, str],
         generated: Any) -> None:
-    made = await client.post("/v1/designs?id=typed", headers=auth(org[1]) | JSON, json={
-        "okhv": "OKH-LOSHv1.0", "name": "Typed", "tsdc": ["3DP"]})
+    made = await client.post("/v1/designs?id=typed", headers=auth(org[1]) | JSON,
+                             content=design_doc("Typed", ["3DP"]))
     assert made.status_code == 201, made.text
     package = await generated("registry", (await client.get("/openapi.json")).json())
     async with package.Client(base_url=registry.url, raise_on_unexpected_status=True,
@@ -233,8 +234,8 @@ async def test_a_generated_registry_client_reads_designs(
 async def test_a_generated_matcher_client_reads_designs_needing_information(
         registry: InProcess, client: httpx.AsyncClient, org: tuple[str, str],
         matcher_settings: Any, generated: Any) -> None:
-    await client.post("/v1/designs?id=vague", headers=auth(org[1]) | JSON, json={
-        "okhv": "OKH-LOSHv1.0", "name": "Vague"})
+    await client.post("/v1/designs?id=vague", headers=auth(org[1]) | JSON,
+                      content=design_doc("Vague"))
     async with InProcessMatcher(matcher_settings) as matcher, httpx.AsyncClient(
             base_url=matcher.url, timeout=10) as http:
         await wait_ready(matcher.url)

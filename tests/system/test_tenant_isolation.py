@@ -14,15 +14,8 @@ import httpx
 
 from services.matcher.settings import MatcherSettings
 from tests.conftest import auth
-from tests.support.helpers import (
-    JSON,
-    InProcess,
-    InProcessMatcher,
-    eventually,
-    lab,
-    okh,
-    wait_ready,
-)
+from tests.support.builders import design_doc, facility_doc, subscribe, webhook
+from tests.support.helpers import JSON, InProcess, InProcessMatcher, eventually, wait_ready
 from tests.support.hostile import BOMB, DEEP, MADE_UP_KEY, TOML, YAML, huge_design
 from tests.support.receivers import Receiver
 
@@ -41,12 +34,9 @@ async def test_a_hostile_tenant_does_not_delay_anothers_alerts(
         await wait_ready(matcher.url)
         await wait_ready(notifier.url)
         made = await client.post("/v1/facilities?id=quiet-lab", headers=auth(quiet[1]) | JSON,
-                                 content=lab("Quiet Lab", ["FDM"], materials=["PLA"]))
+                                 content=facility_doc("Quiet Lab", ["FDM"], materials=["PLA"]))
         assert made.status_code == 201, made.text
-        hook = await alerts.post("/v1/subscriptions", headers=auth(quiet[1]), json={
-            "channel": "webhook", "url": f"{base}/quiet",
-            "filter": {"facility_ids": ["quiet-lab"]}})
-        assert hook.status_code == 201, hook.text
+        await subscribe(alerts, quiet[1], webhook(f"{base}/quiet", facility_ids=["quiet-lab"]))
 
         refusals: list[int] = []
 
@@ -70,7 +60,7 @@ async def test_a_hostile_tenant_does_not_delay_anothers_alerts(
                 design = f"quiet-{i}"
                 posted = await client.post(f"/v1/designs?id={design}",
                                            headers=auth(quiet[1]) | JSON,
-                                           content=okh(f"Quiet {i}", ["3DP"], "PLA"))
+                                           content=design_doc(f"Quiet {i}", ["3DP"], "PLA"))
                 assert posted.status_code == 201, posted.text
                 acknowledged[design] = time.monotonic()
                 await asyncio.sleep(0.2)

@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Iterator
 
 import httpx
+import jsonschema
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,17 +19,24 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from contracts import matches
-from contracts.events import REGISTRY_STREAM
-from contracts.matches import MATCHES_STREAM
+from contracts import asyncapi, matches
+from contracts.events import REGISTRY_STREAM, DesignEvent
+from contracts.matches import MATCHES_STREAM, MatchChange
 from services.common import db, tracing
 from services.matcher.settings import MatcherSettings
 from services.notifier import store as notifier_store
 from services.notifier.settings import NotifierSettings
 from services.registry.store import Store
 from tests.conftest import auth
-from tests.service.test_notifier_fanout_review import piece, rows_for
-from tests.support.helpers import JSON, InProcess, InProcessMatcher, _stream, eventually, lab, okh
+from tests.support.builders import (
+    design_doc,
+    facility_doc,
+    item_rows,
+    match_piece,
+    subscribe,
+    webhook,
+)
+from tests.support.helpers import JSON, InProcess, InProcessMatcher, _stream, eventually
 from tests.support.helpers import wait_ready as ready
 from tests.support.receivers import Receiver
 
@@ -58,15 +66,12 @@ async def _write_design_and_receive(
     await ready(matcher.url)
     await ready(notifier.url)
     made = await client.post("/v1/facilities?id=lab-paris", headers=auth(key) | JSON,
-                             content=lab("Lab Paris", ["FDM"], materials=["PLA"]))
+                             content=facility_doc("Lab Paris", ["FDM"], materials=["PLA"]))
     assert made.status_code == 201, made.text
     async with httpx.AsyncClient(base_url=notifier.url, timeout=10) as alerts:
-        hook = await alerts.post("/v1/subscriptions", headers=auth(key), json={
-            "channel": "webhook", "url": f"{base}/ok",
-            "filter": {"facility_ids": ["lab-paris"]}})
-        assert hook.status_code == 201, hook.text
+        await subscribe(alerts, key, webhook(f"{base}/ok", facility_ids=["lab-paris"]))
     posted = await client.post("/v1/designs?id=cup", headers=auth(key) | JSON | headers,
-                               content=okh("Cup", ["3DP"], "PLA"))
+                               content=design_doc("Cup", ["3DP"], "PLA"))
     assert posted.status_code == 201, posted.text
 
     async def arrived() -> bool:
@@ -116,6 +121,17 @@ async def test_one_trace_from_the_write_to_the_webhook(
     # nothing of the request but its route: no key, no query, no body
     recorded = " ".join(f"{k}={v}" for s in spans for k, v in (s.attributes or {}).items())
     assert org[1] not in recorded and "?id=" not in recorded
+    # the messages' trace headers are as the AsyncAPI documents describe them
+    for stream, model in ((REGISTRY_STREAM, DesignEvent), (MATCHES_STREAM, MatchChange)):
+        traced = [m for m in await _stream(matcher_settings.nats_url, stream)
+                  if "traceparent" in (m.headers or {})]
+        assert traced, stream
+        for msg in traced:
+            jsonschema.validate(dict(msg.headers or {}), asyncapi.HEADERS[model])
+        # the design's messages are in the caller's trace (the lab's write began its own)
+        [ours] = [m for m in traced if m.subject.endswith(".design.cup")]
+        assert ours.headers is not None
+        assert ours.headers["traceparent"].split("-")[1] == CALLER_TRACE
 
 
 async def test_the_outbox_keeps_the_writes_context(
@@ -123,7 +139,7 @@ async def test_the_outbox_keeps_the_writes_context(
         store: Store) -> None:
     """The relay may publish in another process, long after: the row carries the trace."""
     written = await client.post("/v1/designs?id=kept", headers=auth(org[1]) | JSON | CALLER,
-                                content=okh("Kept", ["3DP"]))
+                                content=design_doc("Kept", ["3DP"]))
     assert written.status_code == 201, written.text
     kept = await store.pool.fetchval(
         "SELECT trace_context FROM outbox WHERE entity_id = 'kept'")
@@ -150,8 +166,8 @@ async def test_a_batch_keeps_its_changes_contexts_first_items_first(
                 " '{}', $1)", sub)
         contexts = [f"00-{CALLER_TRACE}-{n:016x}-01" for n in (1, 2)]
         for n, design in enumerate(("d-one", "d-two", "d-three")):
-            message = piece(design, ["lab-a", "lab-b"])
-            rows = rows_for(["traced"], message[2]) + rows_for(["untraced"], message[2])
+            message = match_piece(design, ["lab-a", "lab-b"])
+            rows = item_rows(["traced"], message[2]) + item_rows(["untraced"], message[2])
             await store.add_items([(message[0], message[1], matches.ENCODING)], rows,
                                   {message[0]: contexts[n % 2]})
         await store.assemble_webhooks(batching, 0, 30.0, traced=True)

@@ -25,7 +25,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from makelocal.embedded import free_port
 from tests.support.browser import CHROMIUM, DESKTOP, Findings, examine, link_in, markers
-from tests.support.helpers import DATA, JSON, lab
+from tests.support.builders import facility_doc
+from tests.support.helpers import DATA, JSON
 from tests.support.helpers import read_until as _read_until
 
 pytestmark = pytest.mark.slow
@@ -217,7 +218,7 @@ def test_a_maker_finds_a_design_near_them_and_is_told_of_a_new_lab(
     lab_id, lab_name, lat, lon = NEW_LAB
     made = httpx.post(f"{stack.registry}/v1/facilities", params={"id": lab_id}, timeout=10,
                       headers={"Authorization": f"Bearer {stack.key}"} | JSON,
-                      content=lab(lab_name, ["3D printing"], lat=lat, lon=lon))
+                      content=facility_doc(lab_name, ["3D printing"], lat=lat, lon=lon))
     assert made.status_code == 201, made.text
     alert = _mail_to(stack, MAKER, f"Facility {lab_id} can now make design {stack.design}")
     back = link_in(alert, f"/designs/{stack.design}")

@@ -21,21 +21,21 @@ from services.notifier.settings import NotifierSettings
 from services.web.app import create_app
 from services.web.settings import WebSettings
 from tests.conftest import auth
+from tests.support.builders import facility_doc
 from tests.support.helpers import (
     JSON,
+    TOML,
+    YAML,
     InProcess,
     InProcessMatcher,
     eventually,
     free_port,
     has_mail,
-    lab,
     wait_ready,
 )
 from tests.support.receivers import MailServer, text_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-YAML = {"Content-Type": "application/yaml"}
-TOML = {"Content-Type": "application/toml"}
 MATCHER: dict[str, str] = {}  # the running site's matcher (one per partition may hold it)
 
 
@@ -57,7 +57,7 @@ async def site(client: httpx.AsyncClient, org: tuple[str, str], registry: InProc
                                    ("lyon-lab", "Active", 45.76, 4.84),
                                    ("paris-closed", "Closed", 48.85, 2.34)):
         await client.post(f"/v1/facilities?id={name}", headers=key | JSON,
-                          content=lab(name.replace("-", " ").title(), ["3D printing"],
+                          content=facility_doc(name.replace("-", " ").title(), ["3D printing"],
                                       status=status, lat=lat, lon=lon))
     plate = (data_dir / "okh" / "switch-mounting-plate-gopro.okh.yml").read_bytes()
     await client.post("/v1/designs?id=plate", headers=key | YAML, content=plate)

@@ -7,23 +7,11 @@ from typing import Any
 
 import pytest
 
-from contracts.models import Design
 from ingest.okh import read_design
 from ingest.validation import matchable, report
+from tests.support.builders import inferred, manifest
 
 PCB = {"pcb-fabrication", "electronics-assembly"}
-
-
-def v1(**fields: Any) -> Design:
-    return read_design({"okh-manifest-version": "1.0", "title": "A thing"} | fields)
-
-
-def losh(**fields: Any) -> Design:
-    return read_design({"okhv": "OKH-LOSH-Edition 2.4", "name": "A thing"} | fields)
-
-
-def inferred(design: Design) -> set[str]:
-    return {t.id for t in design.processes if t.inferred}
 
 
 @pytest.mark.parametrize(("fields", "expected"), [
@@ -50,50 +38,51 @@ def inferred(design: Design) -> set[str]:
     ({"intended-use": "Piezas impresas en 3D para sillas de ruedas."}, {"3d-printing"}),
 ])
 def test_files_and_words_give_processes(fields: dict[str, Any], expected: set[str]) -> None:
-    assert inferred(v1(**fields)) == expected
+    assert inferred(manifest(**fields)) == expected
 
 
 def test_a_design_of_a_machine_does_not_need_the_machine() -> None:
-    mill = v1(title="Open CNC Mill",
-              description="An open source CNC mill for aluminium. It can do CNC milling of"
-                          " parts up to 300 mm.",
-              keywords=["cnc", "cnc mill"])
+    mill = manifest(title="Open CNC Mill",
+                    description="An open source CNC mill for aluminium. It can do CNC milling"
+                                " of parts up to 300 mm.",
+                    keywords=["cnc", "cnc mill"])
     assert "cnc-milling" not in inferred(mill)
-    printer = losh(name="Tiny 3D printer", function="A 3D printer you can build; printed"
-                   " parts are 3D printed in PETG.")
+    printer = manifest("losh", name="Tiny 3D printer",
+                       function="A 3D printer you can build; printed parts are 3D printed in"
+                                " PETG.")
     assert inferred(printer) == {"3d-printing"}  # from "3D printed", not "3D printer"
     evidence = next(t for t in printer.processes if t.id == "3d-printing").evidence
     assert evidence is not None and "printed" in evidence
 
 
 def test_printed_circuit_is_a_pcb_not_3d_printing() -> None:
-    assert inferred(v1(description="Mounts on a printed circuit board.")) == {
+    assert inferred(manifest(description="Mounts on a printed circuit board.")) == {
         "pcb-fabrication", "electronics-assembly"}
 
 
 def test_what_the_product_does_is_not_a_need() -> None:
-    design = v1(title="Multi-tool head",
-                description="This head allows laser cutting, and it can do engraving too.")
+    design = manifest(title="Multi-tool head",
+                      description="This head allows laser cutting, and it can do engraving too.")
     assert inferred(design) == set()
 
 
 def test_a_machine_named_in_prose_needs_a_word_of_use() -> None:
-    assert inferred(v1(description="Inspired by the laser cutter at our lab.")) == set()
-    assert inferred(v1(description="Cut the panels on a laser cutter.")) == {"laser-cutting"}
+    assert inferred(manifest(description="Inspired by the laser cutter at our lab.")) == set()
+    assert inferred(manifest(description="Cut the panels on a laser cutter.")) == {"laser-cutting"}
 
 
 def test_an_image_names_no_file_type() -> None:
-    assert inferred(v1(image="docs/front.svg")) == set()
-    assert inferred(v1(image="images/3d-printed-case.jpg")) == {"3d-printing"}
+    assert inferred(manifest(image="docs/front.svg")) == set()
+    assert inferred(manifest(image="images/3d-printed-case.jpg")) == {"3d-printing"}
 
 
 def test_a_link_host_is_not_evidence() -> None:
-    assert inferred(v1(**{"design-files": ["https://cnc-kitchen.example/model"]})) == set()
+    assert inferred(manifest(**{"design-files": ["https://cnc-kitchen.example/model"]})) == set()
 
 
 def test_every_guess_carries_field_evidence_and_confidence() -> None:
-    design = v1(description="Laser-cut acrylic case.",
-                **{"design-files": ["case_lasercut.dxf", "knob.stl"]})
+    design = manifest(description="Laser-cut acrylic case.",
+                      **{"design-files": ["case_lasercut.dxf", "knob.stl"]})
     for term in design.processes:
         assert term.inferred and term.source and term.evidence
         assert term.confidence is not None and 0 < term.confidence <= 1
@@ -104,19 +93,19 @@ def test_every_guess_carries_field_evidence_and_confidence() -> None:
 
 
 def test_materials_after_a_way_of_making() -> None:
-    design = v1(description="Printed in PETG. The frame is CNC milled from aluminium.")
+    design = manifest(description="Printed in PETG. The frame is CNC milled from aluminium.")
     assert {t.id for t in design.materials} >= {"aluminium"}
-    stated = v1(description="Laser-cut plywood.", materials=["MDF"])
+    stated = manifest(description="Laser-cut plywood.", materials=["MDF"])
     assert [(t.id, t.inferred) for t in stated.materials] == [("mdf", False)]
 
 
 def test_a_size_in_words_becomes_a_size_need() -> None:
-    design = v1(**{"tool-list": ["A 3D printer with a bed at least 170 mm wide"]})
+    design = manifest(**{"tool-list": ["A 3D printer with a bed at least 170 mm wide"]})
     [part] = design.parts
     assert part.outer_dimensions is not None and part.outer_dimensions.x_mm == 170
     assert [t.id for t in part.processes] == ["3d-printing"]
     assert part.evidence and "170 mm" in part.evidence
-    volume = v1(description="Needs a 3D printer with a build volume of 200 x 200 x 150 mm.")
+    volume = manifest(description="Needs a 3D printer with a build volume of 200 x 200 x 150 mm.")
     [part] = volume.parts
     assert part.outer_dimensions is not None
     assert (part.outer_dimensions.x_mm, part.outer_dimensions.y_mm,
@@ -124,24 +113,24 @@ def test_a_size_in_words_becomes_a_size_need() -> None:
 
 
 def test_a_size_without_its_machine_is_not_a_need() -> None:
-    assert v1(description="The bed is 170 mm wide.").parts == []
+    assert manifest(description="The bed is 170 mm wide.").parts == []
 
 
 def test_stated_processes_are_not_second_guessed() -> None:
-    design = v1(**{"manufacturing-processes": ["Laser cutting"],
-                   "design-files": ["x.stl"]})
+    design = manifest(**{"manufacturing-processes": ["Laser cutting"],
+                         "design-files": ["x.stl"]})
     assert [(t.id, t.inferred) for t in design.processes] == [("laser-cutting", False)]
 
 
 def test_a_stated_process_nobody_knows_still_lets_files_speak() -> None:
-    design = v1(**{"manufacturing-processes": ["Heat gun"], "design-files": ["lid.stl"]})
+    design = manifest(**{"manufacturing-processes": ["Heat gun"], "design-files": ["lid.stl"]})
     assert {(t.id, t.known, t.inferred) for t in design.processes} == {
         ("heat gun", False, False), ("3d-printing", True, True)}
 
 
 @pytest.mark.parametrize(("build", "advice"), [
-    (lambda: v1(description="A nice thing."), "manufacturing-processes"),
-    (lambda: losh(function="A nice thing."), "tsdc"),
+    (lambda: manifest(description="A nice thing."), "manufacturing-processes"),
+    (lambda: manifest("losh", function="A nice thing."), "tsdc"),
 ])
 def test_a_design_nothing_can_match_says_what_to_add(build: Any, advice: str) -> None:
     design = build()
@@ -152,7 +141,7 @@ def test_a_design_nothing_can_match_says_what_to_add(build: Any, advice: str) ->
 
 
 def test_the_report_lists_the_inferred_with_evidence() -> None:
-    result = report(v1(**{"design-files": ["a.stl"]}))
+    result = report(manifest(**{"design-files": ["a.stl"]}))
     assert result["matchable"] is True
     assert result["inferred"] == [{"kind": "process", "id": "3d-printing",
                                    "label": "3D printing", "field": "design-files",
@@ -161,8 +150,8 @@ def test_the_report_lists_the_inferred_with_evidence() -> None:
 
 
 def test_a_losh_part_infers_from_its_own_files() -> None:
-    design = losh(part=[{"name": "Lid", "source": ["lid.stl"]},
-                        {"name": "Main PCB", "source": ["pcb/main.kicad_pcb"]}])
+    design = manifest("losh", part=[{"name": "Lid", "source": ["lid.stl"]},
+                                    {"name": "Main PCB", "source": ["pcb/main.kicad_pcb"]}])
     by_part = {p.name: {t.id for t in p.processes} for p in design.parts}
     assert by_part == {"Lid": {"3d-printing"},
                        "Main PCB": {"pcb-fabrication", "electronics-assembly"}}
@@ -171,7 +160,7 @@ def test_a_losh_part_infers_from_its_own_files() -> None:
 
 
 def test_a_stated_pcb_brings_its_assembly_marked_as_inferred() -> None:
-    design = losh(tsdc=["PCB"])
+    design = manifest("losh", tsdc=["PCB"])
     by_id = {t.id: t for t in design.processes}
     assert not by_id["pcb-fabrication"].inferred
     implied = by_id["electronics-assembly"]

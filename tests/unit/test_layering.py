@@ -123,3 +123,37 @@ def test_the_check_sees_the_imports_it_judges() -> None:
     # (`from ingest import fablabs` is the module ingest.fablabs)
     assert {"contracts.errors", "ingest.fablabs", "ingest.record"} <= GRAPH["ingest.layouts"]
     assert "services.common.sandbox" in {t for _, t in edges("services.registry")}
+
+
+
+TEST_FOLDERS = ("unit", "service", "system")
+TEST_MODULES = {module_name(p): p for folder in TEST_FOLDERS
+                for p in (ROOT / "tests" / folder).glob("*.py")}
+
+
+def imported_from_tests(path: Path) -> Iterator[str]:
+    """The tests.* modules one test module imports, wherever in it the import stands
+    (tests/ has no relative imports)."""
+    for node in ast.walk(ast.parse(path.read_text("utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "tests")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+            # `from tests import conftest` imports the module tests.conftest
+            yield from ((f"tests.{a.name}" for a in node.names) if node.module == "tests"
+                        else [node.module])
+
+
+def test_test_modules_import_only_support_and_conftest() -> None:
+    # a test importing another test module runs (and breaks with) code it does not test;
+    # what two tests share is a builder or helper in tests/support
+    allowed = ("tests.support", "tests.conftest")
+    crossing = [(name, target) for name, path in TEST_MODULES.items()
+                for target in imported_from_tests(path)
+                if not any(target == a or target.startswith(a + ".") for a in allowed)]
+    assert crossing == []
+
+
+def test_the_test_check_sees_the_imports_it_judges() -> None:
+    assert {"tests.conftest", "tests.support.builders"} <= set(
+        imported_from_tests(TEST_MODULES["tests.service.test_notifier_delivery"]))
+    assert len(TEST_MODULES) > 50

@@ -22,7 +22,7 @@ from contracts.matches import (
     Requirement,
     encode_change,
 )
-from contracts.models import Box, Design, Equipment, Facility, Location, Part, Term
+from contracts.models import Box, Design, Equipment, Part
 from ingest.okh import read_design
 from ingest.okw import read_facility
 from makelocal.importer import read_all
@@ -32,6 +32,7 @@ from services.matcher.index import CapabilityIndex
 from services.matcher.outgoing import change_pieces
 from services.matcher.profiles import FacilityProfile, design_profile, facility_profile
 from services.matcher.rules import evaluate
+from tests.support.builders import design_model, facility_model, term
 from tests.support.helpers import DATA
 
 MAX_PAYLOAD = 1024 * 1024  # NATS's default
@@ -66,10 +67,6 @@ def decoded(pieces: list[matches.Piece]) -> list[dict]:
     return [matches.decode(p.payload, p.headers) for p in pieces]
 
 
-def term(id_: str) -> Term:
-    return Term(id=id_, label=id_)
-
-
 PRINTED_PLA = {"okhv": "OKH-LOSHv1.0", "name": "Clip", "tsdc": ["3DP"], "material": "PLA"}
 
 
@@ -100,13 +97,11 @@ def test_a_printed_part_is_one_small_message_for_its_thousand_real_fab_labs() ->
 
 
 def test_a_facility_change_lists_its_designs_with_their_processes() -> None:
-    designs = [design_profile(Design(id=f"d{i}", name="d", okh_format="t",
-                                     processes=[term(p)]), 1)
+    designs = [design_profile(design_model([p], id_=f"d{i}"), 1)
                for i, p in enumerate(["fdm", "laser-cutting", "fdm", "3d-printing"])]
     index = CapabilityIndex()
     index.load(designs, [])
-    lab = facility_profile(Facility(id="lab", name="Lab", processes=[term("fdm")],
-                                    location=Location(lat=52.5, lon=13.4)), 3)
+    lab = facility_profile(facility_model(["fdm"], id_="lab", lat=52.5, lon=13.4), 3)
     diff = apply_facility(index, "lab", lab, 3)
     pieces = change_pieces(diff, Change(7, "facility", "lab", 3, None, lab, None, None), index,
                            MAX_PAYLOAD)
@@ -119,8 +114,7 @@ def test_a_facility_change_lists_its_designs_with_their_processes() -> None:
     assert len(change["process_sets"]) == 2  # fdm written once for d0 and d2
     assert {(e["facility_lat"], e["facility_lon"]) for e in events} == {(52.5, 13.4)}
     # closing it withdraws the same three, score 0, in one message
-    closed = facility_profile(Facility(id="lab", name="Lab", status="closed",
-                                       processes=[term("fdm")]), 4)
+    closed = facility_profile(facility_model(["fdm"], status="closed", id_="lab"), 4)
     diff = apply_facility(index, "lab", closed, 4)
     [change] = decoded(change_pieces(diff, Change(8, "facility", "lab", 4, lab, closed, None,
                                                   None), index, MAX_PAYLOAD))
@@ -164,14 +158,13 @@ def test_a_design_of_5000_sized_parts_stays_under_max_payload_with_a_bounded_exp
     parts = [Part(name=f"part {i} ".ljust(1000, "x"), processes=[term("fdm")],
                   outer_dimensions=Box(x_mm=10 + i % 200, y_mm=20, z_mm=5))
              for i in range(5000)]
-    design = Design(id="huge", name="huge", okh_format="t", processes=[term("fdm")],
-                    parts=parts)
+    design = design_model(["fdm"], parts=parts, id_="huge")
     # a machine label of 2,001 characters (make and model)
     printer = Equipment(equipment_type="printer", make="M" * 1000, model="N" * 1000,
                         processes=[term("fdm")],
                         working_volume=Box(x_mm=250, y_mm=250, z_mm=250))
-    labs = [facility_profile(Facility(id=f"lab-{i}", name="L", processes=[term("fdm")],
-                                      equipment=[printer] * (1 + i % 3)), 1)
+    labs = [facility_profile(facility_model(["fdm"], equipment=[printer] * (1 + i % 3),
+                                            id_=f"lab-{i}"), 1)
             for i in range(300)]
     index = index_of(labs)
     pieces = design_change(index, design)
@@ -195,16 +188,13 @@ def test_a_facility_of_500_machines_and_long_labels_against_many_designs() -> No
                           processes=[term("fdm")],
                           working_volume=Box(x_mm=100 + i, y_mm=100, z_mm=100))
                 for i in range(500)]
-    designs = [design_profile(Design(id=f"d{i}", name="d", okh_format="t",
-                                     processes=[term("fdm")],
-                                     parts=[Part(name="p" * 1000, processes=[term("fdm")],
-                                                 outer_dimensions=Box(x_mm=50 + i % 500,
-                                                                      y_mm=60, z_mm=70))]),
-                              1) for i in range(3000)]
+    designs = [design_profile(design_model(
+        ["fdm"], parts=[Part(name="p" * 1000, processes=[term("fdm")],
+                             outer_dimensions=Box(x_mm=50 + i % 500, y_mm=60, z_mm=70))],
+        id_=f"d{i}"), 1) for i in range(3000)]
     index = CapabilityIndex()
     index.load(designs, [])
-    lab = facility_profile(Facility(id="lab", name="L", processes=[term("fdm")],
-                                    equipment=machines), 1)
+    lab = facility_profile(facility_model(["fdm"], equipment=machines, id_="lab"), 1)
     diff = apply_facility(index, "lab", lab, 1)
     limit = 128 * 1024
     pieces = change_pieces(diff, Change(1, "facility", "lab", 1, None, lab, None, None),
@@ -275,7 +265,7 @@ def test_real_manifests_and_fab_labs_are_written_as_the_models_say() -> None:
     assert pairs > 1000
     # the other way round: a lab's change lists the designs it can make, then withdraws them
     for n, lab in enumerate(real_facilities()[:100]):
-        closed = facility_profile(Facility(id=lab.id, name="closed", status="closed"), 2)
+        closed = facility_profile(facility_model([], status="closed", id_=lab.id), 2)
         for version, profile, old in ((2, closed, lab), (3, lab, closed)):
             diff = apply_facility(index, lab.id, profile, version)
             change = Change(n, "facility", lab.id, version, old, profile, f"e-{n}",

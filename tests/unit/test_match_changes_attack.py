@@ -30,7 +30,7 @@ from contracts.matches import (
     encode_change,
     headroom,
 )
-from contracts.models import Box, Design, Equipment, Facility, Part, Term
+from contracts.models import Box, Equipment, Part
 from services.matcher.checkpoint import Change
 from services.matcher.diff import apply_design
 from services.matcher.index import CapabilityIndex
@@ -39,6 +39,7 @@ from services.matcher.profiles import design_profile, facility_profile
 from services.notifier import messages
 from services.notifier.consumer import MatchConsumer
 from services.notifier.subscriptions import Route, RoutingIndex
+from tests.support.builders import design_model, facility_model, term
 
 SMALLEST_PIECE = 4096  # services.matcher.settings: matcher_piece_bytes >= 4096
 DESIGN_CAUSE = Cause(entity="design", entity_id="d", version=1, event_id="e",
@@ -73,10 +74,6 @@ def noise(rng: random.Random, n: int) -> str:
 
 
 _PRINTABLE = [chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\']
-
-
-def term(id_: str) -> Term:
-    return Term(id=id_, label=id_)
 
 
 # 1. encode_change: the sizes it promises
@@ -133,13 +130,12 @@ def test_a_real_design_fits_the_smallest_piece_size_the_settings_allow() -> None
                   processes=[term("fdm")],
                   outer_dimensions=Box(x_mm=10 + i % 150, y_mm=20 + i % 37, z_mm=5 + i % 11))
              for i in range(70)]
-    design = Design(id="robot", name="r", okh_format="t", processes=[term("fdm")],
-                    parts=parts)
+    design = design_model(["fdm"], parts=parts, id_="robot")
     printer = Equipment(equipment_type="printer", make="Prusa Research",
                         model="Original Prusa MK4", processes=[term("fdm")],
                         working_volume=Box(x_mm=250, y_mm=210, z_mm=220))
-    labs = [facility_profile(Facility(id=f"lab-{i}", name="L", processes=[term("fdm")],
-                                      equipment=[printer]), 1) for i in range(3)]
+    labs = [facility_profile(facility_model(["fdm"], equipment=[printer], id_=f"lab-{i}"), 1)
+            for i in range(3)]
     index = CapabilityIndex()
     index.load([], labs)
     profile = design_profile(design, 1)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.models import Box, Design, Equipment, Facility, Location, Part, Term
+from contracts.models import Box, Design, Equipment, Part, Term
 from services.matcher.diff import apply_design, apply_facility
 from services.matcher.index import CapabilityIndex, all_pairs
 from services.matcher.profiles import (
@@ -20,36 +20,13 @@ from services.matcher.profiles import (
     design_profile,
     dump_design,
     dump_facility,
-    facility_profile,
     load_profile,
 )
 from services.matcher.rules import evaluate, fits
-
-
-def term(id_: str, **kw: object) -> Term:
-    return Term(id=id_, label=id_, **kw)
-
-
-def design(processes: list[str], materials: list[str] = (), parts: list[Part] = (),
-           id_: str = "d1", version: int = 1):
-    return design_profile(Design(id=id_, name=id_, okh_format="test",
-                                 processes=[term(p) for p in processes],
-                                 materials=[term(m) for m in materials], parts=list(parts)),
-                          version)
-
-
-def facility(processes: list[str], *, status: str = "active", materials: list[str] = (),
-             equipment: list[Equipment] = (), id_: str = "f1", version: int = 1,
-             lat: float | None = None, lon: float | None = None):
-    return facility_profile(Facility(id=id_, name=id_, status=status,
-                                     processes=[term(p) for p in processes],
-                                     materials=[term(m) for m in materials],
-                                     equipment=list(equipment),
-                                     location=Location(lat=lat, lon=lon)), version)
-
+from tests.support.builders import design, facility, term
 
 _EXPLAIN = """
-from tests.unit.test_matcher_rules import design, facility
+from tests.support.builders import design, facility
 from services.matcher.rules import evaluate
 d = design(["3d-printing"], ["thermoplastic"])
 f = facility(["sla", "fdm", "sls", "polyjet"], materials=["pla", "petg", "abs", "nylon"])

@@ -8,9 +8,10 @@ import zlib
 import orjson
 
 from bench.synthetic import Generator
-from contracts.models import Design, Part
+from contracts.models import Part
 from services.matcher.profiles import design_profile, dump_design, dump_facility, facility_profile
 from services.matcher.snapshot import decode, encode
+from tests.support.builders import design
 
 
 def entities() -> list[tuple]:
@@ -20,10 +21,9 @@ def entities() -> list[tuple]:
         f, d = facility_profile(gen.facility(i), i + 1), design_profile(gen.design(i), 2)
         out += [("facility", f.id, f.version, f), ("design", d.id, d.version, d)]
     # a part needing two processes keeps their order
-    two = design_profile(Design(id="two", name="two", okh_format="test", processes=[
-        {"id": "fdm", "label": "fdm"}], parts=[Part(name="p", processes=[
-            {"id": "sla", "label": "sla"}, {"id": "fdm", "label": "fdm"}],
-            outer_dimensions={"x_mm": 1, "y_mm": 2})]), 4)
+    two = design(["fdm"], parts=[Part(name="p", processes=[
+        {"id": "sla", "label": "sla"}, {"id": "fdm", "label": "fdm"}],
+        outer_dimensions={"x_mm": 1, "y_mm": 2})], id_="two", version=4)
     out += [("design", "two", 4, two), ("design", "gone", 7, None), ("facility", "shut", 2, None)]
     return out
 

@@ -18,6 +18,7 @@ from ingest.documents import parse_document
 from ingest.layouts import records
 from ingest.okh import read_design
 from ingest.okw import read_facility
+from tests.support.hostile import HOSTILE
 from tests.support.paths import ROOT
 
 
@@ -175,22 +176,6 @@ def test_deep_nesting_is_refused_not_crashed() -> None:
         assert exc.code in ("syntax", "type")
 
 
-HOSTILE = {
-    "NaN": b'{"okhv": "OKH-LOSHv1.0", "name": "x", "part": [{"name": "p", "outer-dimensions":'
-           b' {"width": NaN, "height": 1, "depth": 1}}]}',
-    "Infinity": b'{"name": "x", "location": {"latitude": Infinity, "longitude": 1e999}}',
-    "a 5,000-digit number": b'{"okhv": "OKH-LOSHv1.0", "name": "x", "version": ' + b"9" * 5000
-                            + b', "part": [{"name": "p", "outer-dimensions": {"width": '
-                            + b"9" * 5000 + b', "height": 1, "depth": 1}}]}',
-    "invalid UTF-8": b'{"name": "\xff\xfe x"}',
-    "a NUL character": b'{"okhv": "OKH-LOSHv1.0", "name": "a\\u0000b"}',
-    "a NUL in a key": b'{"okhv": "OKH-LOSHv1.0", "name": "x", "k\\u0000": 1}',
-    "an unpaired surrogate": b'{"okhv": "OKH-LOSHv1.0", "name": "a\\ud800b"}',
-    "deep mappings": b'{"a": ' * 5000 + b"1" + b"}" * 5000,
-    "deep flow sequences": b"a: " + b"[" * 200_000 + b"]" * 200_000,
-}
-
-
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_documents_are_refused_with_our_error_in_bounded_time(name: str) -> None:
     """Every format and both readers: either a manifest comes out or our InvalidInput does,
@@ -215,8 +200,11 @@ def test_hostile_documents_are_refused_with_our_error_in_bounded_time(name: str)
 MEMORY_HEADROOM = 64 * 2**20  # the worst case (200,000 nested YAML brackets) peaks at 2 MB
 _BOUNDED = """
 import resource, sys
-from tests.unit.test_readers import (HOSTILE, InvalidInput, parse_document, read_design,
-                                     read_facility)
+from contracts.errors import InvalidInput
+from ingest.documents import parse_document
+from ingest.okh import read_design
+from ingest.okw import read_facility
+from tests.support.hostile import HOSTILE
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))
 for name, raw in HOSTILE.items():

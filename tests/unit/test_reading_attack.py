@@ -12,20 +12,12 @@ from typing import Any
 import pytest
 
 from contracts.errors import InvalidInput
-from contracts.models import Design
 from ingest.documents import parse_document, parse_value
 from ingest.layouts import records
 from ingest.okh import read_design
 from ingest.okw import read_facility
 from ingest.validation import report
-
-
-def v1(**fields: Any) -> Design:
-    return read_design({"okh-manifest-version": "1.0", "title": "A thing"} | fields)
-
-
-def inferred(design: Design) -> set[str]:
-    return {t.id for t in design.processes if t.inferred}
+from tests.support.builders import inferred, manifest
 
 
 def nested(depth: int, leaf: Any = "x") -> Any:
@@ -40,12 +32,12 @@ def nested(depth: int, leaf: Any = "x") -> Any:
 # Was broken: a negated need ("No soldering required") is read as a need for soldering.
 def test_no_soldering_required_is_not_a_need() -> None:
     assert "electronics-assembly" not in inferred(
-        v1(description="No soldering required: just plug it in."))
+        manifest(description="No soldering required: just plug it in."))
 
 
 # Was broken: "No PCB needed" infers PCB fabrication (and its assembly).
 def test_no_pcb_needed_is_not_a_need() -> None:
-    assert not inferred(v1(description="No PCB needed, everything is wired by hand.")) & {
+    assert not inferred(manifest(description="No PCB needed, everything is wired by hand.")) & {
         "pcb-fabrication", "electronics-assembly"}
 
 
@@ -53,7 +45,7 @@ def test_no_pcb_needed_is_not_a_need() -> None:
 @pytest.mark.parametrize("path", ["stl/pcb_holder.stl", "parts/pcb_mount.stl",
                                   "stl/pcb_standoff.stl"])
 def test_a_printed_pcb_holder_file_is_not_pcb_fabrication(path: str) -> None:
-    got = inferred(v1(**{"design-files": [path]}))
+    got = inferred(manifest(**{"design-files": [path]}))
     assert "3d-printing" in got
     assert "pcb-fabrication" not in got
 
@@ -61,15 +53,15 @@ def test_a_printed_pcb_holder_file_is_not_pcb_fabrication(path: str) -> None:
 # Was broken: "This PCB holder keeps boards steady" infers PCB fabrication.
 def test_pcb_holder_in_prose_is_not_pcb_fabrication() -> None:
     assert "pcb-fabrication" not in inferred(
-        v1(title="PCB holder", description="This PCB holder keeps boards steady while you"
-                                           " work."))
+        manifest(title="PCB holder", description="This PCB holder keeps boards steady while"
+                                                 " you work."))
 
 
 # Was broken: the design is a welding helmet; "welding" in its description is its use.
 def test_welding_helmet_does_not_need_welding() -> None:
     assert "welding" not in inferred(
-        v1(title="Welding helmet",
-           description="An auto-darkening welding helmet with a solar cell."))
+        manifest(title="Welding helmet",
+                 description="An auto-darkening welding helmet with a solar cell."))
 
 
 # Was broken: a tool *for* soldering (fume extractor) is read as needing soldering.
@@ -77,68 +69,70 @@ def test_welding_helmet_does_not_need_welding() -> None:
                                          "A fume extractor for soldering."])
 def test_a_tool_for_soldering_does_not_need_soldering(description: str) -> None:
     assert "electronics-assembly" not in inferred(
-        v1(title="Fume extractor", description=description))
+        manifest(title="Fume extractor", description=description))
 
 
 # Was broken: "images ... stitched into a panorama" (microscopy) infers sewing.
 def test_stitched_images_are_not_sewing() -> None:
     assert "sewing" not in inferred(
-        v1(description="The microscope takes images that are stitched into a panorama."))
+        manifest(description="The microscope takes images that are stitched into a panorama."))
 
 
 # Was broken: flour "milled" by a grain mill (the design) infers metal milling.
 def test_milled_flour_is_not_milling() -> None:
     assert "milling" not in inferred(
-        v1(title="Grain mill",
-           description="A hand-cranked grain mill: flour is milled between two stones."))
+        manifest(title="Grain mill",
+                 description="A hand-cranked grain mill: flour is milled between two stones."))
 
 
 # Was broken: "a lamp casting soft light" infers casting.
 def test_casting_light_is_not_casting() -> None:
-    assert "casting" not in inferred(v1(description="A lamp casting soft light on the table."))
+    assert "casting" not in inferred(
+        manifest(description="A lamp casting soft light on the table."))
 
 
 # Was broken: the design of a laser cutter has files named after its own parts
 # ("laser_tube_holder.dxf"); the rule "a design of a machine does not need that machine"
 # is applied to prose and keywords only, not to file paths.
 def test_a_laser_cutter_design_files_do_not_need_a_laser_cutter() -> None:
-    got = inferred(v1(title="Open Laser Cutter",
-                      **{"design-files": ["frame/laser_tube_holder.dxf",
-                                          "laser_head/mount.stl"]}))
+    got = inferred(manifest(title="Open Laser Cutter",
+                            **{"design-files": ["frame/laser_tube_holder.dxf",
+                                                "laser_head/mount.stl"]}))
     assert "laser-cutting" not in got
     assert "3d-printing" in got
 
 
 def test_guards_that_hold() -> None:
     """Precision that works now and must keep working."""
-    assert inferred(v1(description="A cover for your sewing machine, made of canvas.")) == set()
-    assert inferred(v1(description="Printed in the USA.")) == set()
-    assert inferred(v1(description="I saw this design on Thingiverse.")) == set()
-    assert inferred(v1(description="A spool holder for your 3D printer.")) == set()
-    assert inferred(v1(description="Upgrade kit for the Shapeoko CNC router.")) == set()
-    assert inferred(v1(title="Open CNC Mill", description="An open CNC mill.")) == set()
-    assert inferred(v1(**{"image": ["img/laser_cut_front.svg"]})) == {"laser-cutting"}
-    assert "cutting" not in inferred(v1(**{"image": ["docs/front.svg"]}))
+    assert inferred(
+        manifest(description="A cover for your sewing machine, made of canvas.")) == set()
+    assert inferred(manifest(description="Printed in the USA.")) == set()
+    assert inferred(manifest(description="I saw this design on Thingiverse.")) == set()
+    assert inferred(manifest(description="A spool holder for your 3D printer.")) == set()
+    assert inferred(manifest(description="Upgrade kit for the Shapeoko CNC router.")) == set()
+    assert inferred(manifest(title="Open CNC Mill", description="An open CNC mill.")) == set()
+    assert inferred(manifest(**{"image": ["img/laser_cut_front.svg"]})) == {"laser-cutting"}
+    assert "cutting" not in inferred(manifest(**{"image": ["docs/front.svg"]}))
 
 
 # -- recall: plainly stated needs -------------------------------------------------------------
 
 # Was broken: "on the laser cutter" is not a word of use ("on a" is).
 def test_on_the_laser_cutter_is_a_need() -> None:
-    assert "laser-cutting" in inferred(v1(description="Cut the panels on the laser cutter."))
+    assert "laser-cutting" in inferred(manifest(description="Cut the panels on the laser cutter."))
 
 
 # Was broken: Spanish feminine/plural "cortadas con láser" is missed ("cortado*" only).
 @pytest.mark.parametrize("description", ["Las piezas están cortadas con láser.",
                                          "Piezas cortadas con láser."])
 def test_spanish_laser_cut_feminine(description: str) -> None:
-    assert "laser-cutting" in inferred(v1(description=description))
+    assert "laser-cutting" in inferred(manifest(description=description))
 
 
 # Was broken: "designed for 3D printing" (the parts are printed) is taken for a capability.
 def test_parts_designed_for_3d_printing_need_3d_printing() -> None:
     assert "3d-printing" in inferred(
-        v1(description="All parts are designed for 3D printing without supports."))
+        manifest(description="All parts are designed for 3D printing without supports."))
 
 
 @pytest.mark.parametrize(("description", "process"), [
@@ -151,7 +145,7 @@ def test_parts_designed_for_3d_printing_need_3d_printing() -> None:
     ("The housing can be 3D printed.", "3d-printing"),
 ])
 def test_recall_that_holds(description: str, process: str) -> None:
-    assert process in inferred(v1(description=description))
+    assert process in inferred(manifest(description=description))
 
 
 # -- slowness ---------------------------------------------------------------------------------
@@ -163,15 +157,15 @@ def test_recall_that_holds(description: str, process: str) -> None:
 def test_many_size_cues_in_one_sentence_are_not_quadratic() -> None:
     text = "3d printer bed 10 mm " * 950  # 20 KB, no ". ": one sentence
     start = time.perf_counter()
-    v1(description=text)
+    manifest(description=text)
     elapsed = time.perf_counter() - start
     assert elapsed < 3.0, f"{elapsed:.1f}s for 20 KB of size cues"
 
 
 def test_long_separator_runs_are_fast() -> None:
     start = time.perf_counter()
-    v1(description="3d" + " " * 19_990 + "x", **{"tool-list": [("cnc" + "_" * 30) * 600,
-                                                                 ("laser" + "-" * 30) * 550]})
+    manifest(description="3d" + " " * 19_990 + "x",
+             **{"tool-list": [("cnc" + "_" * 30) * 600, ("laser" + "-" * 30) * 550]})
     assert time.perf_counter() - start < 3.0
 
 
@@ -336,15 +330,15 @@ def test_semicolon_csv_with_bom_and_crlf_maps() -> None:
     "The 3D printed clips hold a bed sheet of 2 m.",
 ])
 def test_a_bed_that_is_not_a_machine_bed_is_no_size_need(description: str) -> None:
-    design = v1(title="Care bed", description=description)
+    design = manifest(title="Care bed", description=description)
     assert [p.outer_dimensions for p in design.parts if p.evidence] == []
 
 
 def test_size_needs_that_hold() -> None:
-    design = v1(**{"tool-list": ["A 3D printer with a bed at least 170 mm wide"]})
+    design = manifest(**{"tool-list": ["A 3D printer with a bed at least 170 mm wide"]})
     [part] = [p for p in design.parts if p.evidence]
     assert part.outer_dimensions is not None and part.outer_dimensions.x_mm == 170.0
-    garden = v1(description="A raised garden bed 1200 x 800 mm made of laser cut plywood.")
+    garden = manifest(description="A raised garden bed 1200 x 800 mm made of laser cut plywood.")
     assert [p for p in garden.parts if p.evidence] == []
 
 

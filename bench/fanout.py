@@ -56,7 +56,8 @@ from makelocal.importer import import_paths, read_all
 from makelocal.status import read_metrics
 from services.matcher.index import CapabilityIndex
 from services.matcher.profiles import DesignProfile, design_profile, facility_profile
-from tests.support.helpers import DATA, lab
+from tests.support.builders import facility_doc
+from tests.support.helpers import DATA
 
 OLD_EVENT_BYTES = 882  # one match event per pair, as MATCHES held them before
 COUNT = re.compile(rb'"count":(\d+)')  # a webhook body's entries, near its start
@@ -426,7 +427,7 @@ async def wide_setup(registry_url: str, key: str) -> None:
     """A closed facility that answers every process, far from every region watched."""
     processes = sorted(vocabulary.processes().entries)
     async with httpx.AsyncClient(base_url=registry_url, timeout=30) as http:
-        r = await http.post(f"/v1/facilities?id={WIDE}", content=lab(
+        r = await http.post(f"/v1/facilities?id={WIDE}", content=facility_doc(
             "Everything workshop", processes, status="Closed", lat=0.0, lon=-30.0),
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
         assert r.status_code == 201, r.text
@@ -434,7 +435,7 @@ async def wide_setup(registry_url: str, key: str) -> None:
 
 async def wide_change(world: World, receiver: Receiver, registry_url: str, key: str) -> None:
     processes = sorted(vocabulary.processes().entries)
-    doc = lab("Everything workshop", processes, status="Active", lat=0.0, lon=-30.0)
+    doc = facility_doc("Everything workshop", processes, status="Active", lat=0.0, lon=-30.0)
     facility = facility_profile(read_facility(json.loads(doc), facility_id=WIDE), 2)
     world.index.put_facility(facility)
     designs = list(world.index.designs.profiles(world.index.designs_for(facility)))

@@ -30,7 +30,8 @@ from bench.registry import RawHttpClient
 from bench.sink import Sink
 from bench.stack import Stack
 from makelocal.status import read_metrics
-from tests.support.helpers import lab, publish_matches
+from tests.support.builders import facility_doc
+from tests.support.helpers import publish_matches
 
 
 class Receiver(Sink):
@@ -192,7 +193,7 @@ async def main() -> None:
         notifier, registry = RawHttpClient(ports["notifier"]), RawHttpClient(ports["registry"])
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         for i in range(20):
-            status, body = await registry.post(f"/v1/facilities?id=lab{i}", lab(
+            status, body = await registry.post(f"/v1/facilities?id=lab{i}", facility_doc(
                 f"Lab {i}", ["3D printing"] if i % 7 == 0 else ["laser cutting", "CNC milling"],
                 lat=48 + i / 10, lon=2 + i / 10), headers)
             assert status == 201, body

@@ -93,12 +93,29 @@ def draw(found: list[ServiceStatus], console: Console | None = None) -> None:
     every cell whole (rich would otherwise fit it into 80 columns or $COLUMNS)."""
     console = console or Console()
     drawn = table(found)
-    needed = Measurement.get(console, console.options.update(max_width=2**16), drawn).maximum
     if not console.is_terminal:
-        console.width = max(console.width, needed)
-    elif needed > console.width:
+        console.width = max(console.width, _needed(console, drawn))
+    elif _needed(console, drawn) > console.width:
         drawn = table(found, stacked=True)
+        if _needed(console, drawn) > console.width:
+            # Narrower still, rich would drop whole columns and cut names without a word
+            _listed(found, console)
+            return
     console.print(drawn)
+
+
+def _needed(console: Console, drawn: Table) -> int:
+    return Measurement.get(console, console.options.update(max_width=2**16), drawn).maximum
+
+
+def _listed(found: list[ServiceStatus], console: Console) -> None:
+    """Each service as a heading and one line per cell: every value there, folded over
+    the next lines where even that line is too long."""
+    for status in found:
+        service, health, *cells = row(status.service, status.health, status.metrics)
+        console.print(Text(service, style="bold"), overflow="fold")
+        for heading, cell in zip(HEADER[1:], [health, *cells], strict=True):
+            console.print(Text(f"  {heading}: {cell}"), overflow="fold")
 
 
 def as_json(found: list[ServiceStatus]) -> str:
@@ -116,6 +133,10 @@ def probe(service: str, url: str, client: httpx.Client) -> ServiceStatus:
         metrics = read_metrics(client.get(f"{url}/metrics").text)
     except httpx.HTTPError as exc:
         return ServiceStatus(service, f"down ({type(exc).__name__})", {})
+    except ValueError:
+        # Whatever answers on its port, one service's odd /metrics must not end the
+        # command: the other rows still matter.
+        return ServiceStatus(service, "metrics unreadable", {})
     return ServiceStatus(service, health, metrics)
 
 

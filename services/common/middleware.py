@@ -1,9 +1,10 @@
-"""ASGI middleware every service puts around its routes: a body size limit and request
-metrics."""
+"""ASGI middleware every service puts around its routes: a body size limit, no NUL in a
+query, and request metrics."""
 
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +49,26 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class NoNulInQuery:
+    """Refuse a query parameter holding a NUL character with 422, naming it: PostgreSQL
+    text cannot hold one, so it would otherwise fail deep in a query as a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if b"%00" in query or b"\x00" in query:
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                if "\x00" in value or "\x00" in name:
+                    response = error_response(
+                        422, "invalid", "a query parameter may not hold a NUL character",
+                        "\ufffd" if "\x00" in name else name[:100])
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 class HttpMetrics:

@@ -8,7 +8,8 @@ The lifespan, step by step, and what a crash at each leaves:
 3. the pool opened and handed to its store;
 4. its background tasks started in order, each waiting up to its `wait_s` for a value
    later ones need; they keep their own state (outbox, checkpoints, deliveries), a crash
-   leaves it as their own docstrings say;
+   leaves it as their own docstrings say; a `Once` that raises is logged and fails
+   /readyz from then on (nothing restarts it);
 5. serving; at shutdown the tasks are cancelled, the `stopping` steps run, and the pool
    closes, waiting a bounded time for its connections (never hanging on one held).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -32,9 +34,10 @@ from services.common import db, tracing
 from services.common.docs import install_docs
 from services.common.errors import install_error_handlers
 from services.common.health import Check, install_operational_routes
-from services.common.middleware import BodyLimit, HttpMetrics
+from services.common.middleware import BodyLimit, HttpMetrics, NoNulInQuery
 from services.common.tasks import every, restarting
 
+log = logging.getLogger(__name__)
 # at shutdown, how long a pool may wait for its connections to come back
 SHUTDOWN_WAIT_S = 5.0
 
@@ -115,7 +118,7 @@ class Service:
     description: str = ""
     database: Database | None = None
     tasks: Sequence[Task] = ()
-    # the middleware a request meets after BodyLimit and HttpMetrics, outermost first
+    # the middleware a request meets after HttpMetrics and BodyLimit, outermost first
     middleware: Sequence[Middleware] = ()
     asyncapi: dict[str, Any] | None = None
     # routes ahead of the routers (a mount of static files)
@@ -133,10 +136,11 @@ class Service:
 def build(service: Service) -> FastAPI:
     """The service's FastAPI app: its routes, the error handlers, /docs, the operational
     routes, the middleware in order, traced, and the lifespan above."""
+    checks = _checks(service)
     app = FastAPI(title=f"makelocal {service.name}", version="1",
                   description=service.description, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json" if service.openapi else None,
-                  webhooks=service.webhooks, lifespan=_lifespan(service))
+                  webhooks=service.webhooks, lifespan=_lifespan(service, checks))
     app.router.routes.extend(service.mounts)
     for router in service.routers:
         app.include_router(router)
@@ -145,13 +149,16 @@ def build(service: Service) -> FastAPI:
     service.errors(app)
     if service.openapi:
         install_docs(app)
-    install_operational_routes(app, service.metrics, _checks(service), service.asyncapi)
+    install_operational_routes(app, service.metrics, checks, service.asyncapi)
     # add_middleware puts each outside those before it: the innermost goes first
     for inner in reversed(service.middleware):
         app.add_middleware(inner.cls, *inner.args, **inner.kwargs)
+    app.add_middleware(NoNulInQuery)
+    app.add_middleware(BodyLimit, limit=service.max_body_bytes)
+    # Outside BodyLimit: a body found too large mid-read ends the app below with an
+    # exception, which metrics inside would count as a 500 (and page someone).
     app.add_middleware(HttpMetrics, registry=service.metrics,
                        prefix=f"makelocal_{service.name}")
-    app.add_middleware(BodyLimit, limit=service.max_body_bytes)
     tracing.instrument(app)
     return app
 
@@ -167,7 +174,8 @@ def _checks(service: Service) -> dict[str, Check]:
     return {"database": database, **service.checks}
 
 
-def _lifespan(service: Service) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(service: Service, checks: dict[str, Check]
+              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for step in service.starting:
@@ -177,8 +185,10 @@ def _lifespan(service: Service) -> Callable[[FastAPI], AbstractAsyncContextManag
         try:
             for task in service.tasks:
                 tasks.append(asyncio.create_task(task.run()))
-                if isinstance(task, Once) and task.wait_s > 0:
-                    await asyncio.wait({tasks[-1]}, timeout=task.wait_s)
+                if isinstance(task, Once):
+                    tasks[-1].add_done_callback(_watched(task, checks))
+                    if task.wait_s > 0:
+                        await asyncio.wait({tasks[-1]}, timeout=task.wait_s)
             yield
         finally:
             for running in tasks:
@@ -190,6 +200,32 @@ def _lifespan(service: Service) -> Callable[[FastAPI], AbstractAsyncContextManag
                 await _close(pool)
 
     return lifespan
+
+
+class TaskEnded(Exception):
+    """A background task of this process raised and is gone (the log has why)."""
+
+
+def _watched(task: Once, checks: dict[str, Check]) -> Callable[[asyncio.Task[None]], None]:
+    """What to do when a Once ends: nothing when it ended as planned; when it raised, it
+    is gone for good (nothing restarts it), so the log says so and /readyz fails on it
+    (the checks are read at each request) until the process is replaced."""
+    name = getattr(task.work, "__name__", "task")
+
+    def ended(done: asyncio.Task[None]) -> None:
+        if done.cancelled() or done.exception() is None:
+            return
+        error = done.exception()
+        log.error(f"background task {name} ended with an error; not ready from now on",
+                  exc_info=error)
+
+        async def failed() -> None:
+            # a new one each time: raising `error` again would lengthen its traceback
+            raise TaskEnded(name)
+
+        checks[name] = failed
+
+    return ended
 
 
 async def _open(database: Database) -> asyncpg.Pool:

@@ -30,11 +30,14 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_
 SERVER, CLIENT, PRODUCER, CONSUMER = (SpanKind.SERVER, SpanKind.CLIENT, SpanKind.PRODUCER,
                                       SpanKind.CONSUMER)
 _W3C = TraceContextTextMapPropagator()
+# What W3C Trace Context asks every vendor to propagate at least; all we pass on. It keeps
+# the trace headers (with Nats-Msg-Id) inside writes.EVENT_HEADROOM_BYTES.
+STATE_MAX_CHARS = 512
 _tracer: Tracer | None = None  # None: tracing is off
 
-__all__ = ["CLIENT", "CONSUMER", "PRODUCER", "SERVER", "Context", "Span", "configure",
-           "current_text", "enabled", "end", "from_headers", "from_text", "headers_of",
-           "instrument", "parent_and_links", "span", "start", "to_text", "use"]
+__all__ = ["CLIENT", "CONSUMER", "PRODUCER", "SERVER", "STATE_MAX_CHARS", "Context", "Span",
+           "configure", "current_text", "enabled", "end", "from_headers", "from_text",
+           "headers_of", "instrument", "parent_and_links", "span", "start", "to_text", "use"]
 
 
 def enabled() -> bool:
@@ -96,7 +99,26 @@ def headers_of(span: Span | None) -> dict[str, str]:
         return {}
     carrier: dict[str, str] = {}
     _W3C.inject(carrier, trace.set_span_in_context(span))
+    if "tracestate" in carrier:
+        state = _bounded(carrier["tracestate"])
+        if state:
+            carrier["tracestate"] = state
+        else:
+            del carrier["tracestate"]
     return carrier
+
+
+def _bounded(state: str) -> str:
+    """`state` cut to STATE_MAX_CHARS as W3C Trace Context truncates: members over 128
+    characters go first, then members from the end. A client's tracestate (up to 8 KiB)
+    is copied into every header and row downstream; unbounded, it would push a REGISTRY
+    event near max_payload over the limit, and NATS would refuse it on every retry."""
+    if len(state) <= STATE_MAX_CHARS:
+        return state
+    members = [m for m in state.split(",") if len(m) <= 128]
+    while members and len(",".join(members)) > STATE_MAX_CHARS:
+        members.pop()
+    return ",".join(members)
 
 
 def to_text(span: Span | None) -> str | None:

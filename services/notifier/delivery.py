@@ -19,14 +19,16 @@ Channel = Literal["webhook", "email"]
 class Delivery:
     id: uuid.UUID
     kind: DeliveryKind
-    body: bytes  # rendered once when it was recorded: every attempt sends these bytes
+    # Rendered once when it was recorded: every attempt sends these bytes. Out of repr():
+    # a verification's or an email's holds its links' tokens.
+    body: bytes = field(repr=False)
     attempts: int  # this one counted (claiming counts it)
     item_count: int
     oldest_change_at: datetime | None
     trace_contexts: tuple[str, ...] | None  # the first is its attempts' parent span
     subscription_id: str
     channel: Channel  # the subscription's
-    url: str | None
+    url: str | None = field(repr=False)  # a receiver's may hold its token
     address: str | None
     contact_email: str | None
     enabled: bool

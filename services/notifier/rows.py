@@ -6,7 +6,7 @@ attempt log, and a delivery queued again. Pure: built once at the store's edge
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ class Subscription:
     id: str
     owner: str
     channel: Channel
-    url: str | None  # webhook
+    url: str | None = field(repr=False)  # webhook; out of repr(): it may hold a token
     address: str | None  # email
     # as stored (JSON of subscriptions.Filter): answered as it is, so a filter naming a
     # process the vocabulary has since lost still reads back

@@ -12,11 +12,14 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.js.errors import NotFoundError
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.events import REGISTRY_STREAM
 from contracts.matches import MATCHES_STREAM
 from makelocal.embedded import NatsServer, PostgresServer, free_port
-from services.common import db
+from services.common import db, tracing
 from services.matcher.settings import MatcherSettings
 from services.notifier.settings import NotifierSettings
 from services.registry.settings import RegistrySettings
@@ -199,3 +202,15 @@ async def start_registry(registry_env: dict[str, str],
     yield start
     for service in started:
         service.kill()
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Every span the services in this process end, kept in memory; tracing off after."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing.use(provider)
+    yield spans
+    tracing.use(None)
+    provider.shutdown()

@@ -15,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,26 +37,16 @@ from tests.support.helpers import (
     stream_messages,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 # The largest tracestate OpenTelemetry's propagator takes from a client (8192 characters,
 # 32 members): what a write's server span, and so its outbox row, can carry.
 LARGEST_STATE = ",".join(f"k{i:02d}={'v' * 250}" for i in range(32))
 
 
-@pytest.fixture
-def traced() -> Iterator[None]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
-    tracing.use(provider)
-    yield
-    tracing.use(None)
-    provider.shutdown()
 
 
 async def test_a_clients_largest_tracestate_does_not_stop_the_relay(
-        settings: RegistrySettings, store: Store, traced: None) -> None:
+        settings: RegistrySettings, store: Store, exporter: InMemorySpanExporter) -> None:
     """An event that fits the write check (max_payload less the header room) plus the
     trace headers the relay adds: the server would refuse the whole message, closing the
     relay's connection on every retry, and the outbox would stall behind it."""
@@ -106,7 +94,7 @@ HOSTILE_TRACE_HEADERS: list[dict[str, bytes]] = [
                               "non-hex", "zero-ids", "version-ff", "long-parent"])
 async def test_hostile_trace_headers_on_a_write_neither_fail_it_nor_travel_whole(
         settings: RegistrySettings, client: httpx.AsyncClient, org: tuple[str, str],
-        traced: None, headers: dict[str, bytes]) -> None:
+        exporter: InMemorySpanExporter, headers: dict[str, bytes]) -> None:
     """The write is answered as without them, never 500; what the outbox keeps of the
     caller's context (and the relay puts in a NATS header) stays small."""
     entity_id = f"trace-{uuid.uuid4().hex[:8]}"

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rich.console import Console
 
@@ -25,14 +22,6 @@ from services.registry.writes import EVENT_HEADROOM_BYTES
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture
-def traced() -> Iterator[None]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
-    tracing.use(provider)
-    yield
-    tracing.use(None)
-    provider.shutdown()
 
 
 def _passed_on(state: str) -> dict[str, str]:
@@ -42,7 +31,7 @@ def _passed_on(state: str) -> dict[str, str]:
 
 
 def test_a_callers_largest_tracestate_is_cut_to_what_w3c_asks_us_to_pass_on(
-        traced: None) -> None:
+        exporter: InMemorySpanExporter) -> None:
     """Cut, the trace headers and Nats-Msg-Id fit the room the registry (and the matcher)
     keep under max_payload for headers, as NATS counts them (HPUB's header block)."""
     small = ",".join(f"s{i:02d}={'v' * 100}" for i in range(32))  # 3.4 KB, all taken
@@ -57,7 +46,7 @@ def test_a_callers_largest_tracestate_is_cut_to_what_w3c_asks_us_to_pass_on(
 
 
 def test_cutting_a_tracestate_drops_long_members_first_then_from_the_end(
-        traced: None) -> None:
+        exporter: InMemorySpanExporter) -> None:
     # 32 members (the most the propagator takes): without the long one, still over 512
     small = [f"s{i:02d}={'v' * 10}" for i in range(30)]
     state = ",".join([small[0], f"long={'v' * 130}", *small[1:], f"last={'v' * 100}"])
@@ -65,13 +54,14 @@ def test_cutting_a_tracestate_drops_long_members_first_then_from_the_end(
     assert kept == small
 
 
-def test_a_short_tracestate_passes_unchanged(traced: None) -> None:
+def test_a_short_tracestate_passes_unchanged(exporter: InMemorySpanExporter) -> None:
     assert _passed_on("a=1,b=2")["tracestate"] == "a=1,b=2"
 
 
 @pytest.mark.parametrize("parent", [CALLER + "\r\nX-Evil: 1", "00-\u00ff" + CALLER[4:],
                                     "garbage", ""])
-def test_no_hostile_traceparent_reaches_an_outgoing_header(traced: None, parent: str) -> None:
+def test_no_hostile_traceparent_reaches_an_outgoing_header(exporter: InMemorySpanExporter,
+                                                           parent: str) -> None:
     with tracing.span("x", tracing.from_headers({"traceparent": parent,
                                                  "tracestate": "a=b\r\nX-Evil: 1"})) as s:
         sent = tracing.headers_of(s)
@@ -82,7 +72,7 @@ def test_no_hostile_traceparent_reaches_an_outgoing_header(traced: None, parent:
 @pytest.mark.parametrize("stored", ["garbage", " ", "  a=b", CALLER + "  x",
                                     "\n".join([CALLER] * 3)])
 def test_a_stored_context_that_is_not_ours_starts_a_trace_and_never_raises(
-        traced: None, stored: str) -> None:
+        exporter: InMemorySpanExporter, stored: str) -> None:
     parent, links = tracing.parent_and_links([stored, stored])
     with tracing.span("x", parent, links=links) as opened:
         assert opened is not None

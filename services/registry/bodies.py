@@ -91,9 +91,3 @@ def request_body(kind: EntityKind | None) -> dict[str, Any]:
                     for k in kinds if media in _EXAMPLES[k]}
         content[media] = {"schema": schema} | ({"examples": examples} if examples else {})
     return {"required": True, "description": description, "content": content}
-
-
-def examples() -> list[tuple[EntityKind, str, Any]]:
-    """Every example: (kind, media type, body)."""
-    return [(k, media, body) for k, by_media in _EXAMPLES.items()
-            for media, body in by_media.items()]

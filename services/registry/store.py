@@ -59,9 +59,7 @@ class Store:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO organizations (id, name) VALUES ($1, $2)",
                                org_id, name)
-            await conn.execute(
-                "INSERT INTO api_keys (key_id, org_id, secret_hash) VALUES ($1, $2, $3)",
-                key.key_id, org_id, key.secret_hash)
+            await _insert_key(conn, org_id, key)
         return org_id, key.token
 
     async def organizations(self) -> list[asyncpg.Record]:
@@ -74,9 +72,7 @@ class Store:
         """A new API key for an organization (returned here once), or None: no such one."""
         key = keys.issue()
         try:
-            await self.pool.execute(
-                "INSERT INTO api_keys (key_id, org_id, secret_hash) VALUES ($1, $2, $3)",
-                key.key_id, org_id, key.secret_hash)
+            await _insert_key(self.pool, org_id, key)
         except asyncpg.ForeignKeyViolationError:
             return None
         return key.token
@@ -97,10 +93,7 @@ class Store:
         parsed = keys.parse(token)
         if parsed is None:
             return False
-        result = await self.pool.execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
-            parsed[0])
-        return result.endswith(" 1")
+        return await self.revoke_key_id(parsed[0])
 
     # entities
 
@@ -218,6 +211,13 @@ class Store:
         return float(await self.pool.fetchval(
             "SELECT coalesce(extract(epoch FROM now() - (SELECT created_at FROM outbox"
             " WHERE published_at IS NULL ORDER BY position LIMIT 1)), 0)"))
+
+
+async def _insert_key(conn: asyncpg.Connection | asyncpg.Pool, org_id: str,
+                      key: keys.IssuedKey) -> None:
+    await conn.execute(
+        "INSERT INTO api_keys (key_id, org_id, secret_hash) VALUES ($1, $2, $3)",
+        key.key_id, org_id, key.secret_hash)
 
 
 async def fetch_unpublished(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

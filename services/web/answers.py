@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict
 
 from contracts.models import Design, Facility
 
@@ -84,4 +84,4 @@ class Alert(_Shape):
 def checked(model: type[BaseModel], value: Any) -> dict[str, Any]:
     """The answer, if it has the model's shape (ValueError if not), as the plain data the
     templates read."""
-    return TypeAdapter(model).validate_python(value).model_dump(mode="json")
+    return model.model_validate(value).model_dump(mode="json")
